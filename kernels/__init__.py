@@ -1,0 +1,1 @@
+"""Numba kernels: arrays in, arrays out; nothing here knows TFLite or the IR."""

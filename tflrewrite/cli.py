@@ -1,0 +1,463 @@
+"""The `tflrewrite` command: parses arguments, calls the library, prints. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from tflrewrite import __version__
+from tflrewrite.errors import TflRewriteError
+
+COMMANDS = ("audit", "verify", "recipes")
+
+DESCRIPTION = """\
+Rewrite a trained TensorFlow Lite model into a smaller deployment model, and measure it.
+
+commands:
+  tflrewrite MODEL [-o OUT] [--recipe NAME|FILE]   rewrite MODEL (the default command)
+  tflrewrite audit MODEL... [--json FILE|-]        what each tensor costs; size budgets
+  tflrewrite verify REFERENCE CANDIDATE            run both in LiteRT, compare outputs
+  tflrewrite recipes                               list the built-in recipes
+
+Run `tflrewrite COMMAND --help` for each command's options.
+"""
+
+EPILOG = """\
+examples:
+  tflrewrite model.tflite                        writes model.tflrewrite.tflite beside it
+  tflrewrite model.tflite -o out.tflite --force  replaces out.tflite if it exists
+  tflrewrite audit model.tflite --max-zip-bytes 200k      exit 1 when over budget (for CI)
+  tflrewrite audit before.tflite after.tflite --compare
+  tflrewrite verify model.tflite out.tflite --min-sqnr 30
+
+exit codes: 0 done, 1 a budget or verification check failed, 2 bad usage or bad input.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in COMMANDS:
+            command, rest = argv[0], argv[1:]
+        else:
+            command, rest = "rewrite", argv
+        args = PARSERS[command]().parse_args(rest)
+        return HANDLERS[command](args)
+    except TflRewriteError as e:
+        print(f"tflrewrite: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tflrewrite: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line and exit code 2, like every other refusal."""
+
+    def error(self, message: str) -> Any:
+        raise TflRewriteError(f"{self.prog.split()[-1]}: {message} (see --help)")
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+# ---------------------------------------------------------------- rewrite
+
+
+def rewrite_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="tflrewrite", description=DESCRIPTION, epilog=EPILOG, formatter_class=_formatter
+    )
+    p.add_argument("model", metavar="MODEL", help="the .tflite model to rewrite (never modified)")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="where to write the result (default: MODEL's name with .tflrewrite "
+        "before .tflite, in the same folder)",
+    )
+    p.add_argument(
+        "--recipe",
+        metavar="NAME|FILE",
+        default="identity",
+        help="a built-in recipe (see `tflrewrite recipes`) or a TOML recipe file "
+        "(default: identity)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace OUT if it exists (the input is never replaced)",
+    )
+    p.add_argument(
+        "--large",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="store buffers after the flatbuffer, LiteRT's layout for models over "
+        "2 GB (default: auto: when the input does or the model needs it)",
+    )
+    p.add_argument("--json", metavar="FILE|-", help="also write the report as JSON")
+    p.add_argument("--version", action="version", version=f"tflrewrite {__version__}")
+    return p
+
+
+def default_output(model: str) -> str:
+    root, ext = os.path.splitext(model)
+    return f"{root}.tflrewrite{ext or '.tflite'}"
+
+
+def run_rewrite(args: argparse.Namespace) -> int:
+    from tflrewrite import reader, recipes, rewrite, writer
+    from tflrewrite.fileio import check_output_path
+
+    output = args.output or default_output(args.model)
+    recipe = recipes.load(args.recipe)
+    check_output_path(output, [args.model], args.force)
+    model = reader.read(args.model)
+    result = rewrite.apply(model, recipe)
+    large = {"auto": None, "yes": True, "no": False}[args.large]
+    size = writer.write(result.model, output, large=large)
+    before = os.path.getsize(args.model)
+    report = {
+        "input": args.model,
+        "output": output,
+        "recipe": recipe.name,
+        "input_bytes": before,
+        "output_bytes": size,
+        "passes": result.records,
+    }
+    if args.json:
+        _write_json(args.json, report)
+    if args.json != "-":
+        print(
+            f"{output}: {size:,} bytes ({_ratio(size, before)} of {before:,}), recipe {recipe.name}"
+        )
+    return 0
+
+
+# ---------------------------------------------------------------- audit
+
+
+def audit_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="tflrewrite audit",
+        formatter_class=_formatter,
+        description="Size audit: bytes, sparsity and distinct values of every tensor, totals "
+        "by dtype and by op type, file and zipped (DEFLATE) size.",
+        epilog="sparsity = fraction of stored values equal to zero (to the zero point for "
+        "quantized tensors);\nunique = distinct stored values; ch.unique = the most "
+        "distinct values in one output channel.\nsizes take suffixes: 200k = 200,000, "
+        "64KiB = 65,536, 1.5M, 2MiB.\nexit 1 when a model is over a budget.",
+    )
+    p.add_argument("models", metavar="MODEL", nargs="+", help=".tflite files to audit")
+    p.add_argument(
+        "--json",
+        metavar="FILE|-",
+        help="write the audit as JSON (an object per model; a list for several)",
+    )
+    p.add_argument("--max-bytes", metavar="N", type=_size, help="fail if a file is over N bytes")
+    p.add_argument(
+        "--max-zip-bytes", metavar="N", type=_size, help="fail if a zipped file is over N bytes"
+    )
+    p.add_argument(
+        "--compare", action="store_true", help="show two models side by side (before, after)"
+    )
+    p.add_argument("--all", action="store_true", help="list every tensor, not only those with data")
+    return p
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from tflrewrite import reader
+    from tflrewrite.reports import audit
+
+    if args.compare and len(args.models) != 2:
+        raise TflRewriteError("audit: --compare takes exactly two models (before, after)")
+    results = []
+    for path in args.models:
+        model = reader.read(path)
+        with open(path, "rb") as f:
+            results.append(audit.audit(model, path, f.read()))
+    if args.json:
+        docs = [r.to_json() for r in results]
+        _write_json(args.json, docs[0] if len(docs) == 1 else docs)
+    if args.json != "-":
+        if args.compare:
+            _print_compare(results[0], results[1], sys.stdout)
+        else:
+            for r in results:
+                _print_audit(r, args.all, sys.stdout)
+    failed = False
+    for r in results:
+        for value, budget, what in (
+            (r.bytes, args.max_bytes, "bytes"),
+            (r.zip_bytes, args.max_zip_bytes, "zipped bytes"),
+        ):
+            if budget is not None and value > budget:
+                print(
+                    f"tflrewrite: {r.file}: {value:,} {what}, over the budget of {budget:,}",
+                    file=sys.stderr,
+                )
+                failed = True
+    return 1 if failed else 0
+
+
+def _print_audit(r: Any, everything: bool, out: TextIO) -> None:
+    out.write(
+        f"{r.file}\n  {r.bytes:,} bytes, {r.zip_bytes:,} zipped "
+        f"({_ratio(r.zip_bytes, r.bytes)}); {r.subgraphs} subgraph(s), "
+        f"{sum(r.operators.values())} operators; constant data {r.constant_bytes:,} bytes\n"
+    )
+    if r.by_dtype:
+        out.write("  by dtype: " + ", ".join(f"{k} {v:,}" for k, v in r.by_dtype.items()) + "\n")
+    if r.by_op:
+        out.write("  by op:    " + ", ".join(f"{k} {v:,}" for k, v in r.by_op.items()) + "\n")
+    if r.metadata:
+        out.write("  metadata: " + ", ".join(r.metadata) + "\n")
+    rows = [t for t in r.tensors if everything or t.bytes]
+    header = ("sg", "idx", "name", "dtype", "shape", "bytes", "sparsity", "unique", "ch.unique")
+    table = [header] + [
+        (
+            str(t.subgraph),
+            str(t.index),
+            _clip(t.name, 40),
+            t.dtype,
+            "x".join(map(str, t.shape)) if t.shape is not None else "?",
+            f"{t.bytes:,}",
+            "" if t.sparsity is None else f"{t.sparsity:.3f}",
+            "" if t.unique is None else str(t.unique),
+            "" if t.channel_unique is None else str(t.channel_unique),
+        )
+        for t in rows
+    ]
+    _print_table(table, out, right={0, 1, 5, 6, 7, 8})
+
+
+def _print_compare(a: Any, b: Any, out: TextIO) -> None:
+    out.write(f"before: {a.file}\nafter:  {b.file}\n")
+    table = [("", "before", "after", "after/before")]
+    for label, x, y in (
+        ("file bytes", a.bytes, b.bytes),
+        ("zipped bytes", a.zip_bytes, b.zip_bytes),
+        ("constant bytes", a.constant_bytes, b.constant_bytes),
+    ):
+        table.append((label, f"{x:,}", f"{y:,}", _ratio(y, x)))
+    for dtype in sorted(set(a.by_dtype) | set(b.by_dtype)):
+        x, y = a.by_dtype.get(dtype, 0), b.by_dtype.get(dtype, 0)
+        table.append((f"  {dtype}", f"{x:,}", f"{y:,}", _ratio(y, x)))
+    _print_table(table, out, right={1, 2, 3})
+    out.write("\n")
+    after = {(t.subgraph, t.name): t for t in b.tensors if t.bytes}
+    rows = [("name", "bytes", "->", "sparsity", "->", "unique", "->")]
+    for t in (t for t in a.tensors if t.bytes):
+        u = after.get((t.subgraph, t.name))
+        if u is None:
+            continue
+        rows.append(
+            (
+                _clip(t.name, 40),
+                f"{t.bytes:,}",
+                f"{u.bytes:,}",
+                _fmt(t.sparsity),
+                _fmt(u.sparsity),
+                _fmt(t.unique),
+                _fmt(u.unique),
+            )
+        )
+    _print_table(rows, out, right={1, 2, 3, 4, 5, 6})
+
+
+# ---------------------------------------------------------------- verify
+
+
+def verify_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="tflrewrite verify",
+        formatter_class=_formatter,
+        description="Run REFERENCE and CANDIDATE in LiteRT on the same inputs and compare "
+        "every output (quantized outputs are dequantized first).",
+        epilog="SQNR = 10 log10(sum ref^2 / sum (ref - cand)^2), inf when identical.\n"
+        "top-1 agreement: for outputs with one score vector per sample, the fraction "
+        "of samples\nwhose arg-max is the same.\n"
+        "random inputs: uniform over the range a quantized input represents (from "
+        "whichever model\nquantizes it), else uniform in [-1, 1].\n"
+        "exit 1 when the lowest SQNR is below --min-sqnr.",
+    )
+    p.add_argument("reference", metavar="REFERENCE")
+    p.add_argument("candidate", metavar="CANDIDATE")
+    p.add_argument(
+        "--inputs",
+        metavar="FILE.npz",
+        help="inputs: one array per model input, keyed by input name, first axis "
+        "= samples (default: seeded random inputs)",
+    )
+    p.add_argument(
+        "--samples",
+        metavar="N",
+        type=_positive,
+        default=None,
+        help="how many samples to run (default: 16 random, or all in --inputs)",
+    )
+    p.add_argument(
+        "--seed", metavar="S", type=int, default=0, help="seed of the random inputs (default: 0)"
+    )
+    p.add_argument("--min-sqnr", metavar="DB", type=float, help="fail below this SQNR")
+    p.add_argument(
+        "--xnnpack",
+        action="store_true",
+        help="run with LiteRT's default delegate (XNNPACK) instead of the builtin kernels",
+    )
+    p.add_argument("--json", metavar="FILE|-", help="write the report as JSON")
+    return p
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from tflrewrite import reader
+    from tflrewrite.progress import Progress
+    from tflrewrite.reports import verify
+
+    for path in (args.reference, args.candidate):
+        reader.read(path)  # refuse a bad file with the reader's clear message
+    ref = verify.Runner(args.reference, args.xnnpack)
+    cand = verify.Runner(args.candidate, args.xnnpack)
+    if args.inputs:
+        samples = verify.npz_inputs(args.inputs, ref, args.samples)
+        source = args.inputs
+    else:
+        n = args.samples or 16
+        samples = verify.random_inputs([ref, cand], n, args.seed)
+        source = f"random (seed {args.seed})"
+    report = verify.compare(ref, cand, samples, source, Progress("verify", len(samples)))
+    if args.json:
+        _write_json(args.json, report.to_json())
+    if args.json != "-":
+        out = sys.stdout
+        out.write(
+            f"reference: {report.reference}\ncandidate: {report.candidate}\n"
+            f"{report.samples} samples, inputs: {report.inputs}\n"
+        )
+        table = [("output", "shape", "SQNR dB", "max |err|", "top-1 agree", "identical")]
+        for o in report.outputs:
+            table.append(
+                (
+                    _clip(o.name, 40),
+                    "x".join(map(str, o.shape)),
+                    _db(o.sqnr_db),
+                    f"{o.max_abs_error:.4g}",
+                    "" if o.top1_agreement is None else f"{o.top1_agreement:.3f}",
+                    "yes" if o.identical else "no",
+                )
+            )
+        _print_table(table, out, right={2, 3, 4})
+    if args.min_sqnr is not None and report.min_sqnr_db < args.min_sqnr:
+        print(
+            f"tflrewrite: {args.candidate}: SQNR {_db(report.min_sqnr_db)} dB is below "
+            f"--min-sqnr {args.min_sqnr}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------- recipes
+
+
+def recipes_parser() -> argparse.ArgumentParser:
+    return _Parser(prog="tflrewrite recipes", description="List the built-in recipes.")
+
+
+def run_recipes(args: argparse.Namespace) -> int:
+    from tflrewrite import recipes
+
+    width = max(len(n) for n in recipes.BUILTIN)
+    for r in recipes.BUILTIN.values():
+        print(f"{r.name:<{width}}  {r.description}")
+    return 0
+
+
+PARSERS = {
+    "rewrite": rewrite_parser,
+    "audit": audit_parser,
+    "verify": verify_parser,
+    "recipes": recipes_parser,
+}
+HANDLERS = {
+    "rewrite": run_rewrite,
+    "audit": run_audit,
+    "verify": run_verify,
+    "recipes": run_recipes,
+}
+
+
+# ---------------------------------------------------------------- helpers
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmg]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+def _size(text: str) -> int:
+    m = _SIZE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 200000, 200k, 64KiB)")
+    number, prefix, binary = float(m.group(1)), m.group(2).lower(), m.group(3)
+    base = 1024 if binary else 1000
+    return int(number * base ** " kmg".index(prefix or " "))
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return value
+
+
+def _write_json(target: str, doc: Any) -> None:
+    text = json.dumps(doc, indent=2, allow_nan=False, default=_json_default) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+        return
+    from tflrewrite.fileio import atomic_write
+
+    atomic_write(target, lambda f: f.write(text.encode()))
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _print_table(rows: list[tuple], out: TextIO, right: set[int] = frozenset()) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
+        ]
+        out.write("  " + "  ".join(cells).rstrip() + "\n")
+
+
+def _ratio(after: int, before: int) -> str:
+    return f"{after / before:.3f}x" if before else "-"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _db(value: float) -> str:
+    return "inf" if math.isinf(value) and value > 0 else f"{value:.2f}"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

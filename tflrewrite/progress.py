@@ -1,0 +1,29 @@
+"""A progress line on stderr when it is a terminal; silence otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    def __init__(self, label: str, total: int, stream: TextIO | None = None):
+        self.label, self.total = label, total
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = self.stream.isatty() and total > 1
+        self.last = 0.0
+
+    def __call__(self, done: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if done < self.total and now - self.last < 0.1:
+            return
+        self.last = now
+        width = 30
+        filled = width * done // self.total
+        bar = "#" * filled + "." * (width - filled)
+        end = "\n" if done >= self.total else ""
+        self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total}{end}")
+        self.stream.flush()
