@@ -235,13 +235,19 @@ class Model:
         return next((m for m in self.metadata or [] if m.name == name), None)
 
     def set_metadata(self, name: str, data: bytes) -> None:
-        """Add or replace a metadata entry, giving it a buffer of its own."""
-        buffer = self.add_buffer(np.frombuffer(bytes(data), dtype=np.uint8))
+        """Add or replace a metadata entry. A replaced buffer that nothing else uses gives
+        its place in the buffer list to the new one, so the file does not keep both."""
+        array = np.frombuffer(bytes(data), dtype=np.uint8)
         entry = self.metadata_entry(name)
         if entry is None:
-            self.metadata = (self.metadata or []) + [Metadata(name, buffer)]
+            self.metadata = (self.metadata or []) + [Metadata(name, self.add_buffer(array))]
+            return
+        old, entry.buffer = entry.buffer, Buffer(array)
+        in_list = [i for i, b in enumerate(self.buffers) if b is old]
+        if id(old) in self.referenced_buffers() or not in_list:
+            self.buffers.append(entry.buffer)
         else:
-            entry.buffer = buffer
+            self.buffers[in_list[0]] = entry.buffer
 
     def add_buffer(self, data: np.ndarray | None) -> Buffer:
         raw = None if data is None else np.ascontiguousarray(data).reshape(-1).view(np.uint8)

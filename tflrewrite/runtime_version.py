@@ -1,4 +1,4 @@
-"""The oldest TFLite runtime a model's builtin operators need, and the `min_runtime_version` metadata bytes."""
+"""The oldest TFLite runtime that builtin operators need; the `min_runtime_version` bytes."""
 
 from __future__ import annotations
 
@@ -282,3 +282,25 @@ def decode_min_runtime_version(data: bytes) -> str:
         return text.decode("ascii")
     except UnicodeDecodeError:
         raise ValueError(f"min_runtime_version buffer is not ASCII: {bytes(data)!r}") from None
+
+
+def update_min_runtime_version(model) -> str | None:  # noqa: ANN001 - a tflrewrite Model
+    """Recompute a model's `min_runtime_version` metadata from the operators it uses, for
+    passes that raise op versions. The entry is only ever raised (the table may lack ops the
+    converter knew), and only written if the model has one already. Returns the version the
+    model now declares, or None when it declares none."""
+    entry = model.metadata_entry(METADATA_NAME)
+    if entry is None:
+        return None
+    used = {(op.opcode.name, op.opcode.version) for sg in model.subgraphs for op in sg.operators}
+    needed = min_runtime_version(used)
+    data = entry.buffer.data.tobytes() if entry.buffer.data is not None else b""
+    try:
+        current = decode_min_runtime_version(data)
+        current_key = version_key(current) if current else None
+    except ValueError:  # an unreadable entry is replaced
+        current, current_key = "", None
+    if needed is None or (current_key is not None and current_key >= version_key(needed)):
+        return current or None
+    model.set_metadata(METADATA_NAME, encode_min_runtime_version(needed))
+    return needed

@@ -32,6 +32,7 @@ import flatbuffers
 import numpy as np
 
 from tflrewrite import schema
+from tflrewrite.errors import ModelError
 from tflrewrite.fileio import atomic_write
 from tflrewrite.model import Buffer, DimensionMetadata, Model, Quantization, Sparsity, Tensor
 
@@ -59,15 +60,16 @@ def serialize(model: Model, *, large: bool | None = None) -> FileImage:
     default it is used when the input used it or when the model needs it."""
     buffers = _buffer_list(model)
     arrays = [b.data for b in buffers]
-    if large is None:
+    forced = large is not None
+    if not forced:
         large = model.buffers_after_flatbuffer
     if not large:
         tail = _tail_layout(arrays, prefixed=True)
         head = _pack(model, buffers, [None if q is None else ("data", q) for q in tail.positions])
         if len(head) + tail.size <= FLATBUFFER_LIMIT:
             return FileImage(head, tail, arrays, prefixed=True, trailing=model.trailing)
-        if large is False:
-            raise ValueError("the model is over 2 GB: it needs the large-model layout")
+        if forced:
+            raise ModelError(None, "the model is over 2 GB: it needs the large-model layout")
     tail = _tail_layout(arrays, prefixed=False)
     placeholders = [
         None if q is None else ("offset", _PLACEHOLDER_OFFSET, 1) for q in tail.positions

@@ -57,12 +57,12 @@ class Audit:
         return asdict(self)
 
 
-def zip_size(data: bytes | memoryview) -> int:
-    """Size of a zip archive (DEFLATE) holding `data` as one file: the measure of
-    'compression' in TF Model Optimization's tables."""
+def zip_size(data: bytes | memoryview, name: str = "model.tflite") -> int:
+    """Size of a zip archive (DEFLATE, default level) holding `data` as one file called
+    `name`: the measure of 'compression' in TF Model Optimization's tables."""
     sink = io.BytesIO()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        z.writestr("model.tflite", bytes(data))
+        z.writestr(name, bytes(data))
     return sink.tell()
 
 
@@ -91,7 +91,7 @@ def audit(model: Model, path: str | os.PathLike, file_bytes: bytes | memoryview)
     return Audit(
         file=os.fspath(path),
         bytes=len(file_bytes),
-        zip_bytes=zip_size(file_bytes),
+        zip_bytes=zip_size(file_bytes, os.path.basename(path)),
         subgraphs=len(model.subgraphs),
         operators=dict(sorted(operators.items())),
         constant_bytes=sum(by_dtype.values()),
