@@ -18,7 +18,6 @@ from tflrewrite.runtime_version import (
     version_key,
 )
 
-
 # --- version ordering ---------------------------------------------------------------------
 
 def test_versions_compare_numerically_not_as_text():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -13,6 +12,7 @@ from typing import Any, TextIO
 
 from tflrewrite import __version__
 from tflrewrite.errors import TflRewriteError
+from tflrewrite.reports.text import clip, db, fmt, print_table, ratio
 
 COMMANDS = ("audit", "verify", "recipes")
 
@@ -30,7 +30,9 @@ Run `tflrewrite COMMAND --help` for each command's options.
 
 EPILOG = """\
 examples:
-  tflrewrite model.tflite                        writes model.tflrewrite.tflite beside it
+  tflrewrite model.tflite --prune 0.5 --cluster 16      writes model.tflrewrite.tflite
+  tflrewrite model.tflite --recipe prune-cluster-int8 -o small.tflite
+  tflrewrite float.tflite --quantize int8-weights --cluster 16 --granularity channel
   tflrewrite model.tflite -o out.tflite --force  replaces out.tflite if it exists
   tflrewrite audit model.tflite --max-zip-bytes 200k      exit 1 when over budget (for CI)
   tflrewrite audit before.tflite after.tflite --compare
@@ -90,12 +92,79 @@ def rewrite_parser() -> argparse.ArgumentParser:
         metavar="NAME|FILE",
         default="identity",
         help="a built-in recipe (see `tflrewrite recipes`) or a TOML recipe file "
-        "(default: identity)",
+        "with per-tensor rules; the flags below override it (default: "
+        "identity, or just what the flags ask for)",
     )
     p.add_argument(
         "--force",
         action="store_true",
         help="replace OUT if it exists (the input is never replaced)",
+    )
+    g = p.add_argument_group("pruning (zeros stay zeros in every later step)")
+    g.add_argument(
+        "--prune",
+        metavar="S",
+        type=_fraction,
+        help="magnitude pruning to sparsity S, e.g. 0.5; existing zeros count",
+    )
+    g.add_argument(
+        "--prune-pattern",
+        metavar="P",
+        help="unstructured (default), N:M = keep N of every M along the input "
+        "channels (2:4 for Ethos-U85 and GPUs), 1x16 or 1x4 blocks (TFLite's "
+        "sparse FULLY_CONNECTED kernels)",
+    )
+    g.add_argument(
+        "--prune-scope",
+        choices=["channel", "tensor", "global"],
+        help="the unit that reaches S: every output channel (default), every "
+        "tensor, or all weights together",
+    )
+    g = p.add_argument_group("clustering (exact optimal 1-D k-means)")
+    g.add_argument(
+        "--cluster",
+        metavar="K",
+        type=int,
+        help="at most K distinct values per unit, zero counted (it stays a cluster of its own)",
+    )
+    g.add_argument(
+        "--granularity",
+        choices=["tensor", "channel"],
+        help="the clustering unit (default: tensor, one codebook per tensor, "
+        "what Vela's palettes favour)",
+    )
+    g.add_argument(
+        "--cluster-init",
+        choices=["optimal", "linear", "kmeans++", "density"],
+        help="optimal (default) or, for comparison with TF Model Optimization, "
+        "Lloyd's k-means from its initialisations",
+    )
+    g = p.add_argument_group("weight quantization")
+    g.add_argument(
+        "--quantize",
+        choices=["int8-weights", "float16"],
+        help="float weights to int8 per channel (symmetric, read through "
+        "DEQUANTIZE) or to float16; with --cluster, clusters are formed "
+        "among the int8 values",
+    )
+    g = p.add_argument_group("which weights")
+    g.add_argument("--skip", metavar="REGEX", help="leave tensors whose name matches alone")
+    g.add_argument(
+        "--min-size", metavar="N", type=int, help="leave weights with fewer than N elements alone"
+    )
+    g = p.add_argument_group("report")
+    g.add_argument("--json", metavar="FILE|-", help="also write the report as JSON")
+    g.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip running both models in LiteRT after the rewrite",
+    )
+    g.add_argument(
+        "--samples",
+        metavar="N",
+        type=_positive,
+        default=8,
+        help="seeded random inputs for the verify figures (default: 8)",
     )
     p.add_argument(
         "--large",
@@ -104,7 +173,7 @@ def rewrite_parser() -> argparse.ArgumentParser:
         help="store buffers after the flatbuffer, LiteRT's layout for models over "
         "2 GB (default: auto: when the input does or the model needs it)",
     )
-    p.add_argument("--json", metavar="FILE|-", help="also write the report as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="list skipped tensors too")
     p.add_argument("--version", action="version", version=f"tflrewrite {__version__}")
     return p
 
@@ -114,33 +183,56 @@ def default_output(model: str) -> str:
     return f"{root}.tflrewrite{ext or '.tflite'}"
 
 
+def recipe_from_args(args: argparse.Namespace) -> Any:
+    from tflrewrite import recipes
+
+    overrides = {
+        "prune": _given(sparsity=args.prune, pattern=args.prune_pattern, scope=args.prune_scope),
+        "quantize": _given(mode=args.quantize),
+        "cluster": _given(
+            clusters=args.cluster, granularity=args.granularity, init=args.cluster_init
+        ),
+    }
+    recipe = recipes.load(args.recipe).with_options(overrides)
+    common = _given(skip=args.skip, min_size=args.min_size)
+    if common:
+        recipe = recipe.with_options({s.name: common for s in recipe.steps})
+    return recipe
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def run_rewrite(args: argparse.Namespace) -> int:
-    from tflrewrite import reader, recipes, rewrite, writer
+    from tflrewrite import reader, rewrite, writer
     from tflrewrite.fileio import check_output_path
+    from tflrewrite.reports import summary
 
     output = args.output or default_output(args.model)
-    recipe = recipes.load(args.recipe)
+    recipe = recipe_from_args(args)
     check_output_path(output, [args.model], args.force)
     model = reader.read(args.model)
-    result = rewrite.apply(model, recipe)
+    result = rewrite.apply(model, recipe, _step_note)
     large = {"auto": None, "yes": True, "no": False}[args.large]
-    size = writer.write(result.model, output, large=large)
-    before = os.path.getsize(args.model)
-    report = {
-        "input": args.model,
-        "output": output,
-        "recipe": recipe.name,
-        "input_bytes": before,
-        "output_bytes": size,
-        "passes": result.records,
-    }
+    writer.write(result.model, output, large=large)
+    report = summary.build(
+        args.model,
+        output,
+        recipe,
+        result.records,
+        verify_samples=0 if args.no_verify else args.samples,
+    )
     if args.json:
         _write_json(args.json, report)
     if args.json != "-":
-        print(
-            f"{output}: {size:,} bytes ({_ratio(size, before)} of {before:,}), recipe {recipe.name}"
-        )
+        summary.print_report(report, sys.stdout, verbose=args.verbose)
     return 0
+
+
+def _step_note(name: str) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write(f"tflrewrite: {name}...\n")
 
 
 # ---------------------------------------------------------------- audit
@@ -212,7 +304,7 @@ def run_audit(args: argparse.Namespace) -> int:
 def _print_audit(r: Any, everything: bool, out: TextIO) -> None:
     out.write(
         f"{r.file}\n  {r.bytes:,} bytes, {r.zip_bytes:,} zipped "
-        f"({_ratio(r.zip_bytes, r.bytes)}); {r.subgraphs} subgraph(s), "
+        f"({ratio(r.zip_bytes, r.bytes)}); {r.subgraphs} subgraph(s), "
         f"{sum(r.operators.values())} operators; constant data {r.constant_bytes:,} bytes\n"
     )
     if r.by_dtype:
@@ -227,7 +319,7 @@ def _print_audit(r: Any, everything: bool, out: TextIO) -> None:
         (
             str(t.subgraph),
             str(t.index),
-            _clip(t.name, 40),
+            clip(t.name, 40),
             t.dtype,
             "x".join(map(str, t.shape)) if t.shape is not None else "?",
             f"{t.bytes:,}",
@@ -237,7 +329,7 @@ def _print_audit(r: Any, everything: bool, out: TextIO) -> None:
         )
         for t in rows
     ]
-    _print_table(table, out, right={0, 1, 5, 6, 7, 8})
+    print_table(table, out, right={0, 1, 5, 6, 7, 8})
 
 
 def _print_compare(a: Any, b: Any, out: TextIO) -> None:
@@ -248,11 +340,11 @@ def _print_compare(a: Any, b: Any, out: TextIO) -> None:
         ("zipped bytes", a.zip_bytes, b.zip_bytes),
         ("constant bytes", a.constant_bytes, b.constant_bytes),
     ):
-        table.append((label, f"{x:,}", f"{y:,}", _ratio(y, x)))
+        table.append((label, f"{x:,}", f"{y:,}", ratio(y, x)))
     for dtype in sorted(set(a.by_dtype) | set(b.by_dtype)):
         x, y = a.by_dtype.get(dtype, 0), b.by_dtype.get(dtype, 0)
-        table.append((f"  {dtype}", f"{x:,}", f"{y:,}", _ratio(y, x)))
-    _print_table(table, out, right={1, 2, 3})
+        table.append((f"  {dtype}", f"{x:,}", f"{y:,}", ratio(y, x)))
+    print_table(table, out, right={1, 2, 3})
     out.write("\n")
     after = {(t.subgraph, t.name): t for t in b.tensors if t.bytes}
     rows = [("name", "bytes", "->", "sparsity", "->", "unique", "->")]
@@ -262,16 +354,16 @@ def _print_compare(a: Any, b: Any, out: TextIO) -> None:
             continue
         rows.append(
             (
-                _clip(t.name, 40),
+                clip(t.name, 40),
                 f"{t.bytes:,}",
                 f"{u.bytes:,}",
-                _fmt(t.sparsity),
-                _fmt(u.sparsity),
-                _fmt(t.unique),
-                _fmt(u.unique),
+                fmt(t.sparsity),
+                fmt(u.sparsity),
+                fmt(t.unique),
+                fmt(u.unique),
             )
         )
-    _print_table(rows, out, right={1, 2, 3, 4, 5, 6})
+    print_table(rows, out, right={1, 2, 3, 4, 5, 6})
 
 
 # ---------------------------------------------------------------- verify
@@ -347,18 +439,18 @@ def run_verify(args: argparse.Namespace) -> int:
         for o in report.outputs:
             table.append(
                 (
-                    _clip(o.name, 40),
+                    clip(o.name, 40),
                     "x".join(map(str, o.shape)),
-                    _db(o.sqnr_db),
+                    db(o.sqnr_db),
                     f"{o.max_abs_error:.4g}",
                     "" if o.top1_agreement is None else f"{o.top1_agreement:.3f}",
                     "yes" if o.identical else "no",
                 )
             )
-        _print_table(table, out, right={2, 3, 4})
+        print_table(table, out, right={2, 3, 4})
     if args.min_sqnr is not None and report.min_sqnr_db < args.min_sqnr:
         print(
-            f"tflrewrite: {args.candidate}: SQNR {_db(report.min_sqnr_db)} dB is below "
+            f"tflrewrite: {args.candidate}: SQNR {db(report.min_sqnr_db)} dB is below "
             f"--min-sqnr {args.min_sqnr}",
             file=sys.stderr,
         )
@@ -379,6 +471,11 @@ def run_recipes(args: argparse.Namespace) -> int:
     width = max(len(n) for n in recipes.BUILTIN)
     for r in recipes.BUILTIN.values():
         print(f"{r.name:<{width}}  {r.description}")
+    print(
+        "\nFlags (--prune, --cluster, --quantize, ...) override a recipe's options or add "
+        "its missing steps;\na TOML file given to --recipe can set options per tensor "
+        "(see `tflrewrite --help`)."
+    )
     return 0
 
 
@@ -410,6 +507,16 @@ def _size(text: str) -> int:
     return int(number * base ** " kmg".index(prefix or " "))
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"not a fraction in [0, 1): {text!r}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -434,30 +541,3 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def _print_table(rows: list[tuple], out: TextIO, right: set[int] = frozenset()) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        cells = [
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
-        ]
-        out.write("  " + "  ".join(cells).rstrip() + "\n")
-
-
-def _ratio(after: int, before: int) -> str:
-    return f"{after / before:.3f}x" if before else "-"
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def _db(value: float) -> str:
-    return "inf" if math.isinf(value) and value > 0 else f"{value:.2f}"
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"

@@ -255,6 +255,12 @@ class Model:
         self.buffers.append(buffer)
         return buffer
 
+    def empty_buffer(self) -> Buffer:
+        """A buffer without data for a tensor that is not a constant: buffer 0 by convention."""
+        if self.buffers and self.buffers[0].data is None:
+            return self.buffers[0]
+        return self.add_buffer(None)
+
     def opcode(self, name: str, version: int = 1, custom_code: str | None = None) -> Opcode:
         """The opcode entry for (name, version, custom_code), added if the model lacks it."""
         for oc in self.opcodes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import mmap
 import os
+import stat
 import struct
 from typing import Any
 
@@ -45,6 +46,11 @@ def read(path: str | os.PathLike) -> Model:
     """Read a .tflite file. Raises ModelError for anything that is not a loadable model."""
     path = os.fspath(path)
     try:
+        # A named pipe would block open() until some writer comes, and a device may never
+        # end: a model is a regular file, so say so before opening anything else.
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            raise ModelError(path, "not a regular file (a pipe, socket or device)")
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
@@ -122,10 +128,21 @@ class _Reader:
         (root,) = struct.unpack_from("<I", self.bytes, 0)
         if root + 4 > self.size:
             raise self.fail("corrupt flatbuffer: root table offset points past the end")
+        if root < 8:  # the root table cannot overlap its own offset and the identifier
+            raise self.fail("corrupt flatbuffer: root table offset points into the header")
+        # _Bounded: the generated code slices strings out of the buffer, and a slice
+        # silently stops at the end of the file; a string whose length lies must fail.
+        data = self.bytes.view(_Bounded)
         try:
-            return fb.ModelT.InitFromPackedBuf(self.data, 0)
+            entries = _table_entries(fb.Model.GetRootAs(data, 0), self.size // 4)
+            if entries <= self.size // 4:
+                return fb.ModelT.InitFromPackedBuf(data, 0)
         except Exception as e:  # noqa: BLE001 - the generated unpacker trusts every offset
             raise self.fail(f"corrupt flatbuffer ({type(e).__name__}: {e})") from None
+        raise self.fail(
+            "corrupt flatbuffer: it lists more tables than the file has room for "
+            "(entries that repeat one table or vector)"
+        )
 
     def buffers(self, raw: list) -> tuple[list[Buffer], bool]:
         if len(raw) == 0:
@@ -225,6 +242,7 @@ class _Reader:
             is_variable=bool(raw.isVariable),
             has_rank=bool(raw.hasRank),
         )
+        self.check_quantization(where, t)
         expected = t.expected_nbytes()
         if t.is_constant and expected is not None and expected != t.buffer.nbytes:
             raise self.fail(
@@ -234,6 +252,27 @@ class _Reader:
         _clear(raw, "shape", "type", "buffer", "name", "quantization", "sparsity", "shapeSignature")
         t.extra = raw
         return t
+
+    def check_quantization(self, where: str, t: Tensor) -> None:
+        """LiteRT's checks of affine quantization (InterpreterBuilder::ParseQuantization):
+        without them an axis out of range would fail later, in numpy, as a traceback."""
+        q = t.quantization
+        if q is None or not q.is_affine:
+            return
+        scales = q.scale.size
+        zero_points = 0 if q.zero_point is None else q.zero_point.size
+        if zero_points != scales:
+            raise self.fail(
+                f"{where} has {scales} quantization scales but {zero_points} zero points"
+            )
+        rank = len(t.shape or ())
+        if q.axis < 0 or (rank and q.axis >= rank):
+            raise self.fail(f"{where} is quantized along axis {q.axis} but has {rank} dimensions")
+        if scales != 1 and rank and scales != t.shape[q.axis]:
+            raise self.fail(
+                f"{where} has {scales} quantization scales for the {t.shape[q.axis]} "
+                f"entries of its axis {q.axis}"
+            )
 
     def operator(self, raw: Any, opcodes: list[Opcode], ref: Any) -> Operator:
         if raw.builtinOptionsType != 0 and raw.builtinOptions is None:
@@ -317,6 +356,52 @@ class _Reader:
             return 0
         start = view.__array_interface__["data"][0] - self.bytes.__array_interface__["data"][0]
         return start + view.size
+
+
+def _table_entries(m: Any, limit: int) -> int:
+    """How many entries the model's vectors of tables hold, counted as the unpacker will
+    visit them (a vector met twice counts twice); stops counting past `limit`.
+
+    Each entry is a 4-byte offset, so a file of N bytes has room for N/4 of them, unless
+    entries repeat: no TFLite writer does that, but a crafted file of a few kilobytes whose
+    subgraph entries all name one subgraph, whose tensor entries all name one tensor, would
+    unpack into millions of objects. The raw tables read here create nothing."""
+    n = (
+        m.OperatorCodesLength()
+        + m.BuffersLength()
+        + m.MetadataLength()
+        + m.SubgraphsLength()
+        + m.SignatureDefsLength()
+    )
+    for i in range(m.SubgraphsLength()):
+        if n > limit:
+            return n
+        sg = m.Subgraphs(i)
+        n += sg.TensorsLength() + sg.OperatorsLength()
+        for j in range(sg.TensorsLength()):
+            if n > limit:
+                return n
+            t = sg.Tensors(j)
+            sparsity = t.Sparsity()
+            n += t.VariantTensorsLength() + (
+                0 if sparsity is None else sparsity.DimMetadataLength()
+            )
+    for i in range(m.SignatureDefsLength()):
+        if n > limit:
+            return n
+        sig = m.SignatureDefs(i)
+        n += sig.InputsLength() + sig.OutputsLength()
+    return n
+
+
+class _Bounded(np.ndarray):
+    """The file's bytes (a view, no copy) for the flatbuffer unpacker: a slice that runs
+    past the end raises instead of coming back short, like LiteRT's verifier."""
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice) and key.stop is not None and key.stop > len(self):
+            raise IndexError(f"bytes {key.start}..{key.stop} lie past the end")
+        return super().__getitem__(key)
 
 
 def _u8(values: Any) -> np.ndarray:

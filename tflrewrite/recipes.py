@@ -1,25 +1,117 @@
-"""Recipes: named chains of passes (the paths of the deployment tree) and recipe files."""
+"""Recipes: the paths of the deployment tree as named chains of passes, their overrides from
+command-line flags, and recipe files (TOML) with per-tensor rules.
+
+A recipe file:
+
+    name = "fc-heavy"                       # optional
+    description = "prune FC layers harder"  # optional
+    [prune]                                 # a table per pass: its options
+    sparsity = 0.5
+    [cluster]
+    clusters = 16
+    granularity = "channel"
+    [quantize]
+    mode = "int8-weights"
+    [[rules]]                               # first rule whose regex matches a tensor wins
+    match = "dense_1"
+    prune = { sparsity = 0.8 }              # options for this tensor
+    cluster = false                         # leave it alone in this pass
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
+from typing import Any
 
-from tflrewrite.errors import TflRewriteError
+from tflrewrite.errors import TflRewriteError, UsageError
+from tflrewrite.passes import PASSES
+from tflrewrite.passes.common import Rule
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # a key of PASSES
+    options: Any  # that pass's Options
+    rules: tuple[Rule, ...] = ()
+
+    def to_json(self) -> dict:
+        return {
+            "pass": self.name,
+            "options": dataclasses.asdict(self.options),
+            "rules": [{"match": r.match, "options": r.options} for r in self.rules],
+        }
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
     description: str
-    steps: tuple[dict, ...] = field(default_factory=tuple)  # one dict of options per pass
+    steps: tuple[Step, ...] = field(default_factory=tuple)
 
+    def with_options(self, overrides: dict[str, dict[str, Any]]) -> Recipe:
+        """This recipe with pass options overridden (a pass it lacks is added), its steps in
+        the order PASSES gives."""
+        steps = {s.name: s for s in self.steps}
+        for name, values in overrides.items():
+            if not values:
+                continue
+            base = steps[name].options if name in steps else PASSES[name].Options()
+            step = steps.get(name, Step(name, base))
+            steps[name] = dataclasses.replace(step, options=_replace(base, values, name))
+        ordered = tuple(steps[n] for n in PASSES if n in steps)
+        changed = ordered != self.steps
+        name = f"{self.name}+flags" if changed and self.steps else self.name
+        if changed and not self.steps:
+            name = "+".join(s.name for s in ordered) or self.name
+        return Recipe(name, self.description, ordered)
+
+
+def _replace(options: Any, values: dict[str, Any], where: str) -> Any:
+    try:
+        return dataclasses.replace(options, **values)
+    except TypeError as e:
+        known = ", ".join(f.name for f in dataclasses.fields(options))
+        raise UsageError(f"{where}: {e} (options: {known})") from None
+
+
+def _builtin(name: str, description: str, **passes: dict) -> Recipe:
+    steps = tuple(Step(n, PASSES[n].Options(**passes[n])) for n in PASSES if n in passes)
+    return Recipe(name, description, steps)
+
+
+_PRUNE, _CLUSTER, _INT8 = {"sparsity": 0.5}, {"clusters": 16}, {"mode": "int8-weights"}
 
 BUILTIN: dict[str, Recipe] = {
     r.name: r
     for r in [
-        Recipe("identity", "read and write the model, changing nothing (a lossless round trip)"),
+        _builtin("identity", "read and write the model, changing nothing (a lossless round trip)"),
+        _builtin("prune", "magnitude pruning to 50% sparsity per output channel", prune=_PRUNE),
+        _builtin("cluster", "16 clusters per tensor, optimal 1-D k-means", cluster=_CLUSTER),
+        _builtin(
+            "prune-cluster",
+            "prune 50%, then sparsity-preserving clustering to 16",
+            prune=_PRUNE,
+            cluster=_CLUSTER,
+        ),
+        _builtin("int8-weights", "float weights to int8 per channel (weight-only)", quantize=_INT8),
+        _builtin("float16", "float32 weights to float16", quantize={"mode": "float16"}),
+        _builtin("prune-int8", "prune 50%, then int8 weights", prune=_PRUNE, quantize=_INT8),
+        _builtin(
+            "cluster-int8",
+            "int8 weights clustered to 16 int8 values per tensor",
+            quantize=_INT8,
+            cluster=_CLUSTER,
+        ),
+        _builtin(
+            "prune-cluster-int8",
+            "prune 50%, int8 weights, 16 clusters keeping zeros",
+            prune=_PRUNE,
+            quantize=_INT8,
+            cluster=_CLUSTER,
+        ),
     ]
 }
 
@@ -34,18 +126,56 @@ def load(name_or_path: str) -> Recipe:
     try:
         with open(name_or_path, "rb") as f:
             doc = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise TflRewriteError(f"{name_or_path}: not a readable TOML recipe ({e})") from None
-    unknown = set(doc) - {"name", "description", "steps"}
+    try:
+        return from_dict(doc, os.path.basename(name_or_path))
+    except UsageError as e:
+        raise TflRewriteError(f"{name_or_path}: {e}") from None
+
+
+def from_dict(doc: dict, default_name: str) -> Recipe:
+    unknown = set(doc) - {"name", "description", "rules", *PASSES}
     if unknown:
-        raise TflRewriteError(f"{name_or_path}: unknown recipe keys: {', '.join(sorted(unknown))}")
-    steps = doc.get("steps", [])
-    if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
-        raise TflRewriteError(f"{name_or_path}: 'steps' must be an array of tables")
-    if steps:
-        raise TflRewriteError(
-            f"{name_or_path}: this version of tflrewrite has no passes yet; "
-            "a recipe file can only be empty"
+        raise UsageError(
+            f"unknown keys {', '.join(sorted(unknown))} (passes: "
+            f"{', '.join(PASSES)}; also name, description, rules)"
         )
-    name = str(doc.get("name", os.path.basename(name_or_path)))
-    return Recipe(name, str(doc.get("description", "")), tuple(steps))
+    rules = doc.get("rules", [])
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        raise UsageError("'rules' must be an array of tables ([[rules]])")
+    for i, r in enumerate(rules):
+        if "match" not in r or set(r) - {"match", *PASSES}:
+            raise UsageError(f"rule {i + 1}: needs 'match' and pass names only "
+                             f"(got {', '.join(sorted(r))})")
+        if set(r) - {"match"} - set(doc):
+            raise UsageError(f"rule {i + 1}: names a pass the recipe does not run")
+    steps = []
+    for name, module in PASSES.items():
+        if name not in doc:
+            continue
+        if not isinstance(doc[name], dict):
+            raise UsageError(f"[{name}] must be a table of options")
+        options = _replace(module.Options(), doc[name], f"[{name}]")
+        steps.append(Step(name, options, tuple(_rules(rules, name))))
+    return Recipe(str(doc.get("name", default_name)), str(doc.get("description", "")), tuple(steps))
+
+
+def _rules(rules: list[dict], pass_name: str) -> list[Rule]:
+    out = []
+    for i, r in enumerate(rules):
+        extra = set(r) - {"match", *PASSES}
+        if "match" not in r or extra:
+            raise UsageError(
+                f"rule {i + 1}: needs 'match' and pass names only (got {', '.join(sorted(r))})"
+            )
+        if pass_name not in r:
+            continue
+        value = r[pass_name]
+        if value is False:
+            out.append(Rule(r["match"], None))
+        elif isinstance(value, dict):
+            out.append(Rule(r["match"], value))
+        else:
+            raise UsageError(f"rule {i + 1}: {pass_name} must be false or a table of options")
+    return out

@@ -1,0 +1,659 @@
+"""Exact optimal 1-D k-means (least squared error) for weight clustering, plus Lloyd for parity.
+
+The exact solver is the classic dynamic programme over sorted points, D[l][j] = min_i
+D[l-1][i] + cost(i, j), with each layer computed by divide and conquer: the 1-D k-means cost
+satisfies the quadrangle inequality, so the leftmost argmin of a layer is monotone in j
+(Grønlund et al. 2017, "Fast exact k-means, k-medians and Bregman divergence clustering in
+1D"). One layer costs O(m log m) for m distinct points; memory is an O(k m) int32 argmin table.
+
+Every choice that decides which of two equally good partitions is returned is made the same
+way in the numpy twins (`kmeans_1d_bruteforce`, `cluster_int8_rows_numpy`,
+`cluster_float_rows_numpy`): the same float64 operations in the same order (sequential
+prefix sums, `np.cumsum` in the twins), leftmost argmin, so the integer outputs are equal
+bit for bit. (If rounding ever broke the monotone-argmin property on a near tie, the fast
+kernel could return another partition whose cost differs in the last bits.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tflrewrite.kernels._jit import jit
+
+_INF = np.inf
+_STACK = 70  # the divide-and-conquer stack holds at most log2(m) + 2 entries
+
+# ------------------------------------------------------------------ shared DP core (Numba)
+
+
+@jit
+def _prefix_sums(x, w, m, p0, p1, p2):
+    """Prefix sums of w, w*d, w*d*d with d = x - (weighted mean), centred against cancellation."""
+    s0 = 0.0
+    s1 = 0.0
+    for t in range(m):
+        s0 += w[t]
+        s1 += w[t] * x[t]
+    mu = s1 / s0
+    p0[0] = 0.0
+    p1[0] = 0.0
+    p2[0] = 0.0
+    for t in range(m):
+        d = x[t] - mu
+        wd = w[t] * d
+        p0[t + 1] = p0[t] + w[t]
+        p1[t + 1] = p1[t] + wd
+        p2[t + 1] = p2[t] + wd * d
+
+
+@jit
+def _seg_cost(p0, p1, p2, i, j):
+    """Weighted squared error of points [i, j) around their mean; rounding below 0 clamps."""
+    s0 = p0[j] - p0[i]
+    s1 = p1[j] - p1[i]
+    s2 = p2[j] - p2[i]
+    c = s2 - s1 * s1 / s0
+    return c if c > 0.0 else 0.0
+
+
+@jit
+def _dc_layer(p0, p1, p2, dprev, dcur, arg, prev_arg, jlo, jhi, ilo, stack):
+    """dcur[j] = min_{ilo <= i < j} dprev[i] + cost(i, j) for j in [jlo, jhi], leftmost argmin.
+
+    Divide and conquer on j (the argmin is monotone in j); the previous layer's argmin,
+    prev_arg (valid on [jlo - 1, jhi - 1]), is a lower bound too (Knuth), which cuts the
+    evaluations by about a third.
+    """
+    stack[0, 0] = jlo
+    stack[0, 1] = jhi
+    stack[0, 2] = ilo
+    stack[0, 3] = jhi - 1
+    top = 1
+    while top > 0:
+        top -= 1
+        a = stack[top, 0]
+        b = stack[top, 1]
+        olo = stack[top, 2]
+        ohi = stack[top, 3]
+        mid = (a + b) // 2
+        hi = min(ohi, mid - 1)  # >= olo always
+        lo = max(olo, min(prev_arg[min(mid, jhi - 1)], hi))  # never an empty range
+        q0 = p0[mid]
+        q1 = p1[mid]
+        q2 = p2[mid]
+        best = _INF
+        bi = lo
+        for i in range(lo, hi + 1):
+            s1 = q1 - p1[i]
+            c = (q2 - p2[i]) - s1 * s1 / (q0 - p0[i])  # _seg_cost(p0, p1, p2, i, mid)
+            v = dprev[i] + (c if c > 0.0 else 0.0)
+            if v < best:
+                best = v
+                bi = i
+        dcur[mid] = best
+        arg[mid] = bi
+        if a < mid:
+            stack[top, 0] = a
+            stack[top, 1] = mid - 1
+            stack[top, 2] = olo
+            stack[top, 3] = bi
+            top += 1
+        if mid < b:
+            stack[top, 0] = mid + 1
+            stack[top, 1] = b
+            stack[top, 2] = bi
+            stack[top, 3] = ohi
+            top += 1
+
+
+@jit
+def _dp_core(x, w, m, k, f, arg, stack, starts):
+    """Optimal split of the m sorted distinct points x (weights w) into kk = min(k, m) clusters.
+
+    Writes the first point of each cluster to starts[:kk] and returns (kk, DP cost). The
+    work arrays come from `_workspace` and may be larger than needed.
+    """
+    p0, p1, p2, dprev, dcur = f[0], f[1], f[2], f[3], f[4]
+    kk = min(k, m)
+    if kk == m:
+        for t in range(m):
+            starts[t] = t
+        return kk, 0.0
+    _prefix_sums(x, w, m, p0, p1, p2)
+    # Layer l (l clusters) is needed only for j in [l, m - kk + l]; layer 1's argmin is 0.
+    for j in range(1, m - kk + 2):
+        dprev[j] = _seg_cost(p0, p1, p2, 0, j)
+        arg[0, j] = 0
+    cost = dprev[m] if kk == 1 else 0.0
+    for l in range(2, kk + 1):
+        if l < kk:
+            _dc_layer(p0, p1, p2, dprev, dcur, arg[l - 1], arg[l - 2], l, m - kk + l, l - 1,
+                      stack)
+            dprev, dcur = dcur, dprev
+        else:  # the last layer needs j = m only
+            lo = max(l - 1, arg[l - 2, m - 1])
+            best = _INF
+            bi = lo
+            for i in range(lo, m):
+                v = dprev[i] + _seg_cost(p0, p1, p2, i, m)
+                if v < best:
+                    best = v
+                    bi = i
+            arg[l - 1, m] = bi
+            cost = best
+    j = m
+    for l in range(kk, 1, -1):
+        j = arg[l - 1, j]
+        starts[l - 1] = j
+    starts[0] = 0
+    return kk, cost
+
+
+@jit
+def _cluster_mean(x, w, a, b):
+    """Weighted mean of points [a, b), as x[a] + mean offset, clipped into [x[a], x[b-1]]."""
+    acc = 0.0
+    s0 = 0.0
+    for t in range(a, b):
+        acc += w[t] * (x[t] - x[a])
+        s0 += w[t]
+    c = x[a] + acc / s0
+    if c < x[a]:
+        c = x[a]
+    if c > x[b - 1]:
+        c = x[b - 1]
+    return c
+
+
+@jit
+def _workspace(m, k):
+    kk = max(1, min(k, m))
+    f = np.empty((5, m + 1))  # p0, p1, p2, dprev, dcur
+    arg = np.zeros((kk, m + 1), np.int32)  # argmin of each layer, for the backtrack
+    return f, arg, np.empty((_STACK, 4), np.int64), np.empty(kk, np.int64)
+
+
+# ------------------------------------------------------------------ one weighted array
+
+
+@jit
+def _optimal_kmeans_1d_kernel(values, weights, k):
+    n = values.shape[0]
+    x = np.empty(n)
+    w = np.empty(n)
+    first = np.empty(n, np.int64)
+    m = 0
+    for t in range(n):
+        if m > 0 and values[t] == x[m - 1]:
+            w[m - 1] += weights[t]
+        else:
+            x[m] = values[t]
+            w[m] = weights[t]
+            first[m] = t
+            m += 1
+    f, arg, stack, starts = _workspace(m, k)
+    kk, _ = _dp_core(x, w, m, k, f, arg, stack, starts)
+    centroids = np.empty(kk)
+    boundaries = np.empty(kk, np.int64)
+    for c in range(kk):
+        a = starts[c]
+        b = starts[c + 1] if c + 1 < kk else m
+        centroids[c] = _cluster_mean(x, w, a, b)
+        boundaries[c] = first[a]
+    cost = 0.0
+    c = 0
+    for t in range(n):
+        while c + 1 < kk and t >= boundaries[c + 1]:
+            c += 1
+        d = values[t] - centroids[c]
+        cost += weights[t] * d * d
+    return centroids, boundaries, cost
+
+
+def _check_points(values, weights, *, need_sorted: bool) -> tuple[np.ndarray, np.ndarray]:
+    v = np.ascontiguousarray(values, dtype=np.float64)
+    if v.ndim != 1:
+        raise ValueError(f"values must be 1-D, got shape {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError("values must be finite (no NaN or inf)")
+    if need_sorted and v.size > 1 and np.any(v[1:] < v[:-1]):
+        raise ValueError("values must be sorted ascending")
+    if weights is None:
+        return v, np.ones_like(v)
+    w = np.ascontiguousarray(weights, dtype=np.float64)
+    if w.shape != v.shape:
+        raise ValueError(f"weights shape {w.shape} differs from values shape {v.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise ValueError("weights must be finite and > 0")
+    return v, w
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def optimal_kmeans_1d(
+    values: np.ndarray, weights: np.ndarray | None, k: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Exact least-squares clustering of sorted 1-D points into at most k contiguous clusters.
+
+    Args:
+        values: 1-D, sorted ascending, finite; repeats allowed (they always share a cluster).
+        weights: positive weights (counts) of the same length, or None for all ones.
+        k: the most clusters wanted, >= 1.
+
+    Returns:
+        (centroids, boundaries, cost): k' = min(k, distinct values) ascending float64 centroids
+        (each its cluster's weighted mean), the int64 index in `values` where each cluster
+        starts, and sum w_i (v_i - c(i))^2 of that assignment.
+
+    Raises:
+        ValueError: on inputs that break the rules above.
+    """
+    v, w = _check_points(values, weights, need_sorted=True)
+    k = _check_k(k)
+    if v.size == 0:
+        return np.empty(0), np.empty(0, np.int64), 0.0
+    centroids, boundaries, cost = _optimal_kmeans_1d_kernel(v, w, k)
+    return centroids, boundaries, float(cost)
+
+
+# ------------------------------------------------------------------ plain numpy twins
+
+
+def _np_prefix_sums(x: np.ndarray, w: np.ndarray):
+    """The same float64 operations, in the same order, as `_prefix_sums`."""
+    mu = np.cumsum(w * x)[-1] / np.cumsum(w)[-1]
+    d = x - mu
+    wd = w * d
+    zero = np.zeros(1)
+    return (np.concatenate([zero, np.cumsum(w)]), np.concatenate([zero, np.cumsum(wd)]),
+            np.concatenate([zero, np.cumsum(wd * d)]))
+
+
+def _np_dp_starts(x: np.ndarray, w: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+    """O(k m^2) dynamic programme over all (i, j) without the divide and conquer."""
+    m = x.size
+    kk = min(k, m)
+    if kk == m:
+        return np.arange(m), 0.0
+    p0, p1, p2 = _np_prefix_sums(x, w)
+    i, j = np.triu_indices(m + 1, 1)
+    s0 = p0[j] - p0[i]
+    s1 = p1[j] - p1[i]
+    c = (p2[j] - p2[i]) - s1 * s1 / s0
+    cost = np.full((m + 1, m + 1), np.inf)  # cost[i, j] of points [i, j); inf where i >= j
+    cost[i, j] = np.where(c > 0.0, c, 0.0)
+    d = cost[0].copy()
+    args = np.zeros((kk, m + 1), np.int64)
+    for layer in range(2, kk + 1):
+        cand = d[:, None] + cost  # cand[i, j]
+        cand[: layer - 1] = np.inf
+        args[layer - 1] = np.argmin(cand, axis=0)  # first (leftmost) minimum
+        d = cand[args[layer - 1], np.arange(m + 1)]
+    starts = np.zeros(kk, np.int64)
+    jj = m
+    for layer in range(kk, 1, -1):
+        jj = args[layer - 1, jj]
+        starts[layer - 1] = jj
+    return starts, float(d[m])
+
+
+def _np_dc_starts(x: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
+    """The same search as `_dp_core` (divide and conquer plus Knuth's bound), in numpy.
+
+    The twins need this rather than the full DP: on an exact tie between two partitions,
+    rounding can make the computed argmin non-monotone by an ulp, and then a full scan and the
+    divide and conquer pick different (equally optimal) partitions.
+    """
+    m = x.size
+    kk = min(k, m)
+    if kk == m:
+        return np.arange(m)
+    p0, p1, p2 = _np_prefix_sums(x, w)
+
+    def cost(i, j):  # _seg_cost for the points [i, j), i an array
+        s1 = p1[j] - p1[i]
+        c = (p2[j] - p2[i]) - s1 * s1 / (p0[j] - p0[i])
+        return np.where(c > 0.0, c, 0.0)
+
+    arg = np.zeros((kk, m + 1), np.int64)
+    js = np.arange(1, m - kk + 2)
+    dprev = np.zeros(m + 1)
+    dprev[js] = cost(np.zeros_like(js), js)
+    for layer in range(2, kk):
+        dcur = np.zeros(m + 1)
+        jhi = m - kk + layer
+
+        def solve(a, b, olo, ohi, layer=layer, jhi=jhi, dprev=dprev, dcur=dcur):
+            mid = (a + b) // 2
+            hi = min(ohi, mid - 1)
+            lo = max(olo, min(arg[layer - 2, min(mid, jhi - 1)], hi))
+            i = np.arange(lo, hi + 1)
+            v = dprev[i] + cost(i, mid)
+            bi = lo + int(np.argmin(v))  # first minimum, as the kernel's strict <
+            dcur[mid] = v[bi - lo]
+            arg[layer - 1, mid] = bi
+            if a < mid:
+                solve(a, mid - 1, olo, bi)
+            if mid < b:
+                solve(mid + 1, b, bi, ohi)
+
+        solve(layer, jhi, layer - 1, jhi - 1)
+        dprev = dcur
+    if kk > 1:
+        i = np.arange(max(kk - 1, arg[kk - 2, m - 1]), m)
+        arg[kk - 1, m] = i[0] + int(np.argmin(dprev[i] + cost(i, m)))
+    starts = np.zeros(kk, np.int64)
+    jj = m
+    for layer in range(kk, 1, -1):
+        jj = arg[layer - 1, jj]
+        starts[layer - 1] = jj
+    return starts
+
+
+def _np_cluster_means(x: np.ndarray, w: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The same operations as `_cluster_mean`, cluster by cluster."""
+    ends = np.append(starts[1:], x.size)
+    out = np.empty(starts.size)
+    for c, (a, b) in enumerate(zip(starts, ends)):
+        acc = np.cumsum(w[a:b] * (x[a:b] - x[a]))[-1]
+        out[c] = min(max(x[a] + acc / np.cumsum(w[a:b])[-1], x[a]), x[b - 1])
+    return out
+
+
+def kmeans_1d_bruteforce(
+    values: np.ndarray, weights: np.ndarray | None, k: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Slow twin of `optimal_kmeans_1d` (full O(k m^2) DP in numpy); same inputs and outputs."""
+    v, w = _check_points(values, weights, need_sorted=True)
+    k = _check_k(k)
+    if v.size == 0:
+        return np.empty(0), np.empty(0, np.int64), 0.0
+    x, first, inverse = np.unique(v, return_index=True, return_inverse=True)
+    wx = np.bincount(inverse, weights=w)
+    starts, _ = _np_dp_starts(x, wx, k)
+    centroids = _np_cluster_means(x, wx, starts)
+    cluster = np.searchsorted(starts, inverse, side="right") - 1
+    cost = float(np.sum(w * (v - centroids[cluster]) ** 2))
+    return centroids, first[starts].astype(np.int64), cost
+
+
+# ------------------------------------------------------------------ int8 rows
+
+
+@jit
+def _round_mean_int(s1, s0):
+    """round(s1 / s0) with ties away from zero, exactly, in integers (s0 > 0)."""
+    if s1 >= 0:
+        return (2 * s1 + s0) // (2 * s0)
+    return -((-2 * s1 + s0) // (2 * s0))
+
+
+@jit
+def _cluster_int8_rows_kernel(q, k, keep_zero, out):
+    rows, n = q.shape
+    hist = np.zeros(256, np.int64)
+    x = np.empty(256)
+    w = np.empty(256)
+    level = np.empty(256, np.int64)
+    lut = np.empty(256, np.int8)
+    f, arg, stack, starts = _workspace(256, k)
+    for r in range(rows):
+        hist[:] = 0
+        for t in range(n):
+            hist[q[r, t] + 128] += 1
+        zero_alone = keep_zero and hist[128] > 0
+        m = 0
+        for b in range(256):
+            if hist[b] > 0 and not (zero_alone and b == 128):
+                x[m] = b - 128
+                w[m] = hist[b]
+                level[m] = b - 128
+                m += 1
+        kr = k - 1 if zero_alone else k
+        lut[128] = 0
+        if m > 0 and kr == 0:
+            for t in range(m):  # k == 1 with zeros kept: the zero cluster is the only one
+                lut[level[t] + 128] = 0
+        elif m > 0:
+            kk, _ = _dp_core(x, w, m, kr, f, arg, stack, starts)
+            for c in range(kk):
+                a = starts[c]
+                b = starts[c + 1] if c + 1 < kk else m
+                s0 = 0
+                s1 = 0
+                for t in range(a, b):
+                    s0 += hist[level[t] + 128]
+                    s1 += hist[level[t] + 128] * level[t]
+                cent = min(max(_round_mean_int(s1, s0), -128), 127)
+                for t in range(a, b):
+                    lut[level[t] + 128] = cent
+        for t in range(n):
+            out[r, t] = lut[q[r, t] + 128]
+
+
+def _check_rows(a, kind: str) -> None:
+    if not isinstance(a, np.ndarray) or a.ndim != 2:
+        raise ValueError(f"expected a 2-D {kind} array (rows x n), got {type(a).__name__} "
+                         f"with shape {getattr(a, 'shape', None)}")
+
+
+def cluster_int8_rows(q: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
+    """Replace each row's int8 values by at most k optimal cluster centroids.
+
+    Each row is clustered on its histogram of the 256 levels. When keep_zero is set and the
+    row holds zeros, zero is a cluster of its own and the other levels share k - 1 clusters
+    (so with k == 1 the whole row becomes zero); otherwise all levels share k. Centroids are
+    weighted means rounded half away from zero. A nonzero cluster may round to 0.
+
+    Returns:
+        A new int8 array of q's shape with at most k distinct values per row.
+    """
+    _check_rows(q, "int8")
+    if q.dtype != np.int8:
+        raise ValueError(f"q must be int8, got {q.dtype}")
+    k = _check_k(k)
+    out = np.empty_like(q)
+    _cluster_int8_rows_kernel(np.ascontiguousarray(q), k, bool(keep_zero), out)
+    return out
+
+
+def _round_half_away(s1: int, s0: int) -> int:
+    return (2 * s1 + s0) // (2 * s0) if s1 >= 0 else -((-2 * s1 + s0) // (2 * s0))
+
+
+def cluster_int8_rows_numpy(q: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
+    """Plain numpy twin of `cluster_int8_rows` (the same search, see `_np_dc_starts`)."""
+    _check_rows(q, "int8")
+    k = _check_k(k)
+    out = np.empty_like(q)
+    for r, row in enumerate(q):
+        levels, counts = np.unique(row.astype(np.int64), return_counts=True)
+        lut = np.zeros(256, np.int64)
+        kr = k
+        if keep_zero and np.any(levels == 0):
+            keep = levels != 0
+            levels, counts, kr = levels[keep], counts[keep], k - 1
+        if levels.size and kr > 0:
+            starts = _np_dc_starts(levels.astype(np.float64), counts.astype(np.float64), kr)
+            for a, b in zip(starts, np.append(starts[1:], levels.size)):
+                s1 = int(np.dot(counts[a:b], levels[a:b]))
+                cent = _round_half_away(s1, int(counts[a:b].sum()))
+                lut[levels[a:b] + 128] = min(max(cent, -128), 127)
+        out[r] = lut[row.astype(np.int64) + 128]
+    return out
+
+
+# ------------------------------------------------------------------ float rows
+
+
+@jit
+def _cluster_float_rows_kernel(xin, k, keep_zero, out):
+    rows, n = xin.shape
+    buf = np.empty(n)
+    x = np.empty(n)
+    w = np.empty(n)
+    f, arg, stack, starts = _workspace(n, k)
+    for r in range(rows):
+        nz = 0
+        has_zero = False
+        for t in range(n):
+            v = np.float64(xin[r, t])
+            if keep_zero and v == 0.0:
+                has_zero = True
+            else:
+                buf[nz] = v
+                nz += 1
+        kr = k - 1 if has_zero else k
+        for t in range(n):
+            out[r, t] = xin[r, t]
+        if nz == 0:
+            continue
+        if kr == 0:  # k == 1 with zeros kept: the zero cluster is the only one
+            for t in range(n):
+                out[r, t] = 0.0
+            continue
+        s = np.sort(buf[:nz])
+        m = 0
+        for t in range(nz):
+            if m > 0 and s[t] == x[m - 1]:
+                w[m - 1] += 1.0
+            else:
+                x[m] = s[t]
+                w[m] = 1.0
+                m += 1
+        kk, _ = _dp_core(x, w, m, kr, f, arg, stack, starts)
+        cent = np.empty(kk)
+        lows = np.empty(kk)
+        for c in range(kk):
+            a = starts[c]
+            b = starts[c + 1] if c + 1 < kk else m
+            cent[c] = _cluster_mean(x, w, a, b)
+            lows[c] = x[a]
+        for t in range(n):
+            v = np.float64(xin[r, t])
+            if not (has_zero and v == 0.0):
+                out[r, t] = cent[np.searchsorted(lows, v, side="right") - 1]
+
+
+def _check_float_rows(x) -> None:
+    _check_rows(x, "float")
+    if x.dtype not in (np.float32, np.float64):
+        raise ValueError(f"x must be float32 or float64, got {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("x must be finite (no NaN or inf)")
+
+
+def cluster_float_rows(x: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
+    """Replace each row's values by at most k optimal cluster means (in x's dtype).
+
+    Same rules as `cluster_int8_rows`: with keep_zero and zeros present, zeros stay exactly
+    zero and the other values share k - 1 clusters (all become zero when k == 1).
+    """
+    _check_float_rows(x)
+    k = _check_k(k)
+    out = np.empty_like(x)
+    _cluster_float_rows_kernel(np.ascontiguousarray(x), k, bool(keep_zero), out)
+    return out
+
+
+def cluster_float_rows_numpy(x: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
+    """Plain numpy twin of `cluster_float_rows` (the same search, see `_np_dc_starts`)."""
+    _check_float_rows(x)
+    k = _check_k(k)
+    out = x.copy()
+    for r, row in enumerate(x.astype(np.float64)):
+        movable = row != 0.0 if keep_zero else np.ones(row.size, bool)
+        kr = k - 1 if not movable.all() else k
+        if not movable.any():
+            continue
+        if kr == 0:
+            out[r] = 0
+            continue
+        xs, counts = np.unique(row[movable], return_counts=True)
+        starts = _np_dc_starts(xs, counts.astype(np.float64), kr)
+        cent = _np_cluster_means(xs, counts.astype(np.float64), starts)
+        idx = np.searchsorted(xs[starts], row[movable], side="right") - 1
+        out[r, movable] = cent[idx].astype(x.dtype)
+    return out
+
+
+# ------------------------------------------------------------------ Lloyd, for parity with TFMOT
+
+
+def _assign(v: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index into sorted centroids of the nearest one (midpoint ties go to the lower)."""
+    mids = (centroids[1:] + centroids[:-1]) / 2
+    return np.searchsorted(mids, v, side="left")
+
+
+def lloyd_1d(
+    values: np.ndarray,
+    weights: np.ndarray | None,
+    init_centroids: np.ndarray,
+    max_iter: int = 300,
+    tol: float = 1e-12,
+) -> tuple[np.ndarray, float]:
+    """Weighted Lloyd iterations from init_centroids (a local optimum, not the exact one).
+
+    Empty clusters keep their centroid. Stops after max_iter updates or when an update lowers
+    the cost by no more than tol * cost.
+
+    Returns:
+        (centroids sorted ascending, cost of assigning every value to its nearest centroid).
+    """
+    v, w = _check_points(values, weights, need_sorted=False)
+    c = np.sort(np.asarray(init_centroids, dtype=np.float64).ravel())
+    if c.size == 0 or not np.all(np.isfinite(c)):
+        raise ValueError("init_centroids must be a non-empty finite array")
+
+    def cost_of(cent):
+        return float(np.sum(w * (v - cent[_assign(v, cent)]) ** 2))
+
+    cost = cost_of(c)
+    for _ in range(max_iter):
+        a = _assign(v, c)
+        s0 = np.bincount(a, weights=w, minlength=c.size)
+        s1 = np.bincount(a, weights=w * v, minlength=c.size)
+        new = np.sort(np.where(s0 > 0, s1 / np.where(s0 > 0, s0, 1.0), c))
+        new_cost = cost_of(new)
+        if new_cost > cost:  # rounding only: keep the better one
+            break
+        done = cost - new_cost <= tol * cost or np.array_equal(new, c)
+        c, cost = new, new_cost
+        if done:
+            break
+    return c, cost
+
+
+def initial_centroids(
+    values: np.ndarray, weights: np.ndarray | None, k: int, method: str, seed: int = 0
+) -> np.ndarray:
+    """Starting centroids for `lloyd_1d`, after TF Model Optimization's initialisations.
+
+    Methods: "linear" (k evenly spaced from min to max), "density" (the weighted CDF's
+    quantiles at linspace(0.01, 1, k), TFMOT's probabilities, read from the exact CDF rather
+    than TFMOT's 30-point grid), "kmeans++" (weighted D^2 sampling, np.random.default_rng(seed)).
+    """
+    v, w = _check_points(values, weights, need_sorted=False)
+    k = _check_k(k)
+    if v.size == 0:
+        raise ValueError("values is empty")
+    if method == "linear":
+        return np.linspace(v.min(), v.max(), k)
+    if method == "density":
+        order = np.argsort(v, kind="stable")
+        cdf = np.cumsum(w[order]) / np.sum(w)
+        return np.interp(np.linspace(0.01, 1.0, k), cdf, v[order])
+    if method == "kmeans++":
+        rng = np.random.default_rng(seed)
+        c = [v[rng.choice(v.size, p=w / w.sum())]]
+        for _ in range(1, k):
+            d2 = w * np.min((v[:, None] - np.array(c)[None, :]) ** 2, axis=1)
+            total = d2.sum()
+            c.append(v[rng.choice(v.size, p=d2 / total)] if total > 0 else c[-1])
+        return np.sort(np.array(c))
+    raise ValueError(f"unknown method {method!r}: use 'linear', 'density' or 'kmeans++'")

@@ -1,0 +1,410 @@
+"""Magnitude-pruning masks: which elements of a 2-D magnitude array to set to zero.
+
+Every function takes ``mag``, non-negative magnitudes (the caller passes ``|w|`` reshaped to
+rows x n), and returns a boolean mask of the same shape, True = prune. Ties are broken the
+same way everywhere: among equal magnitudes (or equal block scores) the LOWER index is
+pruned first, so results are deterministic and equal their ``*_numpy`` twins exactly.
+
+Existing zeros count toward a target sparsity with no special handling: their magnitude is 0,
+so they are among the first pruned (they stay zero) and they count in ``k``. A caller that
+wants "prune k MORE elements" adds the row's zero count to ``k`` itself.
+
+Inputs: integer magnitudes are promoted to float64, float16 to float32 (both exact); NaN and
+negative magnitudes are refused with ValueError, +inf is allowed (it is pruned last).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+
+import numpy as np
+
+from tflrewrite.kernels._jit import jit
+
+# Rows or groups up to this length are ranked by counting (O(g^2), vectorises, no buffers);
+# longer ones by radix selection. Both give the same answer; this only picks the faster.
+_COUNTING_MAX = 64
+_DIGIT_BITS = 11  # radix-select digit: a 2048-bin histogram, 3 passes for float32 keys
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def _as_magnitudes(mag: np.ndarray, name: str = "mag", ndim: int | None = 2) -> np.ndarray:
+    a = np.asarray(mag)
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    if a.dtype.kind in "iu":
+        dtype = np.float64
+    elif a.dtype.kind == "f" and a.dtype.itemsize <= 8:
+        dtype = np.float32 if a.dtype.itemsize <= 4 else np.float64
+    else:
+        raise ValueError(f"{name} must hold integers or floats up to 64 bits, got {a.dtype}")
+    a = np.ascontiguousarray(a, dtype=dtype)  # also native byte order: the kernels view the bits
+    if not (a >= 0).all():  # also catches NaN
+        raise ValueError(f"{name} must be non-negative magnitudes (|w|) with no NaN")
+    return a
+
+
+def _keys(a: np.ndarray) -> np.ndarray:
+    """The unsigned-integer view the selection kernels order by (see _kth_smallest_key)."""
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+def _as_int(value: object, name: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be an integer, got a bool")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if v < low or (high is not None and v > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be in {bound}, got {v}")
+    return v
+
+
+def _as_counts(k: object, rows: int, high: int, name: str) -> np.ndarray:
+    """One count per row (a scalar is broadcast), each in [0, high], as int64."""
+    a = np.asarray(k)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integers, got dtype {a.dtype}")
+    if a.ndim == 0:
+        a = np.full(rows, a, dtype=np.int64)
+    if a.shape != (rows,):
+        raise ValueError(f"{name} must have one count per row ({rows}), got shape {a.shape}")
+    if a.size and (a.min() < 0 or a.max() > high):
+        raise ValueError(f"{name} must lie in [0, {high}], got [{a.min()}, {a.max()}]")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+# --- Numba kernels --------------------------------------------------------------------------
+
+
+@jit
+def _absmask(keys):
+    """All bits but the sign bit of the keys' width, as a non-negative int64."""
+    return ((1 << (keys.itemsize * 8 - 2)) - 1) * 2 + 1
+
+
+@jit
+def _kth_smallest_key(keys, rank, cand, hist):
+    """The key at 0-based ``rank`` in ascending order, by MSD radix selection.
+
+    ``keys`` are unsigned integer views of non-negative floats; with the sign bit cleared
+    (which also folds -0.0 onto 0.0) their integer order is their float order. Each pass
+    histograms one digit of the candidates left, picks the bin holding ``rank`` and keeps only
+    that bin's candidates (in ``cand``): at most ceil(bits / 11) passes, no worst case.
+    """
+    nbits = keys.itemsize * 8
+    absmask = _absmask(keys)
+    m = keys.shape[0]
+    shift = nbits
+    first = True
+    while shift > 0:
+        low = max(shift - _DIGIT_BITS, 0)
+        dmask = (1 << (shift - low)) - 1
+        shift = low
+        hist[: dmask + 1] = 0
+        if first:
+            for i in range(m):
+                hist[((keys[i] & absmask) >> shift) & dmask] += 1
+        else:
+            for i in range(m):
+                hist[(cand[i] >> shift) & dmask] += 1
+        b = 0
+        while hist[b] <= rank:
+            rank -= hist[b]
+            b += 1
+        m2 = 0  # keep only bin b's candidates (nothing to do when every one is in it)
+        if first:
+            for i in range(m):
+                c = keys[i] & absmask
+                if ((c >> shift) & dmask) == b:
+                    cand[m2] = c
+                    m2 += 1
+            m = m2
+        elif hist[b] < m:
+            for i in range(m):
+                c = cand[i]
+                if ((c >> shift) & dmask) == b:
+                    cand[m2] = c
+                    m2 += 1
+            m = m2
+        first = False
+        if m == 1:
+            break
+    return cand[m - 1] & absmask
+
+
+@jit
+def _prune_smallest_short(keys, lo, hi, k, out, buf):
+    """_prune_smallest for a short keys[lo:hi]: rank each key by counting those before it."""
+    absmask = _absmask(keys)
+    g = hi - lo
+    for i in range(g):  # masked copies in the keys' own width: the counting loops vectorise
+        buf[i] = keys[lo + i] & absmask
+    for i in range(g):
+        v = buf[i]
+        rank = np.int32(0)  # how many come before i in (key, index) order
+        for j in range(i):
+            rank += np.int32(buf[j] <= v)
+        for j in range(i + 1, g):
+            rank += np.int32(buf[j] < v)
+        out[lo + i] = rank < k
+
+
+@jit
+def _prune_smallest(keys, k, out, cand, hist):
+    """Set out[i] for the k smallest keys (ties: lower i first); cand and hist are scratch."""
+    n = keys.shape[0]
+    absmask = _absmask(keys)
+    if k <= 0:
+        return
+    if k >= n:
+        out[:] = True
+        return
+    if n <= _COUNTING_MAX:
+        _prune_smallest_short(keys, 0, n, k, out, cand)
+        return
+    t = _kth_smallest_key(keys, k - 1, cand, hist)
+    below = 0
+    for i in range(n):
+        p = (keys[i] & absmask) < t
+        out[i] = p
+        below += p
+    ties = k - below  # >= 1: how many keys equal to t are pruned, lowest index first
+    for i in range(n):
+        if ties == 0:
+            break
+        if (keys[i] & absmask) == t:
+            out[i] = True
+            ties -= 1
+
+
+@jit
+def _smallest_k_mask(keys, k):
+    rows, n = keys.shape
+    mask = np.zeros(keys.shape, np.bool_)
+    cand = np.empty(n, keys.dtype)
+    hist = np.empty(1 << _DIGIT_BITS, np.int64)
+    for r in range(rows):
+        _prune_smallest(keys[r], k[r], mask[r], cand, hist)
+    return mask
+
+
+@jit
+def _n_of_m_mask(keys, n_keep, m):
+    rows, n = keys.shape
+    mask = np.zeros(keys.shape, np.bool_)
+    cand = np.empty(m, keys.dtype)
+    hist = np.empty(1 << _DIGIT_BITS, np.int64)
+    for r in range(rows):
+        row, out = keys[r], mask[r]
+        for start in range(0, n, m):
+            stop = min(start + m, n)
+            p = (stop - start) - n_keep  # a short last group keeps min(n_keep, g)
+            if p <= 0:
+                continue
+            if stop - start <= _COUNTING_MAX:  # the usual case (2:4, 4:8): no slicing
+                _prune_smallest_short(row, start, stop, p, out, cand)
+            else:
+                _prune_smallest(row[start:stop], p, out[start:stop], cand, hist)
+    return mask
+
+
+@jit
+def _block_mask(mag, block, k_blocks):
+    rows, n = mag.shape
+    nb = (n + block - 1) // block
+    mask = np.zeros(mag.shape, np.bool_)
+    scores = np.empty(nb, np.float64)
+    chosen = np.empty(nb, np.bool_)
+    cand = np.empty(nb, np.uint64)
+    hist = np.empty(1 << _DIGIT_BITS, np.int64)
+    for r in range(rows):
+        for b in range(nb):
+            start = b * block
+            stop = min(start + block, n)
+            s = 0.0  # float64, summed in index order: the numpy twin does exactly this
+            for i in range(start, stop):
+                s += mag[r, i]
+            scores[b] = s / (stop - start)
+        chosen[:] = False
+        _prune_smallest(scores.view(np.uint64), k_blocks[r], chosen, cand, hist)
+        for b in range(nb):
+            if chosen[b]:
+                mask[r, b * block : min(b * block + block, n)] = True
+    return mask
+
+
+# --- public API -----------------------------------------------------------------------------
+
+
+def prune_count(n: int, sparsity: float) -> int:
+    """The number of elements to prune out of ``n`` for a target ``sparsity`` in [0, 1].
+
+    ``sparsity * n`` (as a float64 product) rounded half up, clamped to [0, n]. Existing zeros
+    count toward it when the caller passes their magnitude as 0 (see the module docstring).
+    """
+    n = _as_int(n, "n", 0)
+    s = float(sparsity)
+    if not 0.0 <= s <= 1.0:  # also refuses NaN
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity!r}")
+    x = s * n
+    f = math.floor(x)
+    count = f + 1 if x - f >= 0.5 else f  # not floor(x + 0.5): that rounds 0.49999999999999994 up
+    return min(max(count, 0), n)
+
+
+def smallest_k_mask(mag: np.ndarray, k: np.ndarray | int) -> np.ndarray:
+    """Prune exactly ``k[r]`` elements of row ``r``: the smallest, ties by lower index.
+
+    Args:
+        mag: (rows, n) non-negative magnitudes.
+        k: int array of shape (rows,), each in [0, n]; a scalar applies to every row.
+
+    Returns:
+        (rows, n) bool mask, True = prune. O(n) per row (selection, not sorting).
+    """
+    a = _as_magnitudes(mag)
+    return _smallest_k_mask(_keys(a), _as_counts(k, a.shape[0], a.shape[1], "k"))
+
+
+def n_of_m_mask(mag: np.ndarray, n_keep: int, m: int) -> np.ndarray:
+    """N:M structured sparsity along the last axis (2:4 is ``n_keep=2, m=4``).
+
+    Each row is cut into consecutive groups of ``m``; in each group the ``n_keep`` largest are
+    kept and the rest pruned (ties: lower index pruned first). When ``n % m != 0`` the last
+    group is shorter, of size ``g``: it prunes ``max(0, g - n_keep)``, i.e. keeps
+    ``min(n_keep, g)``.
+
+    Args:
+        mag: (rows, n) non-negative magnitudes.
+        n_keep: elements kept per group, in [0, m].
+        m: group size, >= 1.
+    """
+    a = _as_magnitudes(mag)
+    m = _as_int(m, "m", 1)
+    n_keep = _as_int(n_keep, "n_keep", 0, m)
+    return _n_of_m_mask(_keys(a), n_keep, m)
+
+
+def block_mask(mag: np.ndarray, block: int, k_blocks: np.ndarray | int) -> np.ndarray:
+    """Prune whole blocks of ``block`` consecutive elements along the last axis.
+
+    Row ``r`` is cut into ``ceil(n / block)`` blocks (the last one shorter when
+    ``n % block != 0``); a block's score is its mean magnitude (float64 sum in index order,
+    divided by the block's own length); the ``k_blocks[r]`` lowest-scoring blocks are pruned,
+    ties by lower block index. For TFLite's 1x4 and 1x16 sparse FULLY_CONNECTED blocks.
+
+    Args:
+        mag: (rows, n) non-negative magnitudes.
+        block: block length, >= 1.
+        k_blocks: int array of shape (rows,), each in [0, ceil(n / block)]; a scalar applies
+            to every row.
+    """
+    a = _as_magnitudes(mag)
+    block = _as_int(block, "block", 1)
+    nb = -(-a.shape[1] // block)
+    return _block_mask(a, block, _as_counts(k_blocks, a.shape[0], nb, "k_blocks"))
+
+
+def _flatten_all(mags: Sequence[np.ndarray], k_total: int) -> tuple[np.ndarray, int]:
+    if isinstance(mags, np.ndarray):
+        raise ValueError("mags must be a list of arrays, not one array")
+    arrays = [_as_magnitudes(m, f"mags[{i}]", ndim=None) for i, m in enumerate(mags)]
+    total = sum(a.size for a in arrays)
+    k_total = _as_int(k_total, "k_total", 0, total)
+    dtype = np.result_type(np.float32, *arrays)  # float32 unless some array is float64
+    flat = np.concatenate([np.zeros(0, dtype)] + [a.ravel() for a in arrays]).astype(dtype)
+    return flat, k_total
+
+
+def _split_like(flat_mask: np.ndarray, mags: Sequence[np.ndarray]) -> list[np.ndarray]:
+    out, at = [], 0
+    for m in mags:
+        shape = np.shape(m)
+        size = math.prod(shape)
+        out.append(flat_mask[at : at + size].reshape(shape))
+        at += size
+    return out
+
+
+def global_smallest_k_masks(mags: Sequence[np.ndarray], k_total: int) -> list[np.ndarray]:
+    """Global-scope pruning: prune exactly ``k_total`` elements across all arrays together.
+
+    The smallest magnitudes over every array are pruned; ties go to the lower array index,
+    then the lower row-major (C-order) index within the array. Use
+    ``k_total = prune_count(sum of sizes, sparsity)`` for a target sparsity.
+
+    Args:
+        mags: non-negative magnitude arrays, any shapes (2-D in practice).
+        k_total: in [0, total number of elements].
+
+    Returns:
+        One bool mask per array, same shapes, True = prune.
+    """
+    flat, k_total = _flatten_all(mags, k_total)
+    mask = _smallest_k_mask(_keys(flat.reshape(1, -1)), np.array([k_total], np.int64))
+    return _split_like(mask.reshape(-1), mags)
+
+
+# --- plain-numpy twins: slow, obvious, and equal to the kernels exactly ---------------------
+
+
+def _stable_rank(a: np.ndarray) -> np.ndarray:
+    """Each element's position in a stable ascending sort along the last axis."""
+    order = np.argsort(a, axis=-1, kind="stable")
+    rank = np.empty(a.shape, np.int64)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(a.shape[-1]), a.shape), axis=-1)
+    return rank
+
+
+def smallest_k_mask_numpy(mag: np.ndarray, k: np.ndarray | int) -> np.ndarray:
+    """Twin of :func:`smallest_k_mask` by stable argsort."""
+    a = _as_magnitudes(mag)
+    k = _as_counts(k, a.shape[0], a.shape[1], "k")
+    return _stable_rank(a) < k[:, None]
+
+
+def n_of_m_mask_numpy(mag: np.ndarray, n_keep: int, m: int) -> np.ndarray:
+    """Twin of :func:`n_of_m_mask` by stable argsort of each group."""
+    a = _as_magnitudes(mag)
+    m = _as_int(m, "m", 1)
+    n_keep = _as_int(n_keep, "n_keep", 0, m)
+    rows, n = a.shape
+    full = n - n % m
+    mask = np.zeros(a.shape, bool)
+    groups = a[:, :full].reshape(rows, full // m, m)
+    mask[:, :full] = (_stable_rank(groups) < m - n_keep).reshape(rows, full)
+    g = n - full
+    if g:
+        mask[:, full:] = _stable_rank(a[:, full:]) < max(0, g - n_keep)
+    return mask
+
+
+def block_mask_numpy(mag: np.ndarray, block: int, k_blocks: np.ndarray | int) -> np.ndarray:
+    """Twin of :func:`block_mask`: the same float64 sums, in the same order, then argsort."""
+    a = _as_magnitudes(mag)
+    block = _as_int(block, "block", 1)
+    rows, n = a.shape
+    nb = -(-n // block)
+    k_blocks = _as_counts(k_blocks, rows, nb, "k_blocks")
+    padded = np.zeros((rows, nb * block), np.float64)  # + 0.0 leaves every sum unchanged
+    padded[:, :n] = a
+    padded = padded.reshape(rows, nb, block)
+    sums = np.zeros((rows, nb), np.float64)
+    with np.errstate(over="ignore"):  # huge float64 magnitudes sum to inf, as in the kernel
+        for j in range(block):  # one column at a time: index order within each block
+            sums = sums + padded[:, :, j]
+    lengths = np.minimum(np.arange(1, nb + 1) * block, n) - np.arange(nb) * block
+    chosen = _stable_rank(sums / lengths) < k_blocks[:, None]
+    return np.repeat(chosen, block, axis=1)[:, :n]
+
+
+def global_smallest_k_masks_numpy(mags: Sequence[np.ndarray], k_total: int) -> list[np.ndarray]:
+    """Twin of :func:`global_smallest_k_masks` by one stable argsort of everything."""
+    flat, k_total = _flatten_all(mags, k_total)
+    return _split_like(_stable_rank(flat) < k_total, mags)

@@ -1,0 +1,118 @@
+"""Weight clustering: every unit (a tensor, or an output channel) keeps at most K distinct
+values, chosen by exact optimal 1-D k-means (least squared error).
+
+Sparsity-preserving: zero is a cluster of its own, fixed at exactly zero, and counts as one
+of the K. int8 weights are clustered in the int8 domain (centroids are int8 values, the form
+Vela's palettes and TFLite Micro's lookup tables need), over each unit's histogram of at
+most 256 levels, so the cost does not grow with the tensor's size. Float weights are
+clustered over their sorted values; float16 centroids are rounded to float16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tflrewrite.errors import UsageError
+from tflrewrite.kernels import kmeans1d
+from tflrewrite.model import Model
+from tflrewrite.passes.common import PassResult, Rule, mse, options_for, weight_stats
+from tflrewrite.weights import Weight, find_weights, record, replace_data
+
+INITS = ("optimal", "linear", "kmeans++", "density")
+
+
+@dataclass(frozen=True)
+class Options:
+    clusters: int = 16
+    granularity: str = "tensor"  # tensor | channel: the unit that gets at most K values
+    init: str = "optimal"  # the others run Lloyd's algorithm, as TF Model Optimization does
+    preserve_sparsity: bool = True
+    min_size: int = 0
+    skip: str | None = None
+    seed: int = 0  # for kmeans++ only
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.clusters <= 256:
+            raise UsageError(f"cluster: clusters must be 1..256, not {self.clusters}")
+        if self.granularity not in ("tensor", "channel"):
+            raise UsageError(
+                f"cluster: granularity must be tensor or channel, not {self.granularity!r}"
+            )
+        if self.init not in INITS:
+            raise UsageError(f"cluster: init must be one of {', '.join(INITS)}, not {self.init!r}")
+
+
+def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassResult:
+    model = model.copy()
+    weights, records = find_weights(model, options.skip)
+    for w in weights:
+        opts = options_for(options, rules, w.name)
+        if opts is None:
+            records.append(record(w, "skipped", "a recipe rule leaves it alone"))
+        elif w.tensor.data.size < opts.min_size:
+            records.append(record(w, "skipped", f"fewer than {opts.min_size} elements"))
+        else:
+            records.append(_cluster(model, w, opts))
+    return PassResult(model, records)
+
+
+def units(w: Weight, values: np.ndarray, granularity: str) -> np.ndarray:
+    """The weight's values as rows, one per clustering unit."""
+    return w.channels(values) if granularity == "channel" else values.reshape(1, -1)
+
+
+def from_units(w: Weight, rows: np.ndarray, granularity: str) -> np.ndarray:
+    return w.from_channels(rows) if granularity == "channel" else rows.reshape(w.shape)
+
+
+def _cluster(model: Model, w: Weight, opts: Options) -> dict:
+    stored = w.tensor.data
+    rows = np.ascontiguousarray(units(w, stored, opts.granularity))
+    if opts.init != "optimal":
+        clustered = _lloyd_rows(rows, opts)
+    elif w.tensor.dtype == "INT8":
+        clustered = kmeans1d.cluster_int8_rows(rows, opts.clusters, opts.preserve_sparsity)
+    else:
+        values = kmeans1d.cluster_float_rows(
+            rows.astype(np.float32), opts.clusters, opts.preserve_sparsity
+        )
+        clustered = values.astype(stored.dtype)
+    after = from_units(w, clustered, opts.granularity)
+    before_real = w.real()
+    stats_before = weight_stats(units(w, stored, opts.granularity))
+    stats_after = weight_stats(units(w, after, opts.granularity))
+    replace_data(model, w, after)
+    return record(
+        w,
+        "clustered",
+        clusters=opts.clusters,
+        granularity=opts.granularity,
+        init=opts.init,
+        before=stats_before,
+        after=stats_after,
+        mse=mse(before_real, w.real()),
+    )
+
+
+def _lloyd_rows(rows: np.ndarray, opts: Options) -> np.ndarray:
+    """TF Model Optimization's way (an initialisation, then Lloyd's iterations), for
+    comparison with the optimal default; zeros stay a cluster of their own."""
+    out = rows.copy()
+    for r, row in enumerate(rows):
+        keep = row != 0 if opts.preserve_sparsity else np.ones(row.shape, bool)
+        k = opts.clusters - (1 if opts.preserve_sparsity and not keep.all() else 0)
+        values, counts = np.unique(row[keep].astype(np.float64), return_counts=True)
+        if values.size == 0 or k < 1:
+            continue
+        init = kmeans1d.initial_centroids(
+            values, counts.astype(np.float64), k, opts.init, opts.seed
+        )
+        centroids, _ = kmeans1d.lloyd_1d(values, counts.astype(np.float64), init)
+        nearest = np.abs(row[keep, None].astype(np.float64) - centroids[None, :]).argmin(axis=1)
+        new = centroids[nearest]
+        if rows.dtype == np.int8:
+            new = np.clip(np.sign(new) * np.floor(np.abs(new) + 0.5), -128, 127)
+        out[r, keep] = new.astype(rows.dtype)
+    return out

@@ -1,0 +1,139 @@
+"""Magnitude pruning: set the smallest weights to zero, unstructured or in the patterns
+runtimes exploit (M:N groups along the input channels, 1x16 and 1x4 blocks).
+
+Magnitudes are of real values (|scale * q| for int8), so that a per-tensor or global
+threshold compares like with like across channels. Existing zeros have magnitude 0: they
+are pruned first, count toward the target, and can never become nonzero.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from tflrewrite.errors import UsageError
+from tflrewrite.kernels import prune as kernels
+from tflrewrite.model import Model
+from tflrewrite.passes.common import PassResult, Rule, options_for, weight_stats
+from tflrewrite.weights import Weight, find_weights, record, replace_data
+
+PATTERN = re.compile(r"^(unstructured|(\d+):(\d+)|1x(\d+))$")
+
+
+@dataclass(frozen=True)
+class Options:
+    sparsity: float = 0.5
+    pattern: str = "unstructured"  # unstructured | N:M (keep N of every M) | 1xB blocks
+    scope: str = "channel"  # channel | tensor | global: the unit that reaches the target
+    min_size: int = 0  # weights with fewer elements are left alone
+    skip: str | None = None  # regex of tensor names to leave alone
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sparsity < 1.0:
+            raise UsageError(f"prune: sparsity must be in [0, 1), not {self.sparsity}")
+        m = PATTERN.match(self.pattern)
+        if not m:
+            raise UsageError(
+                f"prune: pattern must be unstructured, N:M (e.g. 2:4) or 1xB "
+                f"(e.g. 1x16), not {self.pattern!r}"
+            )
+        if m.group(2) and not 0 < int(m.group(2)) < int(m.group(3)):
+            raise UsageError(f"prune: N:M needs 0 < N < M, not {self.pattern}")
+        if self.scope not in ("channel", "tensor", "global"):
+            raise UsageError(f"prune: scope must be channel, tensor or global, not {self.scope!r}")
+        if self.scope == "global" and self.pattern != "unstructured":
+            raise UsageError("prune: global scope works with the unstructured pattern only")
+
+    @property
+    def n_of_m(self) -> tuple[int, int] | None:
+        m = PATTERN.match(self.pattern)
+        return (int(m.group(2)), int(m.group(3))) if m.group(2) else None
+
+    @property
+    def block(self) -> int | None:
+        m = PATTERN.match(self.pattern)
+        return int(m.group(4)) if m.group(4) else None
+
+
+def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassResult:
+    model = model.copy()
+    weights, records = find_weights(model, options.skip)
+    chosen: list[tuple[Weight, Options]] = []
+    for w in weights:
+        opts = options_for(options, rules, w.name)
+        reason = _not_prunable(w, opts)
+        if reason:
+            records.append(record(w, "skipped", reason))
+        else:
+            chosen.append((w, opts))
+    if options.scope == "global":
+        masks = _global_masks([w for w, _ in chosen], options.sparsity)
+    else:
+        masks = [_mask(w, opts) for w, opts in chosen]
+    for (w, opts), mask in zip(chosen, masks):
+        records.append(_apply(model, w, mask, opts))
+    return PassResult(model, records)
+
+
+def _not_prunable(w: Weight, opts: Options | None) -> str | None:
+    if opts is None:
+        return "a recipe rule leaves it alone"
+    if w.tensor.data.size < opts.min_size:
+        return f"fewer than {opts.min_size} elements"
+    if (opts.n_of_m or opts.block) and w.in_axis is None:
+        return f"{w.op_type} has no input-channel axis for the {opts.pattern} pattern"
+    return None
+
+
+def _magnitudes(w: Weight) -> np.ndarray:
+    if w.tensor.dtype == "INT8":
+        return np.abs(w.real()).astype(np.float32)
+    return np.abs(w.tensor.data.astype(np.float32))
+
+
+def _mask(w: Weight, opts: Options) -> np.ndarray:
+    """Where to prune, in the weight's shape."""
+    mag = _magnitudes(w)
+    if opts.n_of_m or opts.block:
+        rows = np.moveaxis(mag, w.in_axis, -1)
+        flat = rows.reshape(-1, rows.shape[-1])
+        if opts.n_of_m:
+            mask = kernels.n_of_m_mask(flat, *opts.n_of_m)
+        else:
+            nblocks = -(-flat.shape[1] // opts.block)
+            k = np.full(flat.shape[0], kernels.prune_count(nblocks, opts.sparsity), np.int64)
+            mask = kernels.block_mask(flat, opts.block, k)
+        return np.moveaxis(mask.reshape(rows.shape), -1, w.in_axis)
+    if opts.scope == "tensor":
+        flat = mag.reshape(1, -1)
+        k = np.array([kernels.prune_count(flat.shape[1], opts.sparsity)], np.int64)
+        return kernels.smallest_k_mask(flat, k).reshape(mag.shape)
+    rows = w.channels(mag)
+    k = np.full(rows.shape[0], kernels.prune_count(rows.shape[1], opts.sparsity), np.int64)
+    return w.from_channels(kernels.smallest_k_mask(np.ascontiguousarray(rows), k))
+
+
+def _global_masks(weights: list[Weight], sparsity: float) -> list[np.ndarray]:
+    mags = [_magnitudes(w).reshape(1, -1) for w in weights]
+    total = sum(m.size for m in mags)
+    masks = kernels.global_smallest_k_masks(mags, kernels.prune_count(total, sparsity))
+    return [m.reshape(w.shape) for m, w in zip(masks, weights)]
+
+
+def _apply(model: Model, w: Weight, mask: np.ndarray, opts: Options) -> dict:
+    before = w.tensor.data
+    after = before.copy()
+    after[mask] = 0
+    stats_before, stats_after = weight_stats(w.channels(before)), weight_stats(w.channels(after))
+    replace_data(model, w, after)
+    return record(
+        w,
+        "pruned",
+        pattern=opts.pattern,
+        scope=opts.scope,
+        target=opts.sparsity,
+        before=stats_before,
+        after=stats_after,
+    )

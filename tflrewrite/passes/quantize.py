@@ -1,0 +1,156 @@
+"""Weight quantization: float weights to int8 (per-channel symmetric, zero point 0) or to
+float16, each read through a DEQUANTIZE op: the weight-only form LiteRT runs.
+
+LiteRT evaluates a DEQUANTIZE of a constant once, when the interpreter is prepared, so the
+file shrinks while the arithmetic stays float; biases stay float and need no new scales.
+Float16 weights already behind a DEQUANTIZE keep that op, which now reads int8.
+
+Rounding is half away from zero, as TFLite's own weight quantizer rounds; zero maps to
+zero and a unit's K distinct values map to at most K int8 values, so earlier pruning and
+per-channel clustering survive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tflrewrite.errors import UsageError
+from tflrewrite.model import Model, Operator, Quantization, Tensor
+from tflrewrite.passes.common import PassResult, Rule, mse, options_for, weight_stats
+from tflrewrite.weights import Weight, find_weights, record, replace_data
+
+MODES = ("int8-weights", "float16")
+
+# DEQUANTIZE op versions by what it reads (TFLite's op_version.cc).
+DEQUANTIZE_INT8, DEQUANTIZE_INT8_PER_CHANNEL, DEQUANTIZE_FLOAT16 = 2, 5, 3
+
+
+@dataclass(frozen=True)
+class Options:
+    mode: str = "int8-weights"
+    # Below this a DEQUANTIZE op costs more bytes than it saves; the TF converter's own
+    # weight quantization uses the same threshold (weights_min_num_elements).
+    min_size: int = 1024
+    skip: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UsageError(f"quantize: mode must be {' or '.join(MODES)}, not {self.mode!r}")
+
+
+def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassResult:
+    model = model.copy()
+    weights, records = find_weights(model, options.skip)
+    inserted: dict[int, int] = {}  # DEQUANTIZE ops added per subgraph
+    for w in weights:
+        opts = options_for(options, rules, w.name)
+        reason = _not_quantizable(w, opts)
+        if reason:
+            records.append(record(w, "skipped", reason))
+            continue
+        if not w.dequantize:
+            inserted[w.subgraph] = inserted.get(w.subgraph, 0) + 1
+        records.append(_quantize(model, w, opts, inserted.get(w.subgraph, 1) - 1))
+    return PassResult(model, records)
+
+
+def _not_quantizable(w: Weight, opts: Options | None) -> str | None:
+    if opts is None:
+        return "a recipe rule leaves it alone"
+    dtype = w.tensor.dtype
+    if dtype == "INT8":
+        return "already int8"
+    if opts.mode == "float16" and dtype == "FLOAT16":
+        return "already float16"
+    if w.tensor.data.size < opts.min_size:
+        return f"fewer than {opts.min_size} elements"
+    if w.aliases and not w.dequantize:
+        return "its buffer is used by several tensors"
+    return None
+
+
+def symmetric_int8(values: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric int8 along `axis`: (q, scales) with values ~ q * scale, q in
+    [-127, 127]; an all-zero channel gets scale 1."""
+    moved = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+    peak = np.abs(moved).max(axis=1) if moved.size else np.zeros(moved.shape[0])
+    scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    shape = [1] * values.ndim
+    shape[axis] = scales.size
+    scaled = values / scales.astype(np.float64).reshape(shape)
+    q = np.clip(np.sign(scaled) * np.floor(np.abs(scaled) + 0.5), -127, 127).astype(np.int8)
+    return q, scales
+
+
+def _quantize(model: Model, w: Weight, opts: Options, position: int) -> dict:
+    before = w.real()
+    rows_before = w.channels(before)
+    if opts.mode == "int8-weights":
+        q, scales = symmetric_int8(before, w.out_axis)
+        quant = Quantization(
+            scale=scales, zero_point=np.zeros(scales.size, np.int64), axis=w.out_axis
+        )
+        stored, dtype = q, "INT8"
+        version = DEQUANTIZE_INT8_PER_CHANNEL if scales.size > 1 else DEQUANTIZE_INT8
+    else:
+        stored, dtype, quant, version = (
+            before.astype(np.float16),
+            "FLOAT16",
+            None,
+            DEQUANTIZE_FLOAT16,
+        )
+    opcode = model.opcode("DEQUANTIZE", version)
+    if w.dequantize:
+        replace_data(model, w, stored, dtype=dtype, quantization=quant)
+        for op in w.dequantize:
+            op.opcode = opcode
+    else:
+        _insert_dequantize(model, w, stored, dtype, quant, opcode, position)
+    _drop_unused_opcodes(model)
+    return record(
+        w,
+        "quantized",
+        mode=opts.mode,
+        before=weight_stats(rows_before),
+        after=weight_stats(w.channels(w.real())),
+        mse=mse(before, w.real()),
+    )
+
+
+def _insert_dequantize(
+    model: Model,
+    w: Weight,
+    stored: np.ndarray,
+    dtype: str,
+    quant: Quantization | None,
+    opcode: object,
+    position: int,
+) -> None:
+    """Turn the float weight tensor into the output of a new DEQUANTIZE that reads the new
+    constant; the constant takes the weight's name, the float tensor a suffix."""
+    sg = model.subgraphs[w.subgraph]
+    float_tensor = w.tensor
+    constant = Tensor(
+        name=float_tensor.name,
+        dtype=dtype,
+        shape=float_tensor.shape,
+        buffer=float_tensor.buffer,
+        shape_signature=float_tensor.shape_signature,
+        quantization=quant,
+    )
+    w.tensor = constant
+    float_tensor.name += "/dequantize"
+    float_tensor.buffer = model.empty_buffer()
+    replace_data(model, w, stored)
+    sg.tensors.append(constant)
+    # At the front, in weight order: before every consumer, and deterministic.
+    sg.operators.insert(
+        position, Operator(opcode=opcode, inputs=[constant], outputs=[float_tensor])
+    )
+
+
+def _drop_unused_opcodes(model: Model) -> None:
+    used = {id(op.opcode) for sg in model.subgraphs for op in sg.operators}
+    model.opcodes = [oc for oc in model.opcodes if id(oc) in used]

@@ -1,0 +1,36 @@
+"""Plain-text tables and number formats for the reports people read."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, TextIO
+
+
+def print_table(rows: list[tuple], out: TextIO, right: set[int] = frozenset()) -> None:
+    """Rows of strings as aligned columns; columns in `right` are right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
+        ]
+        out.write("  " + "  ".join(cells).rstrip() + "\n")
+
+
+def ratio(after: int, before: int) -> str:
+    return f"{after / before:.3f}x" if before else "-"
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def db(value: float | None) -> str:
+    if value is None or (math.isinf(value) and value > 0):
+        return "inf"
+    return f"{value:.2f}"
+
+
+def clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
