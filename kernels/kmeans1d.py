@@ -1,17 +1,19 @@
 """Exact optimal 1-D k-means (least squared error) for weight clustering, plus Lloyd for parity.
 
-The exact solver is the classic dynamic programme over sorted points, D[l][j] = min_i
-D[l-1][i] + cost(i, j), with each layer computed by divide and conquer: the 1-D k-means cost
-satisfies the quadrangle inequality, so the leftmost argmin of a layer is monotone in j
-(Grønlund et al. 2017, "Fast exact k-means, k-medians and Bregman divergence clustering in
-1D"). One layer costs O(m log m) for m distinct points; memory is an O(k m) int32 argmin table.
+The exact solver is the classic dynamic programme over sorted distinct points, D[c][j] =
+min_i D[c-1][i] + cost(i, j) (c clusters over the first j points), each layer computed by
+divide and conquer: the 1-D k-means cost satisfies the quadrangle inequality, so the
+leftmost argmin of a layer is monotone in j (Grønlund et al. 2017, "Fast exact k-means,
+k-medians and Bregman divergence clustering in 1D"), and the previous layer's argmin bounds
+it from below (Knuth). A layer costs O(m log m) for m distinct points; memory is
+O(m) float64 work arrays plus a k x m int32 argmin table for the backtrack.
 
-Every choice that decides which of two equally good partitions is returned is made the same
-way in the numpy twins (`kmeans_1d_bruteforce`, `cluster_int8_rows_numpy`,
-`cluster_float_rows_numpy`): the same float64 operations in the same order (sequential
-prefix sums, `np.cumsum` in the twins), leftmost argmin, so the integer outputs are equal
-bit for bit. (If rounding ever broke the monotone-argmin property on a near tie, the fast
-kernel could return another partition whose cost differs in the last bits.)
+Exactness of the twins: `kmeans_1d_bruteforce` is the full O(k m^2) DP and reaches the same
+cost. The row twins (`cluster_int8_rows_numpy`, `cluster_float_rows_numpy`) must match bit
+for bit, so they run the same float64 operations in the same order (sequential prefix sums,
+`np.cumsum` in numpy) and the same search (`_np_dc_starts`): when two partitions tie
+exactly, rounding can make the computed argmin non-monotone by an ulp, and then a full scan
+and the divide and conquer return different, equally optimal, partitions.
 """
 
 from __future__ import annotations
@@ -120,18 +122,17 @@ def _dp_core(x, w, m, k, f, arg, stack, starts):
             starts[t] = t
         return kk, 0.0
     _prefix_sums(x, w, m, p0, p1, p2)
-    # Layer l (l clusters) is needed only for j in [l, m - kk + l]; layer 1's argmin is 0.
+    # Layer c (c clusters) is needed only for j in [c, m - kk + c]; layer 1's argmin is 0.
     for j in range(1, m - kk + 2):
         dprev[j] = _seg_cost(p0, p1, p2, 0, j)
         arg[0, j] = 0
     cost = dprev[m] if kk == 1 else 0.0
-    for l in range(2, kk + 1):
-        if l < kk:
-            _dc_layer(p0, p1, p2, dprev, dcur, arg[l - 1], arg[l - 2], l, m - kk + l, l - 1,
-                      stack)
+    for c in range(2, kk + 1):
+        if c < kk:
+            _dc_layer(p0, p1, p2, dprev, dcur, arg[c - 1], arg[c - 2], c, m - kk + c, c - 1, stack)
             dprev, dcur = dcur, dprev
         else:  # the last layer needs j = m only
-            lo = max(l - 1, arg[l - 2, m - 1])
+            lo = max(c - 1, arg[c - 2, m - 1])
             best = _INF
             bi = lo
             for i in range(lo, m):
@@ -139,12 +140,12 @@ def _dp_core(x, w, m, k, f, arg, stack, starts):
                 if v < best:
                     best = v
                     bi = i
-            arg[l - 1, m] = bi
+            arg[c - 1, m] = bi
             cost = best
     j = m
-    for l in range(kk, 1, -1):
-        j = arg[l - 1, j]
-        starts[l - 1] = j
+    for c in range(kk, 1, -1):
+        j = arg[c - 1, j]
+        starts[c - 1] = j
     starts[0] = 0
     return kk, cost
 
@@ -269,16 +270,19 @@ def _np_prefix_sums(x: np.ndarray, w: np.ndarray):
     d = x - mu
     wd = w * d
     zero = np.zeros(1)
-    return (np.concatenate([zero, np.cumsum(w)]), np.concatenate([zero, np.cumsum(wd)]),
-            np.concatenate([zero, np.cumsum(wd * d)]))
+    return (
+        np.concatenate([zero, np.cumsum(w)]),
+        np.concatenate([zero, np.cumsum(wd)]),
+        np.concatenate([zero, np.cumsum(wd * d)]),
+    )
 
 
-def _np_dp_starts(x: np.ndarray, w: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+def _np_dp_starts(x: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
     """O(k m^2) dynamic programme over all (i, j) without the divide and conquer."""
     m = x.size
     kk = min(k, m)
     if kk == m:
-        return np.arange(m), 0.0
+        return np.arange(m)
     p0, p1, p2 = _np_prefix_sums(x, w)
     i, j = np.triu_indices(m + 1, 1)
     s0 = p0[j] - p0[i]
@@ -298,7 +302,7 @@ def _np_dp_starts(x: np.ndarray, w: np.ndarray, k: int) -> tuple[np.ndarray, flo
     for layer in range(kk, 1, -1):
         jj = args[layer - 1, jj]
         starts[layer - 1] = jj
-    return starts, float(d[m])
+    return starts
 
 
 def _np_dc_starts(x: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
@@ -323,25 +327,24 @@ def _np_dc_starts(x: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
     js = np.arange(1, m - kk + 2)
     dprev = np.zeros(m + 1)
     dprev[js] = cost(np.zeros_like(js), js)
-    for layer in range(2, kk):
+
+    def solve(c, dprev, dcur, a, b, olo, ohi):  # layer c, j in [a, b], argmin in [olo, ohi]
+        mid = (a + b) // 2
+        hi = min(ohi, mid - 1)
+        lo = max(olo, min(arg[c - 2, min(mid, m - kk + c - 1)], hi))
+        i = np.arange(lo, hi + 1)
+        v = dprev[i] + cost(i, mid)
+        bi = lo + int(np.argmin(v))  # the first minimum, as the kernel's strict <
+        dcur[mid] = v[bi - lo]
+        arg[c - 1, mid] = bi
+        if a < mid:
+            solve(c, dprev, dcur, a, mid - 1, olo, bi)
+        if mid < b:
+            solve(c, dprev, dcur, mid + 1, b, bi, ohi)
+
+    for c in range(2, kk):
         dcur = np.zeros(m + 1)
-        jhi = m - kk + layer
-
-        def solve(a, b, olo, ohi, layer=layer, jhi=jhi, dprev=dprev, dcur=dcur):
-            mid = (a + b) // 2
-            hi = min(ohi, mid - 1)
-            lo = max(olo, min(arg[layer - 2, min(mid, jhi - 1)], hi))
-            i = np.arange(lo, hi + 1)
-            v = dprev[i] + cost(i, mid)
-            bi = lo + int(np.argmin(v))  # first minimum, as the kernel's strict <
-            dcur[mid] = v[bi - lo]
-            arg[layer - 1, mid] = bi
-            if a < mid:
-                solve(a, mid - 1, olo, bi)
-            if mid < b:
-                solve(mid + 1, b, bi, ohi)
-
-        solve(layer, jhi, layer - 1, jhi - 1)
+        solve(c, dprev, dcur, c, m - kk + c, c - 1, m - kk + c - 1)
         dprev = dcur
     if kk > 1:
         i = np.arange(max(kk - 1, arg[kk - 2, m - 1]), m)
@@ -374,7 +377,7 @@ def kmeans_1d_bruteforce(
         return np.empty(0), np.empty(0, np.int64), 0.0
     x, first, inverse = np.unique(v, return_index=True, return_inverse=True)
     wx = np.bincount(inverse, weights=w)
-    starts, _ = _np_dp_starts(x, wx, k)
+    starts = _np_dp_starts(x, wx, k)
     centroids = _np_cluster_means(x, wx, starts)
     cluster = np.searchsorted(starts, inverse, side="right") - 1
     cost = float(np.sum(w * (v - centroids[cluster]) ** 2))
@@ -404,7 +407,7 @@ def _cluster_int8_rows_kernel(q, k, keep_zero, out):
     for r in range(rows):
         hist[:] = 0
         for t in range(n):
-            hist[q[r, t] + 128] += 1
+            hist[np.int64(q[r, t]) + 128] += 1
         zero_alone = keep_zero and hist[128] > 0
         m = 0
         for b in range(256):
@@ -429,16 +432,20 @@ def _cluster_int8_rows_kernel(q, k, keep_zero, out):
                     s0 += hist[level[t] + 128]
                     s1 += hist[level[t] + 128] * level[t]
                 cent = min(max(_round_mean_int(s1, s0), -128), 127)
+                if keep_zero and cent == 0:
+                    cent = 1 if s1 >= 0 else -1  # the nearer of +-1: zeros stay exactly as many
                 for t in range(a, b):
                     lut[level[t] + 128] = cent
         for t in range(n):
-            out[r, t] = lut[q[r, t] + 128]
+            out[r, t] = lut[np.int64(q[r, t]) + 128]
 
 
 def _check_rows(a, kind: str) -> None:
     if not isinstance(a, np.ndarray) or a.ndim != 2:
-        raise ValueError(f"expected a 2-D {kind} array (rows x n), got {type(a).__name__} "
-                         f"with shape {getattr(a, 'shape', None)}")
+        raise ValueError(
+            f"expected a 2-D {kind} array (rows x n), got {type(a).__name__} "
+            f"with shape {getattr(a, 'shape', None)}"
+        )
 
 
 def cluster_int8_rows(q: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
@@ -447,7 +454,9 @@ def cluster_int8_rows(q: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
     Each row is clustered on its histogram of the 256 levels. When keep_zero is set and the
     row holds zeros, zero is a cluster of its own and the other levels share k - 1 clusters
     (so with k == 1 the whole row becomes zero); otherwise all levels share k. Centroids are
-    weighted means rounded half away from zero. A nonzero cluster may round to 0.
+    weighted means rounded half away from zero. With keep_zero, a cluster of nonzero values
+    whose mean rounds to 0 takes the nearer of +1 and -1 instead, so clustering never adds
+    zeros: the zero set (and so the sparsity pruning chose) comes out exactly as it went in.
 
     Returns:
         A new int8 array of q's shape with at most k distinct values per row.
@@ -456,7 +465,7 @@ def cluster_int8_rows(q: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
     if q.dtype != np.int8:
         raise ValueError(f"q must be int8, got {q.dtype}")
     k = _check_k(k)
-    out = np.empty_like(q)
+    out = np.empty(q.shape, np.int8)
     _cluster_int8_rows_kernel(np.ascontiguousarray(q), k, bool(keep_zero), out)
     return out
 
@@ -481,8 +490,10 @@ def cluster_int8_rows_numpy(q: np.ndarray, k: int, keep_zero: bool) -> np.ndarra
             starts = _np_dc_starts(levels.astype(np.float64), counts.astype(np.float64), kr)
             for a, b in zip(starts, np.append(starts[1:], levels.size)):
                 s1 = int(np.dot(counts[a:b], levels[a:b]))
-                cent = _round_half_away(s1, int(counts[a:b].sum()))
-                lut[levels[a:b] + 128] = min(max(cent, -128), 127)
+                cent = min(max(_round_half_away(s1, int(counts[a:b].sum())), -128), 127)
+                if keep_zero and cent == 0:
+                    cent = 1 if s1 >= 0 else -1
+                lut[levels[a:b] + 128] = cent
         out[r] = lut[row.astype(np.int64) + 128]
     return out
 
@@ -555,7 +566,7 @@ def cluster_float_rows(x: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
     """
     _check_float_rows(x)
     k = _check_k(k)
-    out = np.empty_like(x)
+    out = np.empty(x.shape, x.dtype)
     _cluster_float_rows_kernel(np.ascontiguousarray(x), k, bool(keep_zero), out)
     return out
 
@@ -651,9 +662,10 @@ def initial_centroids(
     if method == "kmeans++":
         rng = np.random.default_rng(seed)
         c = [v[rng.choice(v.size, p=w / w.sum())]]
+        d2 = w * (v - c[0]) ** 2  # weighted squared distance to the nearest centroid so far
         for _ in range(1, k):
-            d2 = w * np.min((v[:, None] - np.array(c)[None, :]) ** 2, axis=1)
             total = d2.sum()
             c.append(v[rng.choice(v.size, p=d2 / total)] if total > 0 else c[-1])
+            d2 = np.minimum(d2, w * (v - c[-1]) ** 2)
         return np.sort(np.array(c))
     raise ValueError(f"unknown method {method!r}: use 'linear', 'density' or 'kmeans++'")

@@ -135,7 +135,7 @@ def _kth_smallest_key(keys, rank, cand, hist):
         first = False
         if m == 1:
             break
-    return cand[m - 1] & absmask
+    return cand[0] & absmask
 
 
 @jit
@@ -166,7 +166,7 @@ def _prune_smallest(keys, k, out, cand, hist):
         out[:] = True
         return
     if n <= _COUNTING_MAX:
-        _prune_smallest_short(keys, 0, n, k, out, cand)
+        _prune_smallest_short(keys, n - n, n, k, out, cand)  # n - n: no Literal[0] variant
         return
     t = _kth_smallest_key(keys, k - 1, cand, hist)
     below = 0
@@ -215,14 +215,11 @@ def _n_of_m_mask(keys, n_keep, m):
 
 
 @jit
-def _block_mask(mag, block, k_blocks):
+def _block_scores(mag, block):
+    """(rows, ceil(n / block)) mean magnitude of each block: float64 sum in index order / length."""
     rows, n = mag.shape
     nb = (n + block - 1) // block
-    mask = np.zeros(mag.shape, np.bool_)
-    scores = np.empty(nb, np.float64)
-    chosen = np.empty(nb, np.bool_)
-    cand = np.empty(nb, np.uint64)
-    hist = np.empty(1 << _DIGIT_BITS, np.int64)
+    scores = np.empty((rows, nb), np.float64)
     for r in range(rows):
         for b in range(nb):
             start = b * block
@@ -230,13 +227,8 @@ def _block_mask(mag, block, k_blocks):
             s = 0.0  # float64, summed in index order: the numpy twin does exactly this
             for i in range(start, stop):
                 s += mag[r, i]
-            scores[b] = s / (stop - start)
-        chosen[:] = False
-        _prune_smallest(scores.view(np.uint64), k_blocks[r], chosen, cand, hist)
-        for b in range(nb):
-            if chosen[b]:
-                mask[r, b * block : min(b * block + block, n)] = True
-    return mask
+            scores[r, b] = s / (stop - start)
+    return scores
 
 
 # --- public API -----------------------------------------------------------------------------
@@ -307,8 +299,15 @@ def block_mask(mag: np.ndarray, block: int, k_blocks: np.ndarray | int) -> np.nd
     """
     a = _as_magnitudes(mag)
     block = _as_int(block, "block", 1)
-    nb = -(-a.shape[1] // block)
-    return _block_mask(a, block, _as_counts(k_blocks, a.shape[0], nb, "k_blocks"))
+    rows, n = a.shape
+    k_blocks = _as_counts(k_blocks, rows, -(-n // block), "k_blocks")
+    chosen = _smallest_k_mask(_keys(_block_scores(a, block)), k_blocks)
+    return _expand_blocks(chosen, block, n)
+
+
+def _expand_blocks(chosen: np.ndarray, block: int, n: int) -> np.ndarray:
+    """A (rows, blocks) choice as a (rows, n) element mask."""
+    return np.ascontiguousarray(np.repeat(chosen, block, axis=1)[:, :n])
 
 
 def _flatten_all(mags: Sequence[np.ndarray], k_total: int) -> tuple[np.ndarray, int]:
@@ -318,7 +317,7 @@ def _flatten_all(mags: Sequence[np.ndarray], k_total: int) -> tuple[np.ndarray, 
     total = sum(a.size for a in arrays)
     k_total = _as_int(k_total, "k_total", 0, total)
     dtype = np.result_type(np.float32, *arrays)  # float32 unless some array is float64
-    flat = np.concatenate([np.zeros(0, dtype)] + [a.ravel() for a in arrays]).astype(dtype)
+    flat = np.concatenate([np.zeros(0, dtype)] + [a.ravel() for a in arrays], dtype=dtype)
     return flat, k_total
 
 
@@ -401,7 +400,7 @@ def block_mask_numpy(mag: np.ndarray, block: int, k_blocks: np.ndarray | int) ->
             sums = sums + padded[:, :, j]
     lengths = np.minimum(np.arange(1, nb + 1) * block, n) - np.arange(nb) * block
     chosen = _stable_rank(sums / lengths) < k_blocks[:, None]
-    return np.repeat(chosen, block, axis=1)[:, :n]
+    return _expand_blocks(chosen, block, n)
 
 
 def global_smallest_k_masks_numpy(mags: Sequence[np.ndarray], k_total: int) -> list[np.ndarray]:

@@ -16,7 +16,7 @@ from litert import run_all
 
 from tflrewrite import reader
 from tflrewrite.cli import main
-from tflrewrite.rewrite import read_provenance
+from tflrewrite.provenance import read as read_provenance
 
 FILTERS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0}
 

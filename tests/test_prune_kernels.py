@@ -1,4 +1,4 @@
-"""The magnitude-pruning mask kernels: equal to their numpy twins, and the properties they promise."""
+"""The magnitude-pruning mask kernels: equal to their numpy twins, and what they promise."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tflrewrite.kernels import prune as P
+from tflrewrite.kernels import prune
 
 # Kernels compile on first use; after that each example takes microseconds.
 FAST = settings(max_examples=150, deadline=None)
@@ -66,9 +66,9 @@ def sequential_mean(values):
 @given(data=st.data(), mag=magnitudes())
 def test_smallest_k_equals_twin_and_prunes_exactly_k_smallest(data, mag):
     k = per_row_counts(data.draw, mag.shape[0], mag.shape[1])
-    mask = P.smallest_k_mask(mag, k)
+    mask = prune.smallest_k_mask(mag, k)
     assert mask.dtype == bool and mask.shape == mag.shape
-    np.testing.assert_array_equal(mask, P.smallest_k_mask_numpy(mag, k))
+    np.testing.assert_array_equal(mask, prune.smallest_k_mask_numpy(mag, k))
     np.testing.assert_array_equal(mask.sum(axis=1), k)
     for r in range(mag.shape[0]):
         assert_pruned_before_kept(mag[r], mask[r])
@@ -87,21 +87,21 @@ def test_smallest_k_long_tied_rows(rng, n, dtype):
     mag[1] = 0
     mag[2] = np.abs(rng.standard_normal(n))
     k = np.array([0, n // 3, n // 2, n - 1, n, 1], np.int64)
-    mask = P.smallest_k_mask(mag, k)
-    np.testing.assert_array_equal(mask, P.smallest_k_mask_numpy(mag, k))
+    mask = prune.smallest_k_mask(mag, k)
+    np.testing.assert_array_equal(mask, prune.smallest_k_mask_numpy(mag, k))
     np.testing.assert_array_equal(mask.sum(axis=1), k)
 
 
 def test_smallest_k_ties_go_to_lower_index():
     mag = np.array([[2, 1, 1, 0, 1, 1]], np.float32)
-    np.testing.assert_array_equal(P.smallest_k_mask(mag, 3)[0], [0, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(prune.smallest_k_mask(mag, 3)[0], [0, 1, 1, 1, 0, 0])
 
 
 def test_smallest_k_accepts_scalar_k_ints_float16_big_endian_and_views(rng):
     mag = rng.integers(0, 5, (4, 100))
-    expected = P.smallest_k_mask_numpy(mag, 37)
+    expected = prune.smallest_k_mask_numpy(mag, 37)
     for variant in (mag, mag.astype(np.float16), mag.astype(">f4"), np.asfortranarray(mag)):
-        np.testing.assert_array_equal(P.smallest_k_mask(variant, 37), expected)
+        np.testing.assert_array_equal(prune.smallest_k_mask(variant, 37), expected)
 
 
 # --- n_of_m_mask --------------------------------------------------------------------------
@@ -112,8 +112,8 @@ def test_smallest_k_accepts_scalar_k_ints_float16_big_endian_and_views(rng):
 def test_n_of_m_equals_twin_and_keeps_n_largest_per_group(data, mag):
     m = data.draw(st.sampled_from([1, 2, 4, 8, 16, 32, 64, 65, 70]) | st.integers(1, 12))
     n_keep = data.draw(st.integers(0, m))
-    mask = P.n_of_m_mask(mag, n_keep, m)
-    np.testing.assert_array_equal(mask, P.n_of_m_mask_numpy(mag, n_keep, m))
+    mask = prune.n_of_m_mask(mag, n_keep, m)
+    np.testing.assert_array_equal(mask, prune.n_of_m_mask_numpy(mag, n_keep, m))
     for r in range(mag.shape[0]):
         for start in range(0, mag.shape[1], m):
             group, pruned = mag[r, start : start + m], mask[r, start : start + m]
@@ -125,7 +125,7 @@ def test_two_of_four_with_short_last_group():
     mag = np.array([[4, 1, 1, 3, 5, 5, 5, 5, 0, 7, 2]], np.float32)
     #                 group 1     group 2     short group (g=3): prunes 3 - 2 = 1
     expected = [0, 1, 1, 0, 1, 1, 0, 0, 1, 0, 0]
-    np.testing.assert_array_equal(P.n_of_m_mask(mag, 2, 4)[0], expected)
+    np.testing.assert_array_equal(prune.n_of_m_mask(mag, 2, 4)[0], expected)
 
 
 # --- block_mask ---------------------------------------------------------------------------
@@ -138,8 +138,8 @@ def test_block_mask_equals_twin_and_prunes_whole_blocks(data, mag):
     block = data.draw(st.sampled_from([1, 4, 16]) | st.integers(1, 40))
     nb = -(-n // block)
     k_blocks = per_row_counts(data.draw, rows, nb)
-    mask = P.block_mask(mag, block, k_blocks)
-    np.testing.assert_array_equal(mask, P.block_mask_numpy(mag, block, k_blocks))
+    mask = prune.block_mask(mag, block, k_blocks)
+    np.testing.assert_array_equal(mask, prune.block_mask_numpy(mag, block, k_blocks))
     starts = np.arange(0, n, block)
     for r in range(rows):
         firsts = mask[r, starts]
@@ -151,9 +151,18 @@ def test_block_mask_equals_twin_and_prunes_whole_blocks(data, mag):
 
 def test_block_mask_uses_the_mean_of_a_short_last_block():
     mag = np.array([[1, 1, 1, 1, 3]], np.float32)  # blocks of 4: mean 1.0, then mean 3.0
-    np.testing.assert_array_equal(P.block_mask(mag, 4, 1)[0], [1, 1, 1, 1, 0])
+    np.testing.assert_array_equal(prune.block_mask(mag, 4, 1)[0], [1, 1, 1, 1, 0])
     mag = np.array([[2, 2, 2, 2, 1]], np.float32)  # short block's mean 1.0 < 2.0: pruned
-    np.testing.assert_array_equal(P.block_mask(mag, 4, 1)[0], [0, 0, 0, 0, 1])
+    np.testing.assert_array_equal(prune.block_mask(mag, 4, 1)[0], [0, 0, 0, 0, 1])
+
+
+def test_block_scores_are_summed_in_index_order():
+    """Block 0 sums to exactly 1.0 left to right (each 2**-53 rounds away), like block 1: a
+    tie, so block 0 goes. Summed right to left it would be 1 + 2**-52 and block 1 would go."""
+    e = 2.0**-53
+    mag = np.array([[1.0, e, e, 0.0, 1.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(prune.block_mask(mag, 4, 1)[0], [1, 1, 1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(prune.block_mask_numpy(mag, 4, 1)[0], [1, 1, 1, 1, 0, 0, 0, 0])
 
 
 def test_block_mask_large_matches_twin(rng):
@@ -161,7 +170,7 @@ def test_block_mask_large_matches_twin(rng):
     for block in (4, 16):
         k_blocks = rng.integers(0, -(-1000 // block) + 1, 64)
         np.testing.assert_array_equal(
-            P.block_mask(mag, block, k_blocks), P.block_mask_numpy(mag, block, k_blocks)
+            prune.block_mask(mag, block, k_blocks), prune.block_mask_numpy(mag, block, k_blocks)
         )
 
 
@@ -173,8 +182,8 @@ def test_block_mask_large_matches_twin(rng):
 def test_global_equals_twin_and_prunes_exactly_k_total(data, mags):
     total = sum(m.size for m in mags)
     k_total = data.draw(st.integers(0, total))
-    masks = P.global_smallest_k_masks(mags, k_total)
-    twins = P.global_smallest_k_masks_numpy(mags, k_total)
+    masks = prune.global_smallest_k_masks(mags, k_total)
+    twins = prune.global_smallest_k_masks_numpy(mags, k_total)
     assert [m.shape for m in masks] == [m.shape for m in mags]
     for got, want in zip(masks, twins, strict=True):
         np.testing.assert_array_equal(got, want)
@@ -187,10 +196,10 @@ def test_global_equals_twin_and_prunes_exactly_k_total(data, mags):
 def test_global_ties_go_to_lower_array_then_row_major_index():
     a = np.array([[1, 0], [1, 1]], np.float32)
     b = np.array([[0, 1, 1]], np.float64)
-    masks = P.global_smallest_k_masks([a, b], 3)  # both zeros, then the first 1
+    masks = prune.global_smallest_k_masks([a, b], 3)  # both zeros, then the first 1
     np.testing.assert_array_equal(masks[0], [[1, 1], [0, 0]])
     np.testing.assert_array_equal(masks[1], [[1, 0, 0]])
-    masks = P.global_smallest_k_masks([a, b], 5)  # every 1 in a before any in b
+    masks = prune.global_smallest_k_masks([a, b], 5)  # every 1 in a before any in b
     np.testing.assert_array_equal(masks[0], [[1, 1], [1, 1]])
     np.testing.assert_array_equal(masks[1], [[1, 0, 0]])
 
@@ -200,16 +209,24 @@ def test_global_ties_go_to_lower_array_then_row_major_index():
 
 @pytest.mark.parametrize(
     ("n", "sparsity", "expected"),
-    [(10, 0.5, 5), (3, 0.5, 2), (5, 0.1, 1), (5, 0.3, 2), (7, 0.0, 0), (7, 1.0, 7), (0, 0.5, 0),
-     (1, 0.49999999999999994, 0)],
+    [
+        (10, 0.5, 5),
+        (3, 0.5, 2),
+        (5, 0.1, 1),
+        (5, 0.3, 2),
+        (7, 0.0, 0),
+        (7, 1.0, 7),
+        (0, 0.5, 0),
+        (1, 0.49999999999999994, 0),
+    ],
 )
 def test_prune_count_rounds_half_up(n, sparsity, expected):
-    assert P.prune_count(n, sparsity) == expected
+    assert prune.prune_count(n, sparsity) == expected
 
 
 @given(n=st.integers(0, 10**12), sparsity=st.floats(0, 1))
 def test_prune_count_is_within_half_an_element(n, sparsity):
-    count = P.prune_count(n, sparsity)
+    count = prune.prune_count(n, sparsity)
     assert 0 <= count <= n
     assert abs(count - sparsity * n) <= 0.5 + 1e-9 * n
 
@@ -222,27 +239,27 @@ GOOD = np.ones((2, 8), np.float32)
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: P.smallest_k_mask(-GOOD, 1), "non-negative"),
-        (lambda: P.smallest_k_mask(np.full((2, 8), np.nan), 1), "NaN"),
-        (lambda: P.smallest_k_mask(GOOD[0], 1), "2-D"),
-        (lambda: P.smallest_k_mask(GOOD.astype(bool), 1), "dtype|floats"),
-        (lambda: P.smallest_k_mask(GOOD.astype(complex), 1), "floats"),
-        (lambda: P.smallest_k_mask(GOOD, 9), r"\[0, 8\]"),
-        (lambda: P.smallest_k_mask(GOOD, -1), r"\[0, 8\]"),
-        (lambda: P.smallest_k_mask(GOOD, [1, 2, 3]), "one count per row"),
-        (lambda: P.smallest_k_mask(GOOD, 1.0), "integers"),
-        (lambda: P.n_of_m_mask(GOOD, 5, 4), "n_keep"),
-        (lambda: P.n_of_m_mask(GOOD, 0, 0), "m must"),
-        (lambda: P.n_of_m_mask(GOOD, 2.0, 4), "integer"),
-        (lambda: P.block_mask(GOOD, 0, 1), "block must"),
-        (lambda: P.block_mask(GOOD, 4, 3), r"k_blocks must lie in \[0, 2\]"),
-        (lambda: P.global_smallest_k_masks([GOOD, GOOD], 33), "k_total"),
-        (lambda: P.global_smallest_k_masks(GOOD, 3), "list of arrays"),
-        (lambda: P.global_smallest_k_masks([GOOD, -GOOD], 3), r"mags\[1\]"),
-        (lambda: P.prune_count(10, 1.5), "sparsity"),
-        (lambda: P.prune_count(10, float("nan")), "sparsity"),
-        (lambda: P.prune_count(-1, 0.5), "n must"),
-        (lambda: P.prune_count(True, 0.5), "bool"),
+        (lambda: prune.smallest_k_mask(-GOOD, 1), "non-negative"),
+        (lambda: prune.smallest_k_mask(np.full((2, 8), np.nan), 1), "NaN"),
+        (lambda: prune.smallest_k_mask(GOOD[0], 1), "2-D"),
+        (lambda: prune.smallest_k_mask(GOOD.astype(bool), 1), "dtype|floats"),
+        (lambda: prune.smallest_k_mask(GOOD.astype(complex), 1), "floats"),
+        (lambda: prune.smallest_k_mask(GOOD, 9), r"\[0, 8\]"),
+        (lambda: prune.smallest_k_mask(GOOD, -1), r"\[0, 8\]"),
+        (lambda: prune.smallest_k_mask(GOOD, [1, 2, 3]), "one count per row"),
+        (lambda: prune.smallest_k_mask(GOOD, 1.0), "integers"),
+        (lambda: prune.n_of_m_mask(GOOD, 5, 4), "n_keep"),
+        (lambda: prune.n_of_m_mask(GOOD, 0, 0), "m must"),
+        (lambda: prune.n_of_m_mask(GOOD, 2.0, 4), "integer"),
+        (lambda: prune.block_mask(GOOD, 0, 1), "block must"),
+        (lambda: prune.block_mask(GOOD, 4, 3), r"k_blocks must lie in \[0, 2\]"),
+        (lambda: prune.global_smallest_k_masks([GOOD, GOOD], 33), "k_total"),
+        (lambda: prune.global_smallest_k_masks(GOOD, 3), "list of arrays"),
+        (lambda: prune.global_smallest_k_masks([GOOD, -GOOD], 3), r"mags\[1\]"),
+        (lambda: prune.prune_count(10, 1.5), "sparsity"),
+        (lambda: prune.prune_count(10, float("nan")), "sparsity"),
+        (lambda: prune.prune_count(-1, 0.5), "n must"),
+        (lambda: prune.prune_count(True, 0.5), "bool"),
     ],
 )
 def test_bad_input_is_a_clear_value_error(call, match):

@@ -313,6 +313,13 @@ def _print_audit(r: Any, everything: bool, out: TextIO) -> None:
         out.write("  by op:    " + ", ".join(f"{k} {v:,}" for k, v in r.by_op.items()) + "\n")
     if r.metadata:
         out.write("  metadata: " + ", ".join(r.metadata) + "\n")
+    if r.tflrewrite:
+        done = [t for t in r.tflrewrite.get("tensors", []) if t.get("action") != "skipped"]
+        steps = ", ".join(s["pass"] for s in r.tflrewrite.get("steps", []))
+        out.write(
+            f"  made by tflrewrite {r.tflrewrite.get('version')}: recipe "
+            f"{r.tflrewrite.get('recipe')} ({steps}), {len(done)} tensor edits\n"
+        )
     rows = [t for t in r.tensors if everything or t.bytes]
     header = ("sg", "idx", "name", "dtype", "shape", "bytes", "sparsity", "unique", "ch.unique")
     table = [header] + [

@@ -146,8 +146,9 @@ def from_dict(doc: dict, default_name: str) -> Recipe:
         raise UsageError("'rules' must be an array of tables ([[rules]])")
     for i, r in enumerate(rules):
         if "match" not in r or set(r) - {"match", *PASSES}:
-            raise UsageError(f"rule {i + 1}: needs 'match' and pass names only "
-                             f"(got {', '.join(sorted(r))})")
+            raise UsageError(
+                f"rule {i + 1}: needs 'match' and pass names only (got {', '.join(sorted(r))})"
+            )
         if set(r) - {"match"} - set(doc):
             raise UsageError(f"rule {i + 1}: names a pass the recipe does not run")
     steps = []

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from tflrewrite import provenance
 from tflrewrite.model import Model, Operator, Tensor
 
 # Which axis of a weight input holds the output channels, by the op that reads it; a
@@ -52,6 +53,7 @@ class Audit:
     by_op: dict[str, int]
     metadata: list[str]
     tensors: list[TensorAudit] = field(default_factory=list)
+    tflrewrite: dict | None = None  # the provenance entry, when tflrewrite made the model
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -99,6 +101,7 @@ def audit(model: Model, path: str | os.PathLike, file_bytes: bytes | memoryview)
         by_op=dict(sorted(by_op.items())),
         metadata=[m.name or "" for m in model.metadata or []],
         tensors=tensors,
+        tflrewrite=provenance.read(model),
     )
 
 
