@@ -53,8 +53,8 @@ def expected_audit(path) -> dict:
             if data.size and dtype in NUMPY:
                 values = data.view(NUMPY[dtype])
                 q = t.quantization
-                zps = [] if q is None or q.zeroPoint is None or q.scale is None or len(q.scale) == 0 \
-                    else [int(z) for z in q.zeroPoint]
+                affine = q is not None and q.zeroPoint is not None and q.scale is not None
+                zps = [int(z) for z in q.zeroPoint] if affine and len(q.scale) else []
                 per_axis = q is not None and q.scale is not None and len(q.scale) > 1
                 items = values.tolist()
                 if t.sparsity is None and t.shape is not None and per_axis and len(zps) > 1:

@@ -107,7 +107,7 @@ def test_int8_weights_then_cluster_keeps_zeros_and_clusters(model, tf_models, tm
     after = reader.read(out)
     pruned = reader.read(rewrite(path, tmp_path / "pruned", "--prune", "0.5", "--no-verify")[0])
     quantized = 0
-    for (si, ti), axis in weight_slots(after).items():
+    for si, ti in weight_slots(after):
         t = after.subgraphs[si].tensors[ti]
         assert t.dtype == "INT8" and np.all(t.quantization.zero_point == 0)
         assert np.unique(t.data).size <= 16
