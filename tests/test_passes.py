@@ -18,7 +18,8 @@ from tflrewrite import reader
 from tflrewrite.cli import main
 from tflrewrite.provenance import read as read_provenance
 
-FILTERS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0}
+FILTERS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0,
+           "BATCH_MATMUL": -1}
 
 
 def weight_slots(model) -> dict[tuple[int, int], int]:
@@ -33,7 +34,7 @@ def weight_slots(model) -> dict[tuple[int, int], int]:
                 if not t.is_constant and id(t) in producer and producer[id(t)].type == "DEQUANTIZE":
                     t = producer[id(t)].inputs[0]
                 if t.is_constant:
-                    out[(si, index[id(t)])] = FILTERS[op.type]
+                    out[(si, index[id(t)])] = FILTERS[op.type] % len(t.shape)
     return out
 
 
@@ -186,3 +187,21 @@ def test_same_options_give_the_same_bytes(tf_models, tmp_path):
     data = a.read_bytes()
     b, _ = rewrite(tf_models["float32_cnn"], tmp_path / "again", *flags)
     assert data == b.read_bytes()
+
+
+def test_transpose_conv_and_batch_matmul_weights(tf_models, tmp_path):
+    path = tf_models["transpose_conv_bmm"]
+    out, report = rewrite(path, tmp_path, "--prune", "0.5", "--quantize", "int8-weights",
+                          "--cluster", "4", "--granularity", "channel", "--min-size", "0")
+    after = reader.read(out)
+    slots = weight_slots(after)
+    ops = {t["op"] for step in report["passes"] for t in step["tensors"]
+           if t["action"] != "skipped"}
+    assert ops == {"TRANSPOSE_CONV", "BATCH_MATMUL"}
+    for (si, ti), axis in slots.items():
+        t = after.subgraphs[si].tensors[ti]
+        assert t.dtype == "INT8" and t.quantization.axis == axis
+        rows = channels(t.data, axis)
+        assert max(np.unique(r).size for r in rows) <= 4
+        assert np.all(np.abs(np.count_nonzero(rows == 0, axis=1) - rows.shape[1] / 2) <= 1)
+    assert "error" not in report["verify"]

@@ -470,6 +470,24 @@ def make_control_flow(tf):
     ), "tf.while_loop (input-dependent trip count n) + tf.cond from a concrete function"
 
 
+def make_transpose_conv_bmm(tf):
+    """TRANSPOSE_CONV and BATCH_MATMUL with constant weights: the other two weight ops."""
+    rng = np.random.default_rng(1)
+    filt = tf.constant(rng.normal(0, 0.3, (3, 3, 8, 4)).astype(np.float32))  # HW,out,in
+    rhs = tf.constant(rng.normal(0, 0.2, (1, 16, 12)).astype(np.float32))
+
+    class Decoder(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 4, 4, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            y = tf.nn.conv2d_transpose(x, filt, [1, 8, 8, 8], strides=2, padding="SAME")
+            y = tf.reshape(tf.nn.relu(y), [1, 32, 16])
+            return {"y": tf.linalg.matmul(y, rhs)}
+
+    m = Decoder()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([m.__call__.get_concrete_function()], m)
+    return _convert(conv), "conv2d_transpose (TRANSPOSE_CONV) + matmul with a constant 3-D rhs"
+
+
 def make_multi_signature(tf, tmp: Path):
     class Codec(tf.Module):
         def __init__(self):
@@ -698,6 +716,12 @@ def main(argv: list[str]) -> int:
             add("dynamic_range", "dynamic_range", data, notes, True)
 
         attempt("dynamic_range", _dr)
+
+        def _tc():
+            data, notes = make_transpose_conv_bmm(tf)
+            add("transpose_conv_bmm", "float32", data, notes)
+
+        attempt("transpose_conv_bmm", _tc)
 
         with _quiet_fds():
             sparse_model = build_sparse_fc(tf, train)
