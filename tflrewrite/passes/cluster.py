@@ -81,8 +81,7 @@ def _cluster(model: Model, w: Weight, opts: Options) -> dict:
         clustered = values.astype(stored.dtype)
     after = from_units(w, clustered, opts.granularity)
     before_real = w.real()
-    stats_before = weight_stats(units(w, stored, opts.granularity))
-    stats_after = weight_stats(units(w, after, opts.granularity))
+    stats_before, stats_after = weight_stats(w.channels(stored)), weight_stats(w.channels(after))
     replace_data(model, w, after)
     return record(
         w,

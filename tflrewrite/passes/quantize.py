@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tflrewrite.errors import UsageError
+from tflrewrite.kernels import quantize as kernels
 from tflrewrite.model import Model, Operator, Quantization, Tensor
 from tflrewrite.passes.common import PassResult, Rule, mse, options_for, weight_stats
 from tflrewrite.weights import Weight, find_weights, record, replace_data
@@ -71,24 +72,12 @@ def _not_quantizable(w: Weight, opts: Options | None) -> str | None:
     return None
 
 
-def symmetric_int8(values: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel symmetric int8 along `axis`: (q, scales) with values ~ q * scale, q in
-    [-127, 127]; an all-zero channel gets scale 1."""
-    moved = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
-    peak = np.abs(moved).max(axis=1) if moved.size else np.zeros(moved.shape[0])
-    scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    shape = [1] * values.ndim
-    shape[axis] = scales.size
-    scaled = values / scales.astype(np.float64).reshape(shape)
-    q = np.clip(np.sign(scaled) * np.floor(np.abs(scaled) + 0.5), -127, 127).astype(np.int8)
-    return q, scales
-
-
 def _quantize(model: Model, w: Weight, opts: Options, position: int) -> dict:
-    before = w.real()
-    rows_before = w.channels(before)
+    before = w.tensor.data
+    stats_before = weight_stats(w.channels(before))
     if opts.mode == "int8-weights":
-        q, scales = symmetric_int8(before, w.out_axis)
+        q, scales = kernels.symmetric_int8_rows(np.ascontiguousarray(w.channels(before)))
+        q = w.from_channels(q)
         quant = Quantization(
             scale=scales, zero_point=np.zeros(scales.size, np.int64), axis=w.out_axis
         )
@@ -113,8 +102,8 @@ def _quantize(model: Model, w: Weight, opts: Options, position: int) -> dict:
         w,
         "quantized",
         mode=opts.mode,
-        before=weight_stats(rows_before),
-        after=weight_stats(w.channels(w.real())),
+        before=stats_before,
+        after=weight_stats(w.channels(w.tensor.data)),
         mse=mse(before, w.real()),
     )
 

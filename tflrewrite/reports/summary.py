@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 from tflrewrite.errors import TflRewriteError
 from tflrewrite.reports.audit import zip_size
-from tflrewrite.reports.text import clip, print_table, ratio
+from tflrewrite.reports.text import clip, fmt, print_table, ratio
 
 # Zipping costs about a second per 20 MB; past this the report leaves it to `audit`.
 ZIP_LIMIT = 64 * 2**20
@@ -85,8 +85,8 @@ def print_report(report: dict, out: TextIO, verbose: bool = False) -> None:
                         clip(t["tensor"], 44),
                         f"{b['sparsity']:.3f}",
                         f"{a['sparsity']:.3f}",
-                        str(b["channel_unique"]),
-                        str(a["channel_unique"]),
+                        fmt(b["channel_unique"]),
+                        fmt(a["channel_unique"]),
                         f"{t['mse']:.3g}" if "mse" in t else "",
                     )
                 )

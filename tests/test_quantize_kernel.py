@@ -1,0 +1,43 @@
+"""The weight quantization kernel equals its numpy twin and keeps zeros and clusters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from tflrewrite.kernels.quantize import symmetric_int8_rows, symmetric_int8_rows_numpy
+
+floats = st.one_of(st.sampled_from([0.0, -0.0, 0.5, -0.5, 1e-30, 3.0]),
+                   st.floats(-1e6, 1e6, allow_nan=False, width=32))
+
+
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, max_side=40),
+                  elements=floats))
+def test_kernel_equals_twin(x):
+    q, s = symmetric_int8_rows(x)
+    q2, s2 = symmetric_int8_rows_numpy(x)
+    np.testing.assert_array_equal(q, q2)
+    np.testing.assert_array_equal(s, s2)
+    assert np.all(q[x == 0] == 0) and np.all(np.abs(q.astype(int)) <= 127)
+    assert np.all(s > 0)
+    # dequantized values are within half a step of the originals
+    err = np.abs(q.astype(np.float64) * s[:, None] - x)
+    assert np.all(err <= s[:, None].astype(np.float64) * 0.5 * (1 + 1e-6) + 1e-30)
+
+
+def test_clusters_stay_clusters():
+    rng = np.random.default_rng(0)
+    x = rng.choice(np.linspace(-1, 1, 7).astype(np.float32), size=(8, 100))
+    q, _ = symmetric_int8_rows(x)
+    assert all(np.unique(r).size <= 7 for r in q)
+
+
+@pytest.mark.parametrize("bad", [np.zeros(3, np.float32), np.array([[np.nan]], np.float32),
+                                 np.zeros((2, 2), np.int8)])
+def test_bad_input(bad):
+    with pytest.raises(ValueError):
+        symmetric_int8_rows(bad)
