@@ -17,7 +17,7 @@ import numpy as np
 from tflrewrite.errors import UsageError
 from tflrewrite.kernels import kmeans1d
 from tflrewrite.model import Model
-from tflrewrite.passes.common import PassResult, Rule, mse, options_for, weight_stats
+from tflrewrite.passes.common import PassResult, Rule, options_for, stats_of, stored_mse
 from tflrewrite.weights import Weight, find_weights, record, replace_data
 
 INITS = ("optimal", "linear", "kmeans++", "density")
@@ -80,8 +80,7 @@ def _cluster(model: Model, w: Weight, opts: Options) -> dict:
         )
         clustered = values.astype(stored.dtype)
     after = from_units(w, clustered, opts.granularity)
-    before_real = w.real()
-    stats_before, stats_after = weight_stats(w.channels(stored)), weight_stats(w.channels(after))
+    stats_before, error = stats_of(w), stored_mse(w, stored, after)
     replace_data(model, w, after)
     return record(
         w,
@@ -90,8 +89,8 @@ def _cluster(model: Model, w: Weight, opts: Options) -> dict:
         granularity=opts.granularity,
         init=opts.init,
         before=stats_before,
-        after=stats_after,
-        mse=mse(before_real, w.real()),
+        after=stats_of(w),
+        mse=error,
     )
 
 

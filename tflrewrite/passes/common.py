@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 
 from tflrewrite.errors import UsageError
+from tflrewrite.kernels import stats
 from tflrewrite.model import Model
+from tflrewrite.weights import Weight
 
 
 @dataclass
@@ -54,34 +56,62 @@ def options_for(options: Any, rules: tuple[Rule, ...], name: str) -> Any | None:
 DISTINCT_FLOAT_LIMIT = 2**20
 
 
-def distinct_counts(rows: np.ndarray) -> tuple[int, np.ndarray] | None:
-    """(distinct values of all rows together, distinct values of each row), or None for
-    large float arrays."""
-    if rows.dtype == np.int8:
-        index = rows.astype(np.int64) + 128 + 256 * np.arange(rows.shape[0])[:, None]
-        hist = np.bincount(index.reshape(-1), minlength=256 * rows.shape[0]).reshape(-1, 256)
-        return int(np.count_nonzero(hist.sum(axis=0))), np.count_nonzero(hist, axis=1)
-    if rows.size > DISTINCT_FLOAT_LIMIT:
-        return None
-    s = np.sort(rows, axis=1)
-    per_row = 1 + np.count_nonzero(s[:, 1:] != s[:, :-1], axis=1)
-    return int(np.unique(s).size), per_row
-
-
 def weight_stats(rows: np.ndarray) -> dict[str, Any]:
     """Sparsity and distinct values of a weight given as rows (one per output channel)."""
-    per_row_zero = np.count_nonzero(rows == 0, axis=1) / max(rows.shape[1], 1)
-    counts = distinct_counts(rows) if rows.size else (0, np.zeros(1, np.int64))
+    if rows.size == 0:
+        return {"sparsity": 0.0, "channel_sparsity": [0.0, 0.0], "unique": 0, "channel_unique": 0}
+    if rows.dtype == np.int8:
+        zeros, distinct, total = stats.int8_counts(rows)
+    else:
+        zeros, distinct, total = stats.zeros_per_row(rows), None, None
+        if rows.size <= DISTINCT_FLOAT_LIMIT:
+            s = np.sort(rows, axis=1)
+            distinct = 1 + np.count_nonzero(s[:, 1:] != s[:, :-1], axis=1)
+            total = int(np.unique(s).size)
+    per_row = zeros / rows.shape[1]
     return {
-        "sparsity": float(per_row_zero.mean()) if rows.size else 0.0,
-        "channel_sparsity": [float(per_row_zero.min()), float(per_row_zero.max())],
-        "unique": None if counts is None else counts[0],
-        "channel_unique": None if counts is None else int(counts[1].max()),
+        "sparsity": float(zeros.sum()) / rows.size,
+        "channel_sparsity": [float(per_row.min()), float(per_row.max())],
+        "unique": total,
+        "channel_unique": None if distinct is None else int(distinct.max()),
     }
 
 
-def mse(before: np.ndarray, after: np.ndarray) -> float:
-    """Mean squared difference of two arrays of real values."""
-    if before.size == 0:
-        return 0.0
-    return float(np.mean(np.square(before - after, dtype=np.float64)))
+# Statistics of the weights a pass was given, which the pass before it has just computed as
+# its "after": keyed by the buffer's bytes (the array object, which passes never write into
+# and which model copies share), holding the array so that its id cannot be reused.
+_STATS: dict[tuple[int, int], tuple[np.ndarray, dict]] = {}
+
+
+def stats_of(w: Weight) -> dict[str, Any]:
+    """weight_stats of a weight by output channel, computed once per buffer content."""
+    raw = w.tensor.buffer.data
+    key = (id(raw), w.out_axis)
+    hit = _STATS.get(key)
+    if hit is not None and hit[0] is raw:
+        return hit[1]
+    result = weight_stats(w.channels(w.tensor.data))
+    if len(_STATS) >= 64:
+        _STATS.pop(next(iter(_STATS)))
+    _STATS[key] = (raw, result)
+    return result
+
+
+def stored_mse(w: Weight, before: np.ndarray, after: np.ndarray) -> float:
+    """Mean squared error in real values between two stored forms of a weight that share
+    its quantization (pruning and clustering change values, not scales)."""
+    rows = stats.sq_diff_per_row(w.channels(before), w.channels(after))
+    q = w.tensor.quantization
+    if w.tensor.dtype == "INT8":
+        if q.per_axis and q.axis != w.out_axis:
+            return float(np.mean((real_values_of(w, before) - real_values_of(w, after)) ** 2))
+        rows = rows * q.scale.astype(np.float64) ** 2
+    return float(rows.sum()) / max(before.size, 1)
+
+
+def real_values_of(w: Weight, stored: np.ndarray) -> np.ndarray:
+    q = w.tensor.quantization
+    shape = [1] * stored.ndim
+    if q.per_axis:
+        shape[q.axis] = q.scale.size
+    return stored.astype(np.float64) * q.scale.astype(np.float64).reshape(shape)

@@ -16,7 +16,7 @@ import numpy as np
 from tflrewrite.errors import UsageError
 from tflrewrite.kernels import prune as kernels
 from tflrewrite.model import Model
-from tflrewrite.passes.common import PassResult, Rule, options_for, weight_stats
+from tflrewrite.passes.common import PassResult, Rule, options_for, stats_of, stored_mse
 from tflrewrite.weights import Weight, find_weights, record, replace_data
 
 PATTERN = re.compile(r"^(unstructured|(\d+):(\d+)|1x(\d+))$")
@@ -88,9 +88,15 @@ def _not_prunable(w: Weight, opts: Options | None) -> str | None:
 
 
 def _magnitudes(w: Weight) -> np.ndarray:
-    if w.tensor.dtype == "INT8":
-        return np.abs(w.real()).astype(np.float32)
-    return np.abs(w.tensor.data.astype(np.float32))
+    """|real value| of each weight, float32 (int8: |q| * scale of its channel)."""
+    data = w.tensor.data
+    if data.dtype != np.int8:
+        return np.abs(data, dtype=np.float32)
+    q = w.tensor.quantization
+    shape = [1] * data.ndim
+    if q.per_axis:
+        shape[q.axis] = q.scale.size
+    return np.abs(data, dtype=np.float32) * q.scale.astype(np.float32).reshape(shape)
 
 
 def _mask(w: Weight, opts: Options) -> np.ndarray:
@@ -124,9 +130,9 @@ def _global_masks(weights: list[Weight], sparsity: float) -> list[np.ndarray]:
 
 def _apply(model: Model, w: Weight, mask: np.ndarray, opts: Options) -> dict:
     before = w.tensor.data
-    after = before.copy()
-    after[mask] = 0
-    stats_before, stats_after = weight_stats(w.channels(before)), weight_stats(w.channels(after))
+    after = np.where(mask, np.zeros((), before.dtype), before)
+    stats_before = stats_of(w)
+    error = stored_mse(w, before, after)
     replace_data(model, w, after)
     return record(
         w,
@@ -135,5 +141,6 @@ def _apply(model: Model, w: Weight, mask: np.ndarray, opts: Options) -> dict:
         scope=opts.scope,
         target=opts.sparsity,
         before=stats_before,
-        after=stats_after,
+        after=stats_of(w),
+        mse=error,
     )

@@ -18,8 +18,9 @@ import numpy as np
 
 from tflrewrite.errors import UsageError
 from tflrewrite.kernels import quantize as kernels
+from tflrewrite.kernels import stats
 from tflrewrite.model import Model, Operator, Quantization, Tensor
-from tflrewrite.passes.common import PassResult, Rule, mse, options_for, weight_stats
+from tflrewrite.passes.common import PassResult, Rule, options_for, stats_of
 from tflrewrite.weights import Weight, find_weights, record, replace_data
 
 MODES = ("int8-weights", "float16")
@@ -74,22 +75,21 @@ def _not_quantizable(w: Weight, opts: Options | None) -> str | None:
 
 def _quantize(model: Model, w: Weight, opts: Options, position: int) -> dict:
     before = w.tensor.data
-    stats_before = weight_stats(w.channels(before))
+    rows = np.ascontiguousarray(w.channels(before))
+    stats_before = stats_of(w)
     if opts.mode == "int8-weights":
-        q, scales = kernels.symmetric_int8_rows(np.ascontiguousarray(w.channels(before)))
-        q = w.from_channels(q)
+        q_rows, scales = kernels.symmetric_int8_rows(rows)
+        error = float(stats.dequantized_sq_err_per_row(rows, q_rows, scales).sum())
+        q = w.from_channels(q_rows)
         quant = Quantization(
             scale=scales, zero_point=np.zeros(scales.size, np.int64), axis=w.out_axis
         )
         stored, dtype = q, "INT8"
         version = DEQUANTIZE_INT8_PER_CHANNEL if scales.size > 1 else DEQUANTIZE_INT8
     else:
-        stored, dtype, quant, version = (
-            before.astype(np.float16),
-            "FLOAT16",
-            None,
-            DEQUANTIZE_FLOAT16,
-        )
+        stored, dtype, quant = before.astype(np.float16), "FLOAT16", None
+        version = DEQUANTIZE_FLOAT16
+        error = float(stats.sq_diff_per_row(rows, w.channels(stored)).sum())
     opcode = model.opcode("DEQUANTIZE", version)
     if w.dequantize:
         replace_data(model, w, stored, dtype=dtype, quantization=quant)
@@ -103,8 +103,8 @@ def _quantize(model: Model, w: Weight, opts: Options, position: int) -> dict:
         "quantized",
         mode=opts.mode,
         before=stats_before,
-        after=weight_stats(w.channels(w.tensor.data)),
-        mse=mse(before, w.real()),
+        after=stats_of(w),
+        mse=error / max(before.size, 1),
     )
 
 

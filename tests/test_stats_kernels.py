@@ -1,0 +1,32 @@
+"""The statistics kernels equal their numpy twins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tflrewrite.kernels import stats
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_stats_equal_twins(seed):
+    rng = np.random.default_rng(seed)
+    q = np.where(rng.random((7, 50)) < 0.4, 0, rng.integers(-128, 128, (7, 50))).astype(np.int8)
+    for got, want in zip(stats.int8_counts(q), stats.int8_counts_numpy(q), strict=True):
+        np.testing.assert_array_equal(got, want)
+    x = np.where(rng.random((5, 33)) < 0.3, 0, rng.normal(size=(5, 33))).astype(np.float32)
+    np.testing.assert_array_equal(stats.zeros_per_row(x), stats.zeros_per_row_numpy(x))
+    y = x.astype(np.float16)
+    np.testing.assert_allclose(stats.sq_diff_per_row(x, y), stats.sq_diff_per_row_numpy(x, y),
+                               rtol=1e-12)
+    scales = rng.uniform(0.01, 1, 5).astype(np.float32)
+    qq = rng.integers(-127, 128, (5, 33)).astype(np.int8)
+    np.testing.assert_allclose(stats.dequantized_sq_err_per_row(x, qq, scales),
+                               stats.dequantized_sq_err_per_row_numpy(x, qq, scales), rtol=1e-12)
+
+
+def test_shapes_are_checked():
+    with pytest.raises(ValueError):
+        stats.sq_diff_per_row(np.zeros((2, 3)), np.zeros((3, 2)))
+    with pytest.raises(ValueError):
+        stats.zeros_per_row(np.zeros(3))
