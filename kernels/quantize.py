@@ -17,7 +17,7 @@ _TINY = np.float32(np.finfo(np.float32).tiny)
 
 
 @jit
-def _symmetric_int8_rows(x, q, scales):
+def _symmetric_int8_rows(x, q, scales, sq_err):
     rows, n = x.shape
     for r in range(rows):
         peak = 0.0
@@ -30,16 +30,23 @@ def _symmetric_int8_rows(x, q, scales):
             scale = _TINY
         scales[r] = scale
         s = np.float64(scale)
+        acc = 0.0
         for t in range(n):
             v = np.float64(x[r, t]) / s
             m = np.floor(abs(v) + 0.5)
             if m > 127.0:
                 m = 127.0
-            q[r, t] = np.int8(m) if v >= 0.0 else np.int8(-m)
+            if v < 0.0:
+                m = -m
+            q[r, t] = np.int8(m)
+            d = np.float64(x[r, t]) - m * s
+            acc += d * d
+        sq_err[r] = acc
 
 
-def symmetric_int8_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(q int8 of x's shape, scales float32 per row) for a 2-D float array."""
+def symmetric_int8_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(q int8 of x's shape, scales float32 per row, squared error of q * scale per row)
+    for a 2-D float array."""
     if not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype.kind != "f":
         raise ValueError(
             f"expected a 2-D float array, got {getattr(x, 'dtype', type(x))} "
@@ -50,11 +57,12 @@ def symmetric_int8_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = np.ascontiguousarray(x if x.dtype in (np.float32, np.float64) else x.astype(np.float32))
     q = np.empty(x.shape, np.int8)
     scales = np.empty(x.shape[0], np.float32)
-    _symmetric_int8_rows(x, q, scales)
-    return q, scales
+    sq_err = np.empty(x.shape[0])
+    _symmetric_int8_rows(x, q, scales, sq_err)
+    return q, scales, sq_err
 
 
-def symmetric_int8_rows_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def symmetric_int8_rows_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Plain numpy twin of `symmetric_int8_rows`."""
     x64 = np.asarray(x, np.float64)
     peak = np.abs(x64).max(axis=1) if x64.shape[1] else np.zeros(x64.shape[0])
@@ -62,4 +70,6 @@ def symmetric_int8_rows_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scales = np.maximum(scales, _TINY)
     v = x64 / scales.astype(np.float64)[:, None]
     m = np.minimum(np.floor(np.abs(v) + 0.5), 127.0)
-    return np.where(v >= 0, m, -m).astype(np.int8), scales.astype(np.float32)
+    q = np.where(v >= 0, m, -m)
+    sq_err = np.sum((x64 - q * scales.astype(np.float64)[:, None]) ** 2, axis=1)
+    return q.astype(np.int8), scales.astype(np.float32), sq_err

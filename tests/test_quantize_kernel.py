@@ -18,10 +18,11 @@ floats = st.one_of(st.sampled_from([0.0, -0.0, 0.5, -0.5, 1e-30, 3.0]),
 @given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, max_side=40),
                   elements=floats))
 def test_kernel_equals_twin(x):
-    q, s = symmetric_int8_rows(x)
-    q2, s2 = symmetric_int8_rows_numpy(x)
+    q, s, e = symmetric_int8_rows(x)
+    q2, s2, e2 = symmetric_int8_rows_numpy(x)
     np.testing.assert_array_equal(q, q2)
     np.testing.assert_array_equal(s, s2)
+    np.testing.assert_allclose(e, e2, rtol=1e-9, atol=1e-300)
     assert np.all(q[x == 0] == 0) and np.all(np.abs(q.astype(int)) <= 127)
     assert np.all(s > 0)
     # dequantized values are within half a step of the originals
@@ -32,7 +33,7 @@ def test_kernel_equals_twin(x):
 def test_clusters_stay_clusters():
     rng = np.random.default_rng(0)
     x = rng.choice(np.linspace(-1, 1, 7).astype(np.float32), size=(8, 100))
-    q, _ = symmetric_int8_rows(x)
+    q, _, _ = symmetric_int8_rows(x)
     assert all(np.unique(r).size <= 7 for r in q)
 
 

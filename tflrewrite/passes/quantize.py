@@ -78,8 +78,8 @@ def _quantize(model: Model, w: Weight, opts: Options, position: int) -> dict:
     rows = np.ascontiguousarray(w.channels(before))
     stats_before = stats_of(w)
     if opts.mode == "int8-weights":
-        q_rows, scales = kernels.symmetric_int8_rows(rows)
-        error = float(stats.dequantized_sq_err_per_row(rows, q_rows, scales).sum())
+        q_rows, scales, sq_err = kernels.symmetric_int8_rows(rows)
+        error = float(sq_err.sum())
         q = w.from_channels(q_rows)
         quant = Quantization(
             scale=scales, zero_point=np.zeros(scales.size, np.int64), axis=w.out_axis
