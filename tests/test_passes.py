@@ -8,6 +8,7 @@ independently (the filter input of each conv / FC op, through a DEQUANTIZE if th
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,7 +97,16 @@ def test_identity_keeps_no_provenance_but_passes_do(tf_models, tmp_path):
     out, _ = rewrite(tf_models["int8_full"], tmp_path, "--prune", "0.3", "--no-verify")
     doc = read_provenance(reader.read(out))
     assert doc["tool"] == "tflrewrite" and doc["steps"][0]["pass"] == "prune"
-    assert any(t["action"] == "pruned" for t in doc["tensors"])
+    assert doc["steps"][0]["options"] == {"sparsity": 0.3}
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is a test extra")
+    schema = Path(__file__).resolve().parent.parent / "schemas" / "provenance.schema.json"
+    jsonschema.validate(doc, json.loads(schema.read_text()))
+    model = reader.read(out)
+    for row in doc["tensors"]:
+        entry = dict(zip(doc["tensor_fields"], row, strict=True))
+        t = model.subgraphs[entry["subgraph"]].tensors[entry["tensor"]]
+        assert t.is_constant and entry["pass"] == "prune"
+        assert abs(np.count_nonzero(t.data == 0) / t.data.size - entry["sparsity"]) < 1e-3
     assert main(["audit", str(out)]) == 0
 
 

@@ -314,11 +314,11 @@ def _print_audit(r: Any, everything: bool, out: TextIO) -> None:
     if r.metadata:
         out.write("  metadata: " + ", ".join(r.metadata) + "\n")
     if r.tflrewrite:
-        done = [t for t in r.tflrewrite.get("tensors", []) if t.get("action") != "skipped"]
-        steps = ", ".join(s["pass"] for s in r.tflrewrite.get("steps", []))
+        p = r.tflrewrite
+        steps = ", ".join(s.get("pass", "?") for s in p.get("steps", []))
         out.write(
-            f"  made by tflrewrite {r.tflrewrite.get('version')}: recipe "
-            f"{r.tflrewrite.get('recipe')} ({steps}), {len(done)} tensor edits\n"
+            f"  made by tflrewrite {p.get('version')}: recipe {p.get('recipe')} "
+            f"({steps}), {len(p.get('tensors', []))} tensor edits\n"
         )
     rows = [t for t in r.tensors if everything or t.bytes]
     header = ("sg", "idx", "name", "dtype", "shape", "bytes", "sparsity", "unique", "ch.unique")

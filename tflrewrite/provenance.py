@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -11,36 +12,58 @@ from tflrewrite.model import Model
 METADATA_NAME = "tflrewrite"
 
 
-def provenance(recipe: Any, records: list[dict]) -> bytes:
-    """The metadata entry's content: deterministic JSON (no dates, no paths)."""
+# Columns of each row of "tensors": compact, because the entry travels inside the model.
+TENSOR_FIELDS = ["pass", "subgraph", "tensor", "sparsity", "channel_unique"]
+
+
+def provenance(recipe: Any, records: list[dict], model: Model) -> bytes:
+    """The metadata entry's content: deterministic, compact JSON (no dates, no paths) with
+    the recipe's options that differ from the defaults, and one row per edited tensor
+    giving its index in `model` and its sparsity and distinct values afterwards."""
+    rows, skipped = [], 0
+    for r in records:
+        for t in r["tensors"]:
+            if t["action"] == "skipped":
+                skipped += 1
+                continue
+            index = _index(model, t["subgraph"], t["tensor"])
+            after = t.get("after", {})
+            rows.append(
+                [
+                    r["pass"],
+                    t["subgraph"],
+                    index,
+                    round(after.get("sparsity", 0.0), 4),
+                    after.get("channel_unique"),
+                ]
+            )
     doc = {
         "tool": "tflrewrite",
         "version": __version__,
         "recipe": recipe.name,
-        "steps": [s.to_json() for s in recipe.steps],
-        "tensors": [
-            {
-                "pass": r["pass"],
-                **{k: t[k] for k in ("subgraph", "tensor", "action") if k in t},
-                **_brief(t),
-            }
-            for r in records
-            for t in r["tensors"]
+        "steps": [
+            {"pass": s.name, "options": _changed(s.options), "rules": len(s.rules)}
+            for s in recipe.steps
         ],
+        "tensor_fields": TENSOR_FIELDS,
+        "tensors": rows,
+        "skipped": skipped,
     }
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _brief(t: dict) -> dict:
-    out = {}
-    if "reason" in t:
-        out["reason"] = t["reason"]
-    if "after" in t:
-        out["sparsity"] = round(t["after"]["sparsity"], 6)
-        out["channel_unique"] = t["after"]["channel_unique"]
-    if "mse" in t:
-        out["mse"] = t["mse"]
-    return out
+def _changed(options: Any) -> dict:
+    defaults = type(options)()
+    return {
+        f.name: getattr(options, f.name)
+        for f in dataclasses.fields(options)
+        if getattr(options, f.name) != getattr(defaults, f.name)
+    }
+
+
+def _index(model: Model, subgraph: int, name: str) -> int | None:
+    tensors = model.subgraphs[subgraph].tensors
+    return next((i for i, t in enumerate(tensors) if t.name == name and t.is_constant), None)
 
 
 def read(model: Model) -> dict | None:

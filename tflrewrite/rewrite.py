@@ -29,5 +29,5 @@ def apply(model: Model, recipe: Recipe, progress: Callable[[str], None] | None =
         result.records.append({"pass": step.name, "tensors": out.records})
     if recipe.steps:
         update_min_runtime_version(result.model)
-        result.model.set_metadata(METADATA_NAME, provenance(recipe, result.records))
+        result.model.set_metadata(METADATA_NAME, provenance(recipe, result.records, result.model))
     return result

@@ -11,6 +11,8 @@ agreement against the original on seeded random inputs.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import tempfile
@@ -45,8 +47,9 @@ def main() -> int:
         for name, path in sorted(models.items()):
             for label, flags in SETTINGS.items():
                 out, report = Path(tmp) / "out.tflite", Path(tmp) / "report.json"
-                code = tflrewrite([str(path), "-o", str(out), "--force", "--json", str(report),
-                                   "--samples", str(args.samples), *flags])
+                with contextlib.redirect_stdout(io.StringIO()):
+                    code = tflrewrite([str(path), "-o", str(out), "--force", "--json",
+                                       str(report), "--samples", str(args.samples), *flags])
                 if code:
                     rows.append((name, label, "failed", "", "", "", ""))
                     continue
