@@ -407,3 +407,45 @@ def global_smallest_k_masks_numpy(mags: Sequence[np.ndarray], k_total: int) -> l
     """Twin of :func:`global_smallest_k_masks` by one stable argsort of everything."""
     flat, k_total = _flatten_all(mags, k_total)
     return _split_like(_stable_rank(flat) < k_total, mags)
+
+
+# ------------------------------------------------------------------ applying a mask
+
+
+@jit
+def _apply_mask(values, mask, out, sq):
+    rows, n = values.shape
+    for r in range(rows):
+        acc = 0.0
+        for t in range(n):
+            if mask[r, t]:
+                v = np.float64(values[r, t])
+                acc += v * v
+                out[r, t] = 0
+            else:
+                out[r, t] = values[r, t]
+        sq[r] = acc
+
+
+def apply_mask(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values with the masked elements set to zero, per row the sum of squares of what was
+    zeroed) for 2-D values of any numeric dtype and a bool mask of the same shape."""
+    if values.ndim != 2 or mask.shape != values.shape or mask.dtype != np.bool_:
+        raise ValueError(
+            f"need 2-D values and a bool mask of their shape, got {values.shape} "
+            f"and {mask.dtype} {mask.shape}"
+        )
+    if values.dtype == np.float16:  # Numba has no float16
+        return apply_mask_numpy(values, mask)
+    values, mask = np.ascontiguousarray(values), np.ascontiguousarray(mask)
+    out = np.empty_like(values)
+    sq = np.empty(values.shape[0])
+    _apply_mask(values, mask, out, sq)
+    return out, sq
+
+
+def apply_mask_numpy(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Plain numpy twin of `apply_mask`."""
+    out = np.where(mask, np.zeros((), values.dtype), values)
+    sq = np.sum(np.where(mask, values.astype(np.float64), 0.0) ** 2, axis=1)
+    return out, sq

@@ -270,3 +270,16 @@ def test_bad_input_is_a_clear_value_error(call, match):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20240607)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int8])
+def test_apply_mask_equals_twin(dtype):
+    rng = np.random.default_rng(3)
+    values = (rng.normal(0, 40, (9, 31))).astype(dtype)
+    mask = rng.random((9, 31)) < 0.5
+    out, sq = prune.apply_mask(values, mask)
+    out2, sq2 = prune.apply_mask_numpy(values, mask)
+    np.testing.assert_array_equal(out, out2)
+    np.testing.assert_allclose(sq, sq2, rtol=1e-12)
+    assert out.dtype == values.dtype and np.all(out[mask] == 0)
+    np.testing.assert_array_equal(out[~mask], values[~mask])

@@ -100,13 +100,19 @@ def stats_of(w: Weight) -> dict[str, Any]:
 def stored_mse(w: Weight, before: np.ndarray, after: np.ndarray) -> float:
     """Mean squared error in real values between two stored forms of a weight that share
     its quantization (pruning and clustering change values, not scales)."""
-    rows = stats.sq_diff_per_row(w.channels(before), w.channels(after))
+    q = w.tensor.quantization
+    if w.tensor.dtype == "INT8" and q.per_axis and q.axis != w.out_axis:
+        return float(np.mean((real_values_of(w, before) - real_values_of(w, after)) ** 2))
+    return channel_sq_to_mse(w, stats.sq_diff_per_row(w.channels(before), w.channels(after)))
+
+
+def channel_sq_to_mse(w: Weight, sq: np.ndarray) -> float:
+    """Mean squared error in real values from per-output-channel sums of squared stored
+    differences (int8: scaled by each channel's scale squared)."""
     q = w.tensor.quantization
     if w.tensor.dtype == "INT8":
-        if q.per_axis and q.axis != w.out_axis:
-            return float(np.mean((real_values_of(w, before) - real_values_of(w, after)) ** 2))
-        rows = rows * q.scale.astype(np.float64) ** 2
-    return float(rows.sum()) / max(before.size, 1)
+        sq = sq * q.scale.astype(np.float64) ** 2  # one scale, or one per output channel
+    return float(sq.sum()) / max(w.tensor.data.size, 1)
 
 
 def real_values_of(w: Weight, stored: np.ndarray) -> np.ndarray:

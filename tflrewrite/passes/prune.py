@@ -16,7 +16,14 @@ import numpy as np
 from tflrewrite.errors import UsageError
 from tflrewrite.kernels import prune as kernels
 from tflrewrite.model import Model
-from tflrewrite.passes.common import PassResult, Rule, options_for, stats_of, stored_mse
+from tflrewrite.passes.common import (
+    PassResult,
+    Rule,
+    channel_sq_to_mse,
+    options_for,
+    stats_of,
+    stored_mse,
+)
 from tflrewrite.weights import Weight, find_weights, record, replace_data
 
 PATTERN = re.compile(r"^(unstructured|(\d+):(\d+)|1x(\d+))$")
@@ -129,10 +136,15 @@ def _global_masks(weights: list[Weight], sparsity: float) -> list[np.ndarray]:
 
 
 def _apply(model: Model, w: Weight, mask: np.ndarray, opts: Options) -> dict:
-    before = w.tensor.data
-    after = np.where(mask, np.zeros((), before.dtype), before)
     stats_before = stats_of(w)
-    error = stored_mse(w, before, after)
+    q = w.tensor.quantization
+    if w.tensor.dtype == "INT8" and q.per_axis and q.axis != w.out_axis:
+        before = w.tensor.data
+        after = np.where(mask, np.zeros((), before.dtype), before)
+        error = stored_mse(w, before, after)
+    else:
+        rows, sq = kernels.apply_mask(w.channels(w.tensor.data), w.channels(mask))
+        after, error = w.from_channels(rows), channel_sq_to_mse(w, sq)
     replace_data(model, w, after)
     return record(
         w,
