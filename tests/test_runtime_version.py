@@ -148,3 +148,32 @@ def test_module_imports_only_the_standard_library():
             assert node.level == 0, "no relative imports"
             imported.add(node.module.split(".")[0])
     assert imported <= set(sys.stdlib_module_names)
+
+
+def test_update_raises_the_model_entry_and_only_raises(tmp_path):
+    """A pass that raises an op version must raise min_runtime_version with it."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import corpus
+
+    from tflrewrite import reader, writer
+    from tflrewrite.runtime_version import (
+        METADATA_NAME,
+        decode_min_runtime_version,
+        update_min_runtime_version,
+    )
+
+    model = reader.read(corpus.tf_models()["float32_cnn"])
+    before = decode_min_runtime_version(model.metadata_entry(METADATA_NAME).buffer.data.tobytes())
+    assert update_min_runtime_version(model) == before  # nothing raised: nothing changes
+    fc = next(op for sg in model.subgraphs for op in sg.operators if op.type == "FULLY_CONNECTED")
+    fc.opcode = model.opcode("FULLY_CONNECTED", 8)
+    assert update_min_runtime_version(model) == "2.3.0"
+    out = tmp_path / "m.tflite"
+    writer.write(model, out)
+    again = reader.read(out)
+    stored = again.metadata_entry(METADATA_NAME).buffer.data.tobytes()
+    assert decode_min_runtime_version(stored) == "2.3.0" and len(stored) == 16
+    assert len(again.buffers) == len(reader.read(corpus.tf_models()["float32_cnn"]).buffers)
