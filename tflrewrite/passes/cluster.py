@@ -17,7 +17,16 @@ import numpy as np
 from tflrewrite.errors import UsageError
 from tflrewrite.kernels import kmeans1d
 from tflrewrite.model import Model
-from tflrewrite.passes.common import PassResult, Rule, options_for, stats_of, stored_mse
+from tflrewrite.passes.common import (
+    PassResult,
+    Rule,
+    map_weights,
+    options_for,
+    remember_stats,
+    stats_of,
+    stored_mse,
+    weight_stats,
+)
 from tflrewrite.weights import Weight, find_weights, record, replace_data
 
 INITS = ("optimal", "linear", "kmeans++", "density")
@@ -47,6 +56,7 @@ class Options:
 def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassResult:
     model = model.copy()
     weights, records = find_weights(model, options.skip)
+    chosen = []
     for w in weights:
         opts = options_for(options, rules, w.name)
         if opts is None:
@@ -54,7 +64,22 @@ def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassRes
         elif w.tensor.data.size < opts.min_size:
             records.append(record(w, "skipped", f"fewer than {opts.min_size} elements"))
         else:
-            records.append(_cluster(model, w, opts))
+            chosen.append((w, opts))
+    edits = map_weights(_edit, chosen, [w.tensor.data.size for w, _ in chosen])
+    for (w, opts), (after, error, before, stats) in zip(chosen, edits):
+        replace_data(model, w, after)
+        records.append(
+            record(
+                w,
+                "clustered",
+                clusters=opts.clusters,
+                granularity=opts.granularity,
+                init=opts.init,
+                before=before,
+                after=remember_stats(w, stats),
+                mse=error,
+            )
+        )
     return PassResult(model, records)
 
 
@@ -67,7 +92,9 @@ def from_units(w: Weight, rows: np.ndarray, granularity: str) -> np.ndarray:
     return w.from_channels(rows) if granularity == "channel" else rows.reshape(w.shape)
 
 
-def _cluster(model: Model, w: Weight, opts: Options) -> dict:
+def _edit(item: tuple) -> tuple[np.ndarray, float, dict, dict]:
+    """(clustered values, weight MSE, statistics before, statistics after) of one weight."""
+    w, opts = item
     stored = w.tensor.data
     rows = np.ascontiguousarray(units(w, stored, opts.granularity))
     if opts.init != "optimal":
@@ -80,18 +107,7 @@ def _cluster(model: Model, w: Weight, opts: Options) -> dict:
         )
         clustered = values.astype(stored.dtype)
     after = from_units(w, clustered, opts.granularity)
-    stats_before, error = stats_of(w), stored_mse(w, stored, after)
-    replace_data(model, w, after)
-    return record(
-        w,
-        "clustered",
-        clusters=opts.clusters,
-        granularity=opts.granularity,
-        init=opts.init,
-        before=stats_before,
-        after=stats_of(w),
-        mse=error,
-    )
+    return after, stored_mse(w, stored, after), stats_of(w), weight_stats(w.channels(after))
 
 
 def _lloyd_rows(rows: np.ndarray, opts: Options) -> np.ndarray:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,15 +89,33 @@ _STATS: dict[tuple[int, int], tuple[np.ndarray, dict]] = {}
 def stats_of(w: Weight) -> dict[str, Any]:
     """weight_stats of a weight by output channel, computed once per buffer content."""
     raw = w.tensor.buffer.data
-    key = (id(raw), w.out_axis)
-    hit = _STATS.get(key)
+    hit = _STATS.get((id(raw), w.out_axis))
     if hit is not None and hit[0] is raw:
         return hit[1]
-    result = weight_stats(w.channels(w.tensor.data))
+    return remember_stats(w, weight_stats(w.channels(w.tensor.data)))
+
+
+def remember_stats(w: Weight, result: dict[str, Any]) -> dict[str, Any]:
+    """Record `result` as the statistics of the weight's current buffer."""
     if len(_STATS) >= 64:
-        _STATS.pop(next(iter(_STATS)))
-    _STATS[key] = (raw, result)
+        _STATS.pop(next(iter(_STATS)), None)
+    _STATS[(id(w.tensor.buffer.data), w.out_axis)] = (w.tensor.buffer.data, result)
     return result
+
+
+# Below this many weight elements in a pass, threads cost more than they save.
+PARALLEL_MIN = 2**20
+
+
+def map_weights(fn: Callable[[Any], Any], items: list, sizes: list[int]) -> list:
+    """[fn(x) for x in items], on several threads when there is enough work: the kernels
+    release the GIL, and each weight's edit is independent (applying the edits to the
+    model stays sequential, in order, so the result does not depend on the threads)."""
+    workers = min(os.cpu_count() or 1, len(items))
+    if workers < 2 or sum(sizes) < PARALLEL_MIN:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
 
 
 def stored_mse(w: Weight, before: np.ndarray, after: np.ndarray) -> float:

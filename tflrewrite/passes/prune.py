@@ -20,9 +20,12 @@ from tflrewrite.passes.common import (
     PassResult,
     Rule,
     channel_sq_to_mse,
+    map_weights,
     options_for,
+    remember_stats,
     stats_of,
     stored_mse,
+    weight_stats,
 )
 from tflrewrite.weights import Weight, find_weights, record, replace_data
 
@@ -77,10 +80,24 @@ def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassRes
             chosen.append((w, opts))
     if options.scope == "global":
         masks = _global_masks([w for w, _ in chosen], options.sparsity)
+        items = [(w, opts, mask) for (w, opts), mask in zip(chosen, masks)]
     else:
-        masks = [_mask(w, opts) for w, opts in chosen]
-    for (w, opts), mask in zip(chosen, masks):
-        records.append(_apply(model, w, mask, opts))
+        items = [(w, opts, None) for w, opts in chosen]
+    edits = map_weights(_edit, items, [w.tensor.data.size for w, _ in chosen])
+    for (w, opts, _), (after, error, before, stats) in zip(items, edits):
+        replace_data(model, w, after)
+        records.append(
+            record(
+                w,
+                "pruned",
+                pattern=opts.pattern,
+                scope=opts.scope,
+                target=opts.sparsity,
+                before=before,
+                after=remember_stats(w, stats),
+                mse=error,
+            )
+        )
     return PassResult(model, records)
 
 
@@ -135,24 +152,16 @@ def _global_masks(weights: list[Weight], sparsity: float) -> list[np.ndarray]:
     return [m.reshape(w.shape) for m, w in zip(masks, weights)]
 
 
-def _apply(model: Model, w: Weight, mask: np.ndarray, opts: Options) -> dict:
-    stats_before = stats_of(w)
+def _edit(item: tuple) -> tuple[np.ndarray, float, dict, dict]:
+    """(pruned values, weight MSE, statistics before, statistics after) of one weight."""
+    w, opts, mask = item
+    if mask is None:
+        mask = _mask(w, opts)
+    before = stats_of(w)
     q = w.tensor.quantization
     if w.tensor.dtype == "INT8" and q.per_axis and q.axis != w.out_axis:
-        before = w.tensor.data
-        after = np.where(mask, np.zeros((), before.dtype), before)
-        error = stored_mse(w, before, after)
-    else:
-        rows, sq = kernels.apply_mask(w.channels(w.tensor.data), w.channels(mask))
-        after, error = w.from_channels(rows), channel_sq_to_mse(w, sq)
-    replace_data(model, w, after)
-    return record(
-        w,
-        "pruned",
-        pattern=opts.pattern,
-        scope=opts.scope,
-        target=opts.sparsity,
-        before=stats_before,
-        after=stats_of(w),
-        mse=error,
-    )
+        data = w.tensor.data
+        after = np.where(mask, np.zeros((), data.dtype), data)
+        return after, stored_mse(w, data, after), before, weight_stats(w.channels(after))
+    rows, sq = kernels.apply_mask(w.channels(w.tensor.data), w.channels(mask))
+    return w.from_channels(rows), channel_sq_to_mse(w, sq), before, weight_stats(rows)

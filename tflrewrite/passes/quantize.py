@@ -20,7 +20,15 @@ from tflrewrite.errors import UsageError
 from tflrewrite.kernels import quantize as kernels
 from tflrewrite.kernels import stats
 from tflrewrite.model import Model, Operator, Quantization, Tensor
-from tflrewrite.passes.common import PassResult, Rule, options_for, stats_of
+from tflrewrite.passes.common import (
+    PassResult,
+    Rule,
+    map_weights,
+    options_for,
+    remember_stats,
+    stats_of,
+    weight_stats,
+)
 from tflrewrite.weights import Weight, find_weights, record, replace_data
 
 MODES = ("int8-weights", "float16")
@@ -45,16 +53,22 @@ class Options:
 def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassResult:
     model = model.copy()
     weights, records = find_weights(model, options.skip)
-    inserted: dict[int, int] = {}  # DEQUANTIZE ops added per subgraph
+    chosen = []
     for w in weights:
         opts = options_for(options, rules, w.name)
         reason = _not_quantizable(w, opts)
         if reason:
             records.append(record(w, "skipped", reason))
-            continue
+        else:
+            chosen.append((w, opts))
+    edits = map_weights(_edit, chosen, [w.tensor.data.size for w, _ in chosen])
+    inserted: dict[int, int] = {}  # DEQUANTIZE ops added per subgraph, at its front
+    for (w, opts), edit in zip(chosen, edits):
+        position = inserted.get(w.subgraph, 0)
         if not w.dequantize:
-            inserted[w.subgraph] = inserted.get(w.subgraph, 0) + 1
-        records.append(_quantize(model, w, opts, inserted.get(w.subgraph, 1) - 1))
+            inserted[w.subgraph] = position + 1
+        records.append(_commit(model, w, opts, edit, position))
+    _drop_unused_opcodes(model)
     return PassResult(model, records)
 
 
@@ -73,23 +87,42 @@ def _not_quantizable(w: Weight, opts: Options | None) -> str | None:
     return None
 
 
-def _quantize(model: Model, w: Weight, opts: Options, position: int) -> dict:
-    before = w.tensor.data
-    rows = np.ascontiguousarray(w.channels(before))
-    stats_before = stats_of(w)
+def _edit(item: tuple) -> tuple:
+    """(stored values, dtype, quantization, DEQUANTIZE version, weight MSE, statistics
+    before, statistics after) of one weight."""
+    w, opts = item
+    rows = np.ascontiguousarray(w.channels(w.tensor.data))
+    before = stats_of(w)
     if opts.mode == "int8-weights":
         q_rows, scales, sq_err = kernels.symmetric_int8_rows(rows)
-        error = float(sq_err.sum())
-        q = w.from_channels(q_rows)
         quant = Quantization(
             scale=scales, zero_point=np.zeros(scales.size, np.int64), axis=w.out_axis
         )
-        stored, dtype = q, "INT8"
         version = DEQUANTIZE_INT8_PER_CHANNEL if scales.size > 1 else DEQUANTIZE_INT8
-    else:
-        stored, dtype, quant = before.astype(np.float16), "FLOAT16", None
-        version = DEQUANTIZE_FLOAT16
-        error = float(stats.sq_diff_per_row(rows, w.channels(stored)).sum())
+        return (
+            w.from_channels(q_rows),
+            "INT8",
+            quant,
+            version,
+            float(sq_err.sum()) / max(rows.size, 1),
+            before,
+            weight_stats(q_rows),
+        )
+    stored = w.tensor.data.astype(np.float16)
+    error = float(stats.sq_diff_per_row(rows, w.channels(stored)).sum()) / max(rows.size, 1)
+    return (
+        stored,
+        "FLOAT16",
+        None,
+        DEQUANTIZE_FLOAT16,
+        error,
+        before,
+        weight_stats(w.channels(stored)),
+    )
+
+
+def _commit(model: Model, w: Weight, opts: Options, edit: tuple, position: int) -> dict:
+    stored, dtype, quant, version, error, before, after = edit
     opcode = model.opcode("DEQUANTIZE", version)
     if w.dequantize:
         replace_data(model, w, stored, dtype=dtype, quantization=quant)
@@ -97,14 +130,8 @@ def _quantize(model: Model, w: Weight, opts: Options, position: int) -> dict:
             op.opcode = opcode
     else:
         _insert_dequantize(model, w, stored, dtype, quant, opcode, position)
-    _drop_unused_opcodes(model)
     return record(
-        w,
-        "quantized",
-        mode=opts.mode,
-        before=stats_before,
-        after=stats_of(w),
-        mse=error / max(before.size, 1),
+        w, "quantized", mode=opts.mode, before=before, after=remember_stats(w, after), mse=error
     )
 
 
