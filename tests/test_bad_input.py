@@ -344,6 +344,48 @@ def test_inconsistent_model(tmp_path, base_bytes, case):
     assert_refused(write(tmp_path, "m.tflite", edited(base_bytes, edit)), problem, tmp_path)
 
 
+def _string_tensor(m: fb.ModelT) -> tuple[fb.TensorT, np.ndarray]:
+    """A constant STRING tensor and its packed data: int32 count, count + 1 int32 offsets."""
+    for sg in m.subgraphs:
+        for t in sg.tensors:
+            data = m.buffers[t.buffer].data
+            if t.type == fb.TensorType.STRING and data is not None and len(data) > 8:
+                packed = np.array(data, np.uint8)
+                m.buffers[t.buffer].data = packed
+                return t, packed
+    raise AssertionError("no constant string tensor")
+
+
+def _set_i32(packed: np.ndarray, index: int, value: int) -> None:
+    packed[4 * index : 4 * index + 4] = np.frombuffer(struct.pack("<i", value), np.uint8)
+
+
+STRING_EDITS = {
+    # LiteRT loads these unchecked and its kernels read where the offsets point (found by
+    # the corpus below: a SIGBUS in the rewrite's verify step)
+    "offset-past-the-end": (lambda t, d: _set_i32(d, 2, 0x7FFFFFFF), r"malformed string"),
+    "huge-count": (lambda t, d: _set_i32(d, 0, 0x7FFFFFFF), r"malformed string"),
+    "negative-count": (lambda t, d: _set_i32(d, 0, -1), r"malformed string"),
+    "first-offset": (lambda t, d: _set_i32(d, 1, 0), r"malformed string"),
+    "offsets-go-back": (lambda t, d: _set_i32(d, 2, 4), r"malformed string"),
+    "count-vs-shape": (
+        lambda t, d: setattr(t, "shape", np.array([int(np.prod(t.shape)) + 1], np.int32)),
+        r"holds \d+ strings but has shape",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STRING_EDITS))
+def test_malformed_string_data(tmp_path, tf_models, case):
+    edit, problem = STRING_EDITS[case]
+
+    def damage(m):
+        edit(*_string_tensor(m))
+
+    data = edited(tf_models["string_and_variables"].read_bytes(), damage)
+    assert_refused(write(tmp_path, "m.tflite", data), problem, tmp_path)
+
+
 def test_edited_model_without_damage_is_read(base_bytes):
     # the edits above start from a model that packs back to a readable one
     assert reader.read_bytes(edited(base_bytes, lambda m: None)).subgraphs
@@ -606,7 +648,8 @@ def check_variant(path: Path, data: bytes, tmp_path: Path) -> tuple[int, int]:
     """Audit and rewrite one variant in-process; returns their exit codes."""
     out = tmp_path / "out.tflite"
     codes = []
-    for argv in (["audit", str(path)], [str(path), "-o", str(out)]):
+    # --no-verify: running LiteRT is checked in child processes (see below)
+    for argv in (["audit", str(path)], [str(path), "-o", str(out), "--no-verify"]):
         code, stdout, stderr, peak = run_cli(argv)
         assert code in (0, 2), f"{argv}: exit {code}, stderr {stderr!r}"
         assert "Traceback" not in stdout + stderr
@@ -650,34 +693,118 @@ def test_the_corpus_is_mostly_refused_but_not_only(fuzz_bases, tmp_path):
 
 
 # ------------------------------------------------------------------ as real processes
+#
+# The rewrite command ends by running the input and the output in LiteRT (verify): native
+# code, where a bad model can kill the process, so that step is checked in child processes,
+# never in-process, where a crash would take the test session with it.
 
 PROCESS_VARIANTS = VARIANTS[::26]  # 10 variants, every kind, every model
-ADDRESS_SPACE = 2 << 30  # the interpreter, numpy and the schema module fit well within
+ADDRESS_SPACE = 4 << 30  # the interpreter, numpy, the schema module and LiteRT fit well within
+PROCESS_ENV = dict(
+    os.environ,
+    OPENBLAS_NUM_THREADS="1",
+    OMP_NUM_THREADS="1",
+    PYTHONIOENCODING="utf-8:strict",  # a UTF-8 terminal, as most users have
+)
 
 
 def _limits() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
 
+def run_process(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tflrewrite", *argv],
+        capture_output=True, text=True, errors="backslashreplace", timeout=120,
+        preexec_fn=_limits, env=PROCESS_ENV, cwd=ROOT,
+    )
+
+
+def process_problem(done: subprocess.CompletedProcess, path: Path, out: Path | None) -> str:
+    """What is wrong with how a `tflrewrite` process ended, or "" if nothing."""
+    if done.returncode < 0:
+        return f"killed by signal {-done.returncode}: {done.stderr[-300:]!r}"
+    if done.returncode not in (0, 2):
+        return f"exit {done.returncode}: {done.stderr[-300:]!r}"
+    if "Traceback" in done.stdout + done.stderr:
+        return f"traceback: {done.stderr[-300:]!r}"
+    if done.returncode == 2:
+        lines = done.stderr.splitlines()
+        if len(lines) != 1 or not lines[0].startswith("tflrewrite: ") or str(path) not in lines[0]:
+            return f"exit 2 without one line naming the file: {done.stderr!r}"
+        if out is not None and out.exists():
+            return "exit 2 but the output was written"
+    elif out is not None and not out.exists():
+        return "exit 0 but no output"
+    return ""
+
+
+def run_all(jobs: list[tuple[str, list[str], Path, Path | None]]) -> list[str]:
+    """Run (label, argv, input, output) jobs two at a time; the problems, labelled."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(job):
+        label, argv, path, out = job
+        problem = process_problem(run_process(argv), path, out)
+        return f"{label}: {problem}" if problem else ""
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return [p for p in pool.map(one, jobs) if p]
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS as a memory bound is Linux's")
 def test_mutated_models_as_processes(fuzz_bases, tmp_path):
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    seen = set()
-    for name, i in PROCESS_VARIANTS:
+    """`audit` on 10 variants, and the whole rewrite command, verify included, on every
+    variant the reader accepts: exit 0 or 2 with one line, never a crash or traceback."""
+    jobs, audit_codes = [], set()
+    for name, i in VARIANTS:
         what, data = mutate(fuzz_bases[name], name, i)
-        path = write(tmp_path, f"{name}-{i}.tflite", data)
-        expected, _, _, _ = run_cli(["audit", str(path)])
-        done = subprocess.run(
-            [sys.executable, "-m", "tflrewrite", "audit", str(path)],
-            capture_output=True, text=True, timeout=60, preexec_fn=_limits, env=env, cwd=ROOT,
-        )
         label = f"{name} variant {i} ({what})"
-        assert done.returncode == expected, f"{label}: exit {done.returncode}: {done.stderr}"
-        assert "Traceback" not in done.stdout + done.stderr, label
-        if done.returncode == 2:
-            assert_one_line(done.stderr, path)
-        else:
-            assert done.stderr == ""
-        assert path.read_bytes() == data
-        seen.add(done.returncode)
-    assert seen == {0, 2}, f"the process variants should show both outcomes, saw {seen}"
+        path = write(tmp_path, f"{name}-{i:02d}.tflite", data)
+        if (name, i) in PROCESS_VARIANTS:
+            jobs.append((label + " audit", ["audit", str(path)], path, None))
+            audit_codes.add(run_cli(["audit", str(path)])[0])
+        try:
+            reader.read_bytes(data)
+        except Exception:  # noqa: BLE001 - refused: the in-process test covers it
+            continue
+        out = tmp_path / f"{name}-{i:02d}.out.tflite"
+        jobs.append((label + " rewrite", [str(path), "-o", str(out)], path, out))
+    assert audit_codes == {0, 2}, "the audited variants should show both outcomes"
+    assert len(jobs) >= 30, "too few variants are readable to test the whole command"
+    problems = run_all(jobs)
+    assert not problems, f"{len(problems)} of {len(jobs)} processes:\n" + "\n".join(problems)
+    for name, i in VARIANTS:
+        assert (tmp_path / f"{name}-{i:02d}.tflite").read_bytes() == mutate(
+            fuzz_bases[name], name, i
+        )[1]
+
+
+# ------------------------------------------------------------------ known gaps (not the reader)
+
+
+def _non_utf8_names(m: fb.ModelT) -> None:
+    sg = m.subgraphs[0]
+    sg.tensors[sg.inputs[0]].name = b"input\xff"
+    constant_tensor(m).name = b"weights\xfe"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="audit's table writes tensor names (surrogate-escaped by the reader) to a strict "
+    "UTF-8 stdout: UnicodeEncodeError (reports/text.py or cli.py should escape them)",
+)
+def test_audit_of_non_utf8_names_on_a_utf8_terminal(tmp_path, base_bytes):
+    path = write(tmp_path, "m.tflite", edited(base_bytes, _non_utf8_names))
+    assert process_problem(run_process(["audit", str(path)]), path, None) == ""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="verify asks LiteRT for tensor details, which decodes names as strict UTF-8: "
+    "UnicodeDecodeError escapes reports/verify.py",
+)
+def test_rewrite_of_non_utf8_names(tmp_path, base_bytes):
+    path = write(tmp_path, "m.tflite", edited(base_bytes, _non_utf8_names))
+    out = tmp_path / "out.tflite"
+    assert process_problem(run_process([str(path), "-o", str(out)]), path, out) == ""

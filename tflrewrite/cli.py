@@ -173,6 +173,15 @@ def rewrite_parser() -> argparse.ArgumentParser:
         help="store buffers after the flatbuffer, LiteRT's layout for models over "
         "2 GB (default: auto: when the input does or the model needs it)",
     )
+    p.add_argument(
+        "--target",
+        choices=["generic", "cpu"],
+        default="generic",
+        help="how to lay the result down: generic (default) keeps weights dense; cpu "
+        "stores FULLY_CONNECTED weights block-sparse where LiteRT's CPU kernel reads "
+        "them and the file gets smaller (int8: 1x16 blocks, float32: 1x4; pair it "
+        "with --prune-pattern 1x16 or 1x4)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="list skipped tensors too")
     p.add_argument("--version", action="version", version=f"tflrewrite {__version__}")
     return p
@@ -213,7 +222,7 @@ def run_rewrite(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
     check_output_path(output, [args.model], args.force)
     model = reader.read(args.model)
-    result = rewrite.apply(model, recipe, _step_note)
+    result = rewrite.apply(model, recipe, _step_note, target=args.target)
     large = {"auto": None, "yes": True, "no": False}[args.large]
     writer.write(result.model, output, large=large)
     report = summary.build(

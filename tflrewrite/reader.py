@@ -13,6 +13,7 @@ no length of its own, so other trailing bytes cannot be told apart from it and a
 from __future__ import annotations
 
 import copy
+import math
 import mmap
 import os
 import stat
@@ -249,6 +250,8 @@ class _Reader:
                 f"{where} ({t.name!r}) holds {t.buffer.nbytes} bytes of data but shape "
                 f"{shape} of {dtype} needs {expected}"
             )
+        if t.dtype == "STRING" and t.is_constant:
+            self.check_strings(where, t)
         _clear(raw, "shape", "type", "buffer", "name", "quantization", "sparsity", "shapeSignature")
         t.extra = raw
         return t
@@ -273,6 +276,26 @@ class _Reader:
                 f"{where} has {scales} quantization scales for the {t.shape[q.axis]} "
                 f"entries of its axis {q.axis}"
             )
+
+    def check_strings(self, where: str, t: Tensor) -> None:
+        """The packed strings of a constant STRING tensor: int32 count n, n + 1 int32 offsets
+        from the start of the buffer (the last one is the end of the last string), then the
+        bytes. LiteRT loads them unchecked and reads wherever the offsets point: a bad
+        offset is a crash in a kernel, not an error, so it is refused here."""
+        data = t.buffer.data
+        n = int(data[:4].view("<i4")[0]) if data.size >= 4 else -1
+        header = 4 * (n + 2)
+        offsets = data[4:header].view("<i4") if 0 <= n and header <= data.size else None
+        bad = (
+            offsets is None
+            or offsets[0] != header
+            or offsets[-1] > data.size
+            or bool(np.any(np.diff(offsets) < 0))
+        )
+        if bad:
+            raise self.fail(f"{where} ({t.name!r}) holds malformed string data")
+        if t.shape is not None and t.sparsity is None and n != math.prod(t.shape):
+            raise self.fail(f"{where} ({t.name!r}) holds {n} strings but has shape {t.shape}")
 
     def operator(self, raw: Any, opcodes: list[Opcode], ref: Any) -> Operator:
         if raw.builtinOptionsType != 0 and raw.builtinOptions is None:

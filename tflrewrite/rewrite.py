@@ -10,6 +10,7 @@ from tflrewrite.passes import PASSES
 from tflrewrite.provenance import METADATA_NAME, provenance
 from tflrewrite.recipes import Recipe
 from tflrewrite.runtime_version import update_min_runtime_version
+from tflrewrite.targets import TARGETS
 
 
 @dataclass
@@ -18,8 +19,14 @@ class Result:
     records: list[dict] = field(default_factory=list)  # per pass: {"pass", "tensors"}
 
 
-def apply(model: Model, recipe: Recipe, progress: Callable[[str], None] | None = None) -> Result:
-    """The model after every step of `recipe`; the input model is left as it was."""
+def apply(
+    model: Model,
+    recipe: Recipe,
+    progress: Callable[[str], None] | None = None,
+    target: str = "generic",
+) -> Result:
+    """The model after every step of `recipe`, laid down for `target` (see
+    tflrewrite.targets); the input model is left as it was."""
     result = Result(model)
     for step in recipe.steps:
         if progress:
@@ -27,7 +34,13 @@ def apply(model: Model, recipe: Recipe, progress: Callable[[str], None] | None =
         out = PASSES[step.name].run(result.model, step.options, step.rules)
         result.model = out.model
         result.records.append({"pass": step.name, "tensors": out.records})
-    if recipe.steps:
+    if target != "generic":
+        if progress:
+            progress(f"target {target}")
+        out = TARGETS[target].run(result.model)
+        result.model = out.model
+        result.records.append({"pass": f"target:{target}", "tensors": out.records})
+    if recipe.steps or target != "generic":
         update_min_runtime_version(result.model)
         result.model.set_metadata(METADATA_NAME, provenance(recipe, result.records, result.model))
     return result

@@ -108,6 +108,10 @@ def _not_prunable(w: Weight, opts: Options | None) -> str | None:
         return f"fewer than {opts.min_size} elements"
     if (opts.n_of_m or opts.block) and w.in_axis is None:
         return f"{w.op_type} has no input-channel axis for the {opts.pattern} pattern"
+    if opts.block and w.shape[w.in_axis] % opts.block:
+        # A partial block would be pruned whole or not at all, and the sparse kernels
+        # that want blocks take only whole ones.
+        return f"input depth {w.shape[w.in_axis]} is not a multiple of the block {opts.block}"
     return None
 
 
