@@ -44,6 +44,11 @@ exit codes: 0 done, 1 a budget or verification check failed, 2 bad usage or bad 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Tensor names and paths that are not UTF-8 reach us as surrogate escapes; show them as
+    # \xNN rather than fail on a strict UTF-8 terminal.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         if argv and argv[0] in COMMANDS:
             command, rest = argv[0], argv[1:]

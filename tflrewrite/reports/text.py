@@ -33,4 +33,7 @@ def db(value: float | None) -> str:
 
 
 def clip(text: str, width: int) -> str:
+    """`text` cut to `width` characters, printable on any terminal: bytes of a name that were
+    not UTF-8 (kept by the reader as surrogate escapes) are shown as \\xNN."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -60,10 +60,14 @@ class Runner:
                 model_path=self.path, num_threads=1, experimental_op_resolver_type=resolver
             )
             self.interpreter.allocate_tensors()
+            self.inputs = self.interpreter.get_input_details()
+            self.outputs = self.interpreter.get_output_details()
+        except UnicodeDecodeError:  # LiteRT decodes tensor names as strict UTF-8
+            raise TflRewriteError(
+                f"{self.path}: LiteRT cannot report tensors whose names are not UTF-8"
+            ) from None
         except (RuntimeError, ValueError) as e:
             raise TflRewriteError(f"{self.path}: LiteRT cannot load it: {_first_line(e)}") from None
-        self.inputs = self.interpreter.get_input_details()
-        self.outputs = self.interpreter.get_output_details()
 
     def run(self, sample: list[np.ndarray]) -> list[np.ndarray]:
         for detail, value in zip(self.inputs, sample):
