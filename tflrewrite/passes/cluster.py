@@ -21,13 +21,13 @@ from tflrewrite.passes.common import (
     PassResult,
     Rule,
     map_weights,
-    options_for,
     remember_stats,
+    select,
     stats_of,
     stored_mse,
     weight_stats,
 )
-from tflrewrite.weights import Weight, find_weights, record, replace_data
+from tflrewrite.weights import Weight, record, replace_data
 
 INITS = ("optimal", "linear", "kmeans++", "density")
 
@@ -54,17 +54,7 @@ class Options:
 
 
 def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassResult:
-    model = model.copy()
-    weights, records = find_weights(model, options.skip)
-    chosen = []
-    for w in weights:
-        opts = options_for(options, rules, w.name)
-        if opts is None:
-            records.append(record(w, "skipped", "a recipe rule leaves it alone"))
-        elif w.tensor.data.size < opts.min_size:
-            records.append(record(w, "skipped", f"fewer than {opts.min_size} elements"))
-        else:
-            chosen.append((w, opts))
+    model, chosen, records = select(model, options, rules, lambda w, opts: None)
     edits = map_weights(_edit, chosen, [w.tensor.data.size for w, _ in chosen])
     for (w, opts), (after, error, before, stats) in zip(chosen, edits):
         replace_data(model, w, after)

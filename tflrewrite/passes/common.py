@@ -15,7 +15,7 @@ import numpy as np
 from tflrewrite.errors import UsageError
 from tflrewrite.kernels import stats
 from tflrewrite.model import Model
-from tflrewrite.weights import Weight
+from tflrewrite.weights import Weight, find_weights, record
 
 
 @dataclass
@@ -52,6 +52,30 @@ def options_for(options: Any, rules: tuple[Rule, ...], name: str) -> Any | None:
             except TypeError as e:
                 raise UsageError(f"rule for {rule.match!r}: {e}") from None
     return options
+
+
+def select(
+    model: Model, options: Any, rules: tuple[Rule, ...], refuse: Callable[[Weight, Any], str | None]
+) -> tuple[Model, list, list[dict]]:
+    """What every pass starts with: a copy of the model, the weights it will edit with their
+    options, and a "skipped" record for each weight it leaves alone. `refuse(w, options)`
+    gives a pass's own reason to leave a weight alone, or None."""
+    model = model.copy()
+    weights, records = find_weights(model, options.skip)
+    chosen = []
+    for w in weights:
+        opts = options_for(options, rules, w.name)
+        if opts is None:
+            reason = "a recipe rule leaves it alone"
+        elif w.tensor.data.size < opts.min_size:
+            reason = f"fewer than {opts.min_size} elements"
+        else:
+            reason = refuse(w, opts)
+        if reason:
+            records.append(record(w, "skipped", reason))
+        else:
+            chosen.append((w, opts))
+    return model, chosen, records
 
 
 # Counting distinct float values means sorting; past this many elements the report leaves

@@ -21,13 +21,13 @@ from tflrewrite.passes.common import (
     Rule,
     channel_sq_to_mse,
     map_weights,
-    options_for,
     remember_stats,
+    select,
     stats_of,
     stored_mse,
     weight_stats,
 )
-from tflrewrite.weights import Weight, find_weights, record, replace_data
+from tflrewrite.weights import Weight, record, replace_data
 
 PATTERN = re.compile(r"^(unstructured|(\d+):(\d+)|1x(\d+))$")
 
@@ -68,16 +68,7 @@ class Options:
 
 
 def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassResult:
-    model = model.copy()
-    weights, records = find_weights(model, options.skip)
-    chosen: list[tuple[Weight, Options]] = []
-    for w in weights:
-        opts = options_for(options, rules, w.name)
-        reason = _not_prunable(w, opts)
-        if reason:
-            records.append(record(w, "skipped", reason))
-        else:
-            chosen.append((w, opts))
+    model, chosen, records = select(model, options, rules, _not_prunable)
     if options.scope == "global":
         masks = _global_masks([w for w, _ in chosen], options.sparsity)
         items = [(w, opts, mask) for (w, opts), mask in zip(chosen, masks)]
@@ -101,11 +92,7 @@ def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassRes
     return PassResult(model, records)
 
 
-def _not_prunable(w: Weight, opts: Options | None) -> str | None:
-    if opts is None:
-        return "a recipe rule leaves it alone"
-    if w.tensor.data.size < opts.min_size:
-        return f"fewer than {opts.min_size} elements"
+def _not_prunable(w: Weight, opts: Options) -> str | None:
     if (opts.n_of_m or opts.block) and w.in_axis is None:
         return f"{w.op_type} has no input-channel axis for the {opts.pattern} pattern"
     if opts.block and w.shape[w.in_axis] % opts.block:

@@ -24,12 +24,12 @@ from tflrewrite.passes.common import (
     PassResult,
     Rule,
     map_weights,
-    options_for,
     remember_stats,
+    select,
     stats_of,
     weight_stats,
 )
-from tflrewrite.weights import Weight, find_weights, record, replace_data
+from tflrewrite.weights import Weight, record, replace_data
 
 MODES = ("int8-weights", "float16")
 
@@ -51,16 +51,7 @@ class Options:
 
 
 def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassResult:
-    model = model.copy()
-    weights, records = find_weights(model, options.skip)
-    chosen = []
-    for w in weights:
-        opts = options_for(options, rules, w.name)
-        reason = _not_quantizable(w, opts)
-        if reason:
-            records.append(record(w, "skipped", reason))
-        else:
-            chosen.append((w, opts))
+    model, chosen, records = select(model, options, rules, _not_quantizable)
     edits = map_weights(_edit, chosen, [w.tensor.data.size for w, _ in chosen])
     inserted: dict[int, int] = {}  # DEQUANTIZE ops added per subgraph, at its front
     for (w, opts), edit in zip(chosen, edits):
@@ -72,16 +63,12 @@ def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassRes
     return PassResult(model, records)
 
 
-def _not_quantizable(w: Weight, opts: Options | None) -> str | None:
-    if opts is None:
-        return "a recipe rule leaves it alone"
+def _not_quantizable(w: Weight, opts: Options) -> str | None:
     dtype = w.tensor.dtype
     if dtype == "INT8":
         return "already int8"
     if opts.mode == "float16" and dtype == "FLOAT16":
         return "already float16"
-    if w.tensor.data.size < opts.min_size:
-        return f"fewer than {opts.min_size} elements"
     if w.aliases and not w.dequantize:
         return "its buffer is used by several tensors"
     return None
