@@ -20,14 +20,14 @@ from tflrewrite.model import Model
 from tflrewrite.passes.common import (
     PassResult,
     Rule,
+    commit,
     map_weights,
-    remember_stats,
     select,
     stats_of,
     stored_mse,
     weight_stats,
 )
-from tflrewrite.weights import Weight, record, replace_data
+from tflrewrite.weights import Weight
 
 INITS = ("optimal", "linear", "kmeans++", "density")
 
@@ -56,20 +56,10 @@ class Options:
 def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassResult:
     model, chosen, records = select(model, options, rules, lambda w, opts: None)
     edits = map_weights(_edit, chosen, [w.tensor.data.size for w, _ in chosen])
-    for (w, opts), (after, error, before, stats) in zip(chosen, edits):
-        replace_data(model, w, after)
-        records.append(
-            record(
-                w,
-                "clustered",
-                clusters=opts.clusters,
-                granularity=opts.granularity,
-                init=opts.init,
-                before=before,
-                after=remember_stats(w, stats),
-                mse=error,
-            )
-        )
+    fields = [
+        {"clusters": o.clusters, "granularity": o.granularity, "init": o.init} for _, o in chosen
+    ]
+    records += commit(model, [w for w, _ in chosen], edits, "clustered", fields)
     return PassResult(model, records)
 
 

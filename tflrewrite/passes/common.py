@@ -15,7 +15,7 @@ import numpy as np
 from tflrewrite.errors import UsageError
 from tflrewrite.kernels import stats
 from tflrewrite.model import Model
-from tflrewrite.weights import Weight, find_weights, record
+from tflrewrite.weights import Weight, find_weights, record, replace_data
 
 
 @dataclass
@@ -76,6 +76,20 @@ def select(
         else:
             chosen.append((w, opts))
     return model, chosen, records
+
+
+def commit(
+    model: Model, weights: list[Weight], edits: list[tuple], action: str, fields: list[dict]
+) -> list[dict]:
+    """Give each weight its edited values, in order, and record what was done. An edit is
+    (values, weight MSE, statistics before, statistics after)."""
+    records = []
+    for w, (after, error, before, now), extra in zip(weights, edits, fields, strict=True):
+        replace_data(model, w, after)
+        records.append(
+            record(w, action, **extra, before=before, after=remember_stats(w, now), mse=error)
+        )
+    return records
 
 
 # Counting distinct float values means sorting; past this many elements the report leaves

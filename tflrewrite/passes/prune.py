@@ -20,14 +20,14 @@ from tflrewrite.passes.common import (
     PassResult,
     Rule,
     channel_sq_to_mse,
+    commit,
     map_weights,
-    remember_stats,
     select,
     stats_of,
     stored_mse,
     weight_stats,
 )
-from tflrewrite.weights import Weight, record, replace_data
+from tflrewrite.weights import Weight
 
 PATTERN = re.compile(r"^(unstructured|(\d+):(\d+)|1x(\d+))$")
 
@@ -75,20 +75,8 @@ def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassRes
     else:
         items = [(w, opts, None) for w, opts in chosen]
     edits = map_weights(_edit, items, [w.tensor.data.size for w, _ in chosen])
-    for (w, opts, _), (after, error, before, stats) in zip(items, edits):
-        replace_data(model, w, after)
-        records.append(
-            record(
-                w,
-                "pruned",
-                pattern=opts.pattern,
-                scope=opts.scope,
-                target=opts.sparsity,
-                before=before,
-                after=remember_stats(w, stats),
-                mse=error,
-            )
-        )
+    fields = [{"pattern": o.pattern, "scope": o.scope, "target": o.sparsity} for _, o in chosen]
+    records += commit(model, [w for w, _ in chosen], edits, "pruned", fields)
     return PassResult(model, records)
 
 
