@@ -449,3 +449,62 @@ def apply_mask_numpy(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
     out = np.where(mask, np.zeros((), values.dtype), values)
     sq = np.sum(np.where(mask, values.astype(np.float64), 0.0) ** 2, axis=1)
     return out, sq
+
+
+# ------------------------------------------------------------------ pruning rows in place
+
+
+@jit
+def _prune_rows(keys, values, k, out, sq):
+    rows, n = keys.shape
+    mask = np.zeros(n, np.bool_)
+    cand = np.empty(n, keys.dtype)
+    hist = np.empty(1 << _DIGIT_BITS, np.int64)
+    for r in range(rows):
+        mask[:] = False
+        _prune_smallest(keys[r], k[r], mask, cand, hist)
+        acc = 0.0
+        for t in range(n):
+            if mask[t]:
+                v = np.float64(values[r, t])
+                acc += v * v
+                out[r, t] = 0
+            else:
+                out[r, t] = values[r, t]
+        sq[r] = acc
+
+
+def _row_keys(values: np.ndarray) -> np.ndarray:
+    """Unsigned keys whose order (sign bit ignored, as the kernels do) is that of |values|:
+    the float bits themselves, or |q| for integers."""
+    if values.dtype.kind == "f":
+        return values.view(np.uint32 if values.dtype.itemsize == 4 else np.uint64)
+    return np.abs(values.astype(np.int64)).astype(np.uint64)
+
+
+def prune_rows(values: np.ndarray, k: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+    """Zero the k[r] smallest-magnitude elements of each row r (ties: lower index first):
+    (pruned values of the input dtype, per row the sum of squares of what was zeroed).
+
+    The same choice as ``smallest_k_mask(|values|, k)`` followed by ``apply_mask``, in one
+    pass per row and without magnitude or mask arrays the size of the weight."""
+    if not isinstance(values, np.ndarray) or values.ndim != 2 or values.dtype.kind not in "fi":
+        raise ValueError(f"values must be a 2-D float or integer array, got "
+                         f"{getattr(values, 'dtype', type(values))} {getattr(values, 'shape', '')}")
+    if values.dtype == np.float16:  # Numba has no float16; float32 holds it exactly
+        out, sq = prune_rows(values.astype(np.float32), k)
+        return out.astype(np.float16), sq
+    values = np.ascontiguousarray(values)
+    if values.dtype.kind == "f" and values.dtype.itemsize not in (4, 8):
+        raise ValueError(f"unsupported float dtype {values.dtype}")
+    k = _as_counts(k, values.shape[0], values.shape[1], "k")
+    out = np.empty_like(values)
+    sq = np.empty(values.shape[0])
+    _prune_rows(_row_keys(values), values, k, out, sq)
+    return out, sq
+
+
+def prune_rows_numpy(values: np.ndarray, k: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+    """Twin of :func:`prune_rows`: the mask twin, then the apply twin."""
+    mask = smallest_k_mask_numpy(np.abs(values.astype(np.float64)), k)
+    return apply_mask_numpy(values, mask)

@@ -283,3 +283,18 @@ def test_apply_mask_equals_twin(dtype):
     np.testing.assert_allclose(sq, sq2, rtol=1e-12)
     assert out.dtype == values.dtype and np.all(out[mask] == 0)
     np.testing.assert_array_equal(out[~mask], values[~mask])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int8])
+@pytest.mark.parametrize("seed", range(3))
+def test_prune_rows_equals_twin(dtype, seed):
+    rng = np.random.default_rng(seed)
+    values = rng.choice([0.0, -0.0, 1.0, -1.0, 2.5, -3.0, 0.25], size=(7, 40))
+    values = (values * (100 if dtype == np.int8 else 1)).astype(dtype)
+    k = rng.integers(0, 41, 7)
+    out, sq = prune.prune_rows(values, k)
+    out2, sq2 = prune.prune_rows_numpy(values, k)
+    np.testing.assert_array_equal(out, out2)
+    np.testing.assert_allclose(sq, sq2, rtol=1e-12)
+    assert out.dtype == values.dtype
+    assert np.all(np.count_nonzero(out == 0, axis=1) >= k)

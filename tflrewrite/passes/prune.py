@@ -134,11 +134,24 @@ def _global_masks(weights: list[Weight], sparsity: float) -> list[np.ndarray]:
 def _edit(item: tuple) -> tuple[np.ndarray, float, dict, dict]:
     """(pruned values, weight MSE, statistics before, statistics after) of one weight."""
     w, opts, mask = item
-    if mask is None:
-        mask = _mask(w, opts)
     before = stats_of(w)
     q = w.tensor.quantization
-    if w.tensor.dtype == "INT8" and q.per_axis and q.axis != w.out_axis:
+    one_scale_per_row = not (w.tensor.dtype == "INT8" and q.per_axis and q.axis != w.out_axis)
+    if (
+        mask is None
+        and opts.scope == "channel"
+        and opts.pattern == "unstructured"
+        and one_scale_per_row
+    ):
+        # The common case, in one pass per channel: within a channel, stored magnitudes
+        # order like real ones.
+        rows = np.ascontiguousarray(w.channels(w.tensor.data))
+        k = np.full(rows.shape[0], kernels.prune_count(rows.shape[1], opts.sparsity), np.int64)
+        rows, sq = kernels.prune_rows(rows, k)
+        return w.from_channels(rows), channel_sq_to_mse(w, sq), before, weight_stats(rows)
+    if mask is None:
+        mask = _mask(w, opts)
+    if not one_scale_per_row:
         data = w.tensor.data
         after = np.where(mask, np.zeros((), data.dtype), data)
         return after, stored_mse(w, data, after), before, weight_stats(w.channels(after))
