@@ -837,11 +837,6 @@ def _resource_as_input(m: fb.ModelT) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="verify feeds a RESOURCE input; LiteRT's set_tensor raises ValueError, which "
-    "escapes reports/verify.py (Runner.run catches only RuntimeError, around invoke)",
-)
 def test_rewrite_of_a_model_whose_input_is_a_resource(tmp_path, tf_models):
     data = edited(tf_models["string_and_variables"].read_bytes(), _resource_as_input)
     path = write(tmp_path, "m.tflite", data)

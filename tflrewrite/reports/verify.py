@@ -70,11 +70,11 @@ class Runner:
             raise TflRewriteError(f"{self.path}: LiteRT cannot load it: {_first_line(e)}") from None
 
     def run(self, sample: list[np.ndarray]) -> list[np.ndarray]:
-        for detail, value in zip(self.inputs, sample):
-            self.interpreter.set_tensor(detail["index"], _to_stored(value, detail))
         try:
+            for detail, value in zip(self.inputs, sample):
+                self.interpreter.set_tensor(detail["index"], _to_stored(value, detail))
             self.interpreter.invoke()
-        except RuntimeError as e:
+        except (RuntimeError, ValueError) as e:  # ValueError: an input LiteRT cannot be fed
             raise TflRewriteError(
                 f"{self.path}: LiteRT failed to run it: {_first_line(e)}"
             ) from None
