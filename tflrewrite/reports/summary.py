@@ -53,6 +53,11 @@ def _verify(reference: str, candidate: str, samples: int, seed: int) -> dict:
 
 def print_report(report: dict, out: TextIO, verbose: bool = False) -> None:
     out.write(f"{report['output']}: recipe {report['recipe']}\n")
+    if not report["passes"]:
+        out.write(
+            "  nothing was asked of it, so the model was copied unchanged; try --prune, "
+            "--cluster, --quantize or --recipe (see `tflrewrite recipes`)\n"
+        )
     rows = [
         ("", "input", "output", "output/input"),
         (
