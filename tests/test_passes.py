@@ -215,3 +215,23 @@ def test_transpose_conv_and_batch_matmul_weights(tf_models, tmp_path):
         assert max(np.unique(r).size for r in rows) <= 4
         assert np.all(np.abs(np.count_nonzero(rows == 0, axis=1) - rows.shape[1] / 2) <= 1)
     assert "error" not in report["verify"]
+
+
+def test_weights_holding_nan_are_left_alone(tf_models, tmp_path):
+    """A float weight with NaN or infinity (a damaged file can hold one) is named in the
+    report and left as it is, not a traceback."""
+    from tflrewrite import writer
+
+    model = reader.read(tf_models["float32_cnn"])
+    (si, ti), _ = next(iter(weight_slots(model).items()))
+    t = model.subgraphs[si].tensors[ti]
+    damaged = t.data.copy()
+    damaged.flat[0] = np.nan
+    t.buffer = model.add_buffer(damaged)
+    path = tmp_path / "nan.tflite"
+    writer.write(model, path)
+    out, report = rewrite(path, tmp_path / "out", "--prune", "0.5", "--cluster", "8",
+                          "--quantize", "int8-weights", "--min-size", "0", "--no-verify")
+    for step in report["passes"]:
+        entry = next(r for r in step["tensors"] if r["tensor"] == t.name)
+        assert entry["action"] == "skipped" and "NaN" in entry["reason"]

@@ -136,6 +136,8 @@ def _unusable(
         return "already sparse-encoded"
     if t.shape is None or t.data is None or t.data.size != int(np.prod(t.shape)):
         return "no dense data of its shape"
+    if t.dtype != "INT8" and not np.isfinite(t.data).all():
+        return "holds NaN or infinity"
     if any(id(u) not in weight_tensors for u in users):
         return "its buffer is shared with a tensor that is not a weight"
     if any(u.shape != t.shape or u.dtype != t.dtype for u in users):
