@@ -700,6 +700,35 @@ def test_mutated_model(fuzz_bases, tmp_path, name, i):
         raise AssertionError(f"{name} variant {i} ({what}): {e}") from e
 
 
+COMPRESSION_FLAGS = [
+    ["--prune", "0.5", "--cluster", "16", "--quantize", "int8-weights", "--min-size", "0"],
+    ["--prune-pattern", "2:4", "--quantize", "float16", "--target", "cpu"],
+]
+
+
+@pytest.mark.parametrize("flags", COMPRESSION_FLAGS, ids=["prune-cluster-int8", "2:4-f16-cpu"])
+def test_passes_on_damaged_models_that_still_read(fuzz_bases, tmp_path, flags):
+    """What the reader accepts, the passes take too: damaged weights (NaN, huge values,
+    odd shapes) end in a clean result or one line, never a traceback."""
+    rewritten = 0
+    for name, i in VARIANTS[1::8]:  # byte flips: the mutation that most often still reads
+        _, data = mutate(fuzz_bases[name], name, i)
+        path = write(tmp_path, "variant.tflite", data)
+        try:
+            reader.read(path)
+        except Exception:
+            continue
+        out = tmp_path / "out.tflite"
+        code, stdout, stderr, _ = run_cli([str(path), "-o", str(out), "--force", "--no-verify",
+                                           *flags])
+        assert code in (0, 2) and "Traceback" not in stdout + stderr, (name, i, stderr)
+        if code == 2:
+            assert_one_line(stderr, path)
+        rewritten += code == 0
+        out.unlink(missing_ok=True)
+    assert rewritten > 0
+
+
 def test_the_corpus_is_mostly_refused_but_not_only(fuzz_bases, tmp_path):
     # The mutations must exercise both paths: refusals (most) and models still readable.
     refused = read = 0
