@@ -489,8 +489,10 @@ def prune_rows(values: np.ndarray, k: np.ndarray | int) -> tuple[np.ndarray, np.
     The same choice as ``smallest_k_mask(|values|, k)`` followed by ``apply_mask``, in one
     pass per row and without magnitude or mask arrays the size of the weight."""
     if not isinstance(values, np.ndarray) or values.ndim != 2 or values.dtype.kind not in "fi":
-        raise ValueError(f"values must be a 2-D float or integer array, got "
-                         f"{getattr(values, 'dtype', type(values))} {getattr(values, 'shape', '')}")
+        raise ValueError(
+            f"values must be a 2-D float or integer array, got "
+            f"{getattr(values, 'dtype', type(values))} {getattr(values, 'shape', '')}"
+        )
     if values.dtype == np.float16:  # Numba has no float16; float32 holds it exactly
         out, sq = prune_rows(values.astype(np.float32), k)
         return out.astype(np.float16), sq

@@ -50,18 +50,6 @@ def _sq_diff(a, b, out):
         out[r] = acc
 
 
-@jit
-def _dequantized_sq_err(x, q, scales, out):
-    rows, n = x.shape
-    for r in range(rows):
-        s = np.float64(scales[r])
-        acc = 0.0
-        for t in range(n):
-            d = np.float64(x[r, t]) - np.float64(q[r, t]) * s
-            acc += d * d
-        out[r] = acc
-
-
 def int8_counts(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """(zeros per row, distinct values per row, distinct values overall) of int8 rows."""
     q = np.ascontiguousarray(_rows(q, "q"))
@@ -88,16 +76,6 @@ def sq_diff_per_row(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def dequantized_sq_err_per_row(x: np.ndarray, q: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """Sum over each row of (x - q * scale_row)^2, in float64."""
-    x, q = np.ascontiguousarray(_rows(x, "x")), np.ascontiguousarray(_rows(q, "q"))
-    if x.shape != q.shape or scales.shape != (x.shape[0],):
-        raise ValueError("x, q and scales do not fit together")
-    out = np.empty(x.shape[0])
-    _dequantized_sq_err(x, q, np.ascontiguousarray(scales), out)
-    return out
-
-
 def _rows(a: np.ndarray, name: str) -> np.ndarray:
     if not isinstance(a, np.ndarray) or a.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array, not {getattr(a, 'shape', type(a))}")
@@ -118,10 +96,3 @@ def zeros_per_row_numpy(x: np.ndarray) -> np.ndarray:
 
 def sq_diff_per_row_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum((a.astype(np.float64) - b.astype(np.float64)) ** 2, axis=1)
-
-
-def dequantized_sq_err_per_row_numpy(
-    x: np.ndarray, q: np.ndarray, scales: np.ndarray
-) -> np.ndarray:
-    real = q.astype(np.float64) * scales.astype(np.float64)[:, None]
-    return np.sum((x.astype(np.float64) - real) ** 2, axis=1)

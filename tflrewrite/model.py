@@ -9,7 +9,6 @@ Nothing here knows flatbuffers.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -276,16 +275,6 @@ class Model:
         used.update(id(m.buffer) for m in self.metadata or [])
         used.update(id(b) for b in self.metadata_buffers or [])
         return used
-
-    def remove_unused_buffers(self) -> None:
-        """Drop buffers nothing refers to any more (buffer 0, the empty sentinel, stays)."""
-        used = self.referenced_buffers()
-        self.buffers = [b for b in self.buffers if id(b) in used]
-
-
-def replace(obj: Any, **changes: Any) -> Any:
-    """dataclasses.replace for the IR types (a shallow copy with some fields changed)."""
-    return dataclasses.replace(obj, **changes)
 
 
 def _prod(shape: tuple[int, ...]) -> int:

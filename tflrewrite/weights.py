@@ -44,10 +44,6 @@ class Weight:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.tensor.shape or ())
 
-    def real(self) -> np.ndarray:
-        """The weight's real values, float64, in its shape."""
-        return real_values(self.tensor)
-
     def channels(self, values: np.ndarray) -> np.ndarray:
         """`values` (the weight's shape) as rows, one per output channel."""
         return np.moveaxis(values, self.out_axis, 0).reshape(values.shape[self.out_axis], -1)
@@ -57,23 +53,6 @@ class Weight:
         shape = list(self.shape)
         rest = [d for i, d in enumerate(shape) if i != self.out_axis]
         return np.moveaxis(rows.reshape([shape[self.out_axis], *rest]), 0, self.out_axis)
-
-
-def real_values(t: Tensor) -> np.ndarray:
-    data = t.data
-    if t.dtype == "INT8":
-        q = t.quantization
-        scale, zero = _per_axis(q.scale, t, q.axis), _per_axis(q.zero_point, t, q.axis)
-        return (data.astype(np.float64) - zero) * scale
-    return data.astype(np.float64)
-
-
-def _per_axis(values: np.ndarray, t: Tensor, axis: int) -> np.ndarray | float:
-    if values.size == 1:
-        return float(values[0])
-    shape = [1] * len(t.shape)
-    shape[axis] = values.size
-    return values.astype(np.float64).reshape(shape)
 
 
 def find_weights(model: Model, skip: str | None = None) -> tuple[list[Weight], list[dict]]:
