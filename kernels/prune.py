@@ -413,18 +413,23 @@ def global_smallest_k_masks_numpy(mags: Sequence[np.ndarray], k_total: int) -> l
 
 
 @jit
+def _zero_masked(values, mask, out):
+    """out = values with masked elements zeroed (1-D); returns the sum of their squares."""
+    acc = 0.0
+    for t in range(values.shape[0]):
+        if mask[t]:
+            v = np.float64(values[t])
+            acc += v * v
+            out[t] = 0
+        else:
+            out[t] = values[t]
+    return acc
+
+
+@jit
 def _apply_mask(values, mask, out, sq):
-    rows, n = values.shape
-    for r in range(rows):
-        acc = 0.0
-        for t in range(n):
-            if mask[r, t]:
-                v = np.float64(values[r, t])
-                acc += v * v
-                out[r, t] = 0
-            else:
-                out[r, t] = values[r, t]
-        sq[r] = acc
+    for r in range(values.shape[0]):
+        sq[r] = _zero_masked(values[r], mask[r], out[r])
 
 
 def apply_mask(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -463,15 +468,7 @@ def _prune_rows(keys, values, k, out, sq):
     for r in range(rows):
         mask[:] = False
         _prune_smallest(keys[r], k[r], mask, cand, hist)
-        acc = 0.0
-        for t in range(n):
-            if mask[t]:
-                v = np.float64(values[r, t])
-                acc += v * v
-                out[r, t] = 0
-            else:
-                out[r, t] = values[r, t]
-        sq[r] = acc
+        sq[r] = _zero_masked(values[r], mask, out[r])
 
 
 def _row_keys(values: np.ndarray) -> np.ndarray:
