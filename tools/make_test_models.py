@@ -726,31 +726,25 @@ def main(argv: list[str]) -> int:
         with _quiet_fds():
             sparse_model = build_sparse_fc(tf, train)
 
-        def _sp():
-            data, notes = make_sparse_fc(tf, sparse_model)
+        def sparse_notes(data: bytes, notes: str) -> str:
             info = inspect_flatbuffer(data)
             if not info["sparsity"]:
                 raise RuntimeError("converter produced no tensor with SparsityParameters")
-            notes += (
+            return notes + (
                 f"; {len(info['sparse_tensors'])} sparse tensor(s) "
                 f"({', '.join(t['type'] + str(t['shape']) for t in info['sparse_tensors'])}); "
                 f"DENSIFY ops: {info['op_counts'].get('DENSIFY', 0)}"
             )
-            add("sparse_fc", "sparse_float32", data, notes, True)
+
+        def _sp():
+            data, notes = make_sparse_fc(tf, sparse_model)
+            add("sparse_fc", "sparse_float32", data, sparse_notes(data, notes), True)
 
         attempt("sparse_fc", _sp)
 
         def _spi8():
             data, notes = make_sparse_fc_int8(tf, sparse_model, train[0])
-            info = inspect_flatbuffer(data)
-            if not info["sparsity"]:
-                raise RuntimeError("converter produced no tensor with SparsityParameters")
-            notes += (
-                f"; {len(info['sparse_tensors'])} sparse tensor(s) "
-                f"({', '.join(t['type'] + str(t['shape']) for t in info['sparse_tensors'])}); "
-                f"DENSIFY ops: {info['op_counts'].get('DENSIFY', 0)}"
-            )
-            add("sparse_fc_int8", "sparse_int8", data, notes, True)
+            add("sparse_fc_int8", "sparse_int8", data, sparse_notes(data, notes), True)
 
         attempt("sparse_fc_int8", _spi8)
 
