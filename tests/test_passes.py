@@ -181,7 +181,8 @@ def test_recipe_file_rules(tf_models, tmp_path):
 
 
 @pytest.mark.parametrize("text", ['[prune]\nsparsity = 2.0\n', '[prune]\nfoo = 1\n',
-                                  '[nope]\n', '[[rules]]\nprune = false\n', 'x = ['])
+                                  '[nope]\n', '[[rules]]\nprune = false\n', 'x = [',
+                                  '[prune]\n[[rules]]\nmatch = "("\nprune = false\n'])
 def test_bad_recipe_files_are_exit_2(text, tf_models, tmp_path, capsys):
     recipe = tmp_path / "r.toml"
     recipe.write_text(text)
@@ -235,3 +236,10 @@ def test_weights_holding_nan_are_left_alone(tf_models, tmp_path):
     for step in report["passes"]:
         entry = next(r for r in step["tensors"] if r["tensor"] == t.name)
         assert entry["action"] == "skipped" and "NaN" in entry["reason"]
+
+
+def test_a_skip_that_is_not_a_regex_is_exit_2(tf_models, tmp_path, capsys):
+    out = tmp_path / "out.tflite"
+    assert main([str(tf_models["float32_cnn"]), "-o", str(out), "--prune", "0.5",
+                 "--skip", "("]) == 2
+    assert "regular expression" in capsys.readouterr().err and not out.exists()

@@ -20,6 +20,7 @@ from tflrewrite.model import Model
 from tflrewrite.passes.common import (
     PassResult,
     Rule,
+    check_regex,
     commit,
     map_weights,
     select,
@@ -43,6 +44,7 @@ class Options:
     seed: int = 0  # for kmeans++ only
 
     def __post_init__(self) -> None:
+        check_regex(self.skip, "--skip")
         if not 1 <= self.clusters <= 256:
             raise UsageError(f"cluster: clusters must be 1..256, not {self.clusters}")
         if self.granularity not in ("tensor", "channel"):

@@ -23,9 +23,15 @@ class PassResult:
     model: Model
     records: list[dict] = field(default_factory=list)
 
-    @property
-    def modified(self) -> bool:
-        return any(r["action"] != "skipped" for r in self.records)
+
+def check_regex(pattern: str | None, what: str) -> None:
+    """Refuse a regular expression that does not compile, as a usage error."""
+    if pattern is None:
+        return
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise UsageError(f"{what}: {pattern!r} is not a regular expression ({e})") from None
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,9 @@ class Rule:
 
     match: str
     options: dict[str, Any] | None
+
+    def __post_init__(self) -> None:
+        check_regex(self.match, "rule match")
 
     def applies(self, name: str) -> bool:
         return re.search(self.match, name) is not None

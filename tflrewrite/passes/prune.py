@@ -20,6 +20,7 @@ from tflrewrite.passes.common import (
     PassResult,
     Rule,
     channel_sq_to_mse,
+    check_regex,
     commit,
     map_weights,
     select,
@@ -41,6 +42,7 @@ class Options:
     skip: str | None = None  # regex of tensor names to leave alone
 
     def __post_init__(self) -> None:
+        check_regex(self.skip, "--skip")
         if not 0.0 <= self.sparsity < 1.0:
             raise UsageError(f"prune: sparsity must be in [0, 1), not {self.sparsity}")
         m = PATTERN.match(self.pattern)

@@ -23,6 +23,7 @@ from tflrewrite.model import Model, Operator, Quantization, Tensor
 from tflrewrite.passes.common import (
     PassResult,
     Rule,
+    check_regex,
     map_weights,
     remember_stats,
     select,
@@ -46,6 +47,7 @@ class Options:
     skip: str | None = None
 
     def __post_init__(self) -> None:
+        check_regex(self.skip, "--skip")
         if self.mode not in MODES:
             raise UsageError(f"quantize: mode must be {' or '.join(MODES)}, not {self.mode!r}")
 
