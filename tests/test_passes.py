@@ -238,6 +238,13 @@ def test_weights_holding_nan_are_left_alone(tf_models, tmp_path):
         assert entry["action"] == "skipped" and "NaN" in entry["reason"]
 
 
+@pytest.mark.parametrize("pattern", ["1x0", "1x1", "0:4", "4:4", "2:0", "3x16", "dense"])
+def test_bad_patterns_are_exit_2(pattern, tf_models, tmp_path, capsys):
+    out = tmp_path / "out.tflite"
+    assert main([str(tf_models["float32_cnn"]), "-o", str(out), "--prune-pattern", pattern]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_a_skip_that_is_not_a_regex_is_exit_2(tf_models, tmp_path, capsys):
     out = tmp_path / "out.tflite"
     assert main([str(tf_models["float32_cnn"]), "-o", str(out), "--prune", "0.5",

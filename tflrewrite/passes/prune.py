@@ -51,6 +51,8 @@ class Options:
                 f"prune: pattern must be unstructured, N:M (e.g. 2:4) or 1xB "
                 f"(e.g. 1x16), not {self.pattern!r}"
             )
+        if m.group(4) and int(m.group(4)) < 2:
+            raise UsageError(f"prune: blocks need at least 2 elements, not {self.pattern}")
         if m.group(2) and not 0 < int(m.group(2)) < int(m.group(3)):
             raise UsageError(f"prune: N:M needs 0 < N < M, not {self.pattern}")
         if self.scope not in ("channel", "tensor", "global"):
