@@ -277,6 +277,17 @@ def audit_parser() -> argparse.ArgumentParser:
         "--compare", action="store_true", help="show two models side by side (before, after)"
     )
     p.add_argument("--all", action="store_true", help="list every tensor, not only those with data")
+    p.add_argument(
+        "--vela",
+        action="store_true",
+        help="also compile each model with Arm's Vela (pip install 'tflrewrite[ethos-u]') and "
+        "report its encoded weight size, SRAM, cycles and NPU/CPU operators",
+    )
+    p.add_argument(
+        "--accelerator",
+        metavar="NAME",
+        help="Vela's accelerator configuration (default: ethos-u55-128; implies --vela)",
+    )
     return p
 
 
@@ -286,13 +297,22 @@ def run_audit(args: argparse.Namespace) -> int:
 
     if args.compare and len(args.models) != 2:
         raise TflRewriteError("audit: --compare takes exactly two models (before, after)")
+    accelerator = None
+    if args.vela or args.accelerator:
+        from tflrewrite.reports import vela
+
+        accelerator = args.accelerator or vela.DEFAULT_ACCELERATOR
+        vela.require(accelerator)
     results = []
     for path in args.models:
         model = reader.read(path)
         with open(path, "rb") as f:
             results.append(audit.audit(model, path, f.read()))
+    npu = [vela.compile_report(r.file, accelerator) for r in results] if accelerator else []
     if args.json:
         docs = [r.to_json() for r in results]
+        for doc, v in zip(docs, npu):
+            doc["vela"] = v.to_json()
         _write_json(args.json, docs[0] if len(docs) == 1 else docs)
     if args.json != "-":
         if args.compare:
@@ -300,6 +320,8 @@ def run_audit(args: argparse.Namespace) -> int:
         else:
             for r in results:
                 _print_audit(r, args.all, sys.stdout)
+        for r, v in zip(results, npu):
+            _print_vela(r, v, sys.stdout)
     failed = False
     for r in results:
         for value, budget, what in (
@@ -312,7 +334,29 @@ def run_audit(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 failed = True
+    for r, v in zip(results, npu):
+        if v.error:
+            print(f"tflrewrite: {r.file}: {v.error}", file=sys.stderr)
+    if any(v.error for v in npu):
+        return 2
     return 1 if failed else 0
+
+
+def _print_vela(r: Any, v: Any, out: TextIO) -> None:
+    if v.error:
+        return
+
+    def _n(value: int | None) -> str:
+        return "?" if value is None else f"{value:,}"
+
+    out.write(
+        f"{r.file}\n  Vela {v.vela_version or '?'} for {v.accelerator} ({v.system_config}, "
+        f"{v.memory_mode}): NPU encoded weights {_n(v.npu_encoded_weights_bytes)} bytes "
+        f"(original {_n(v.original_weights_bytes)}, constant data {r.constant_bytes:,}); "
+        f"SRAM used {_n(v.sram_used_bytes)} bytes; {_n(v.cycles_total)} cycles"
+        + ("" if v.inference_time_s is None else f" = {v.inference_time_s * 1e3:.3f} ms")
+        + f"; {_n(v.npu_operators)} operators on the NPU, {_n(v.cpu_operators)} on the CPU\n"
+    )
 
 
 def _print_audit(r: Any, everything: bool, out: TextIO) -> None:
