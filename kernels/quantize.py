@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from tflrewrite.kernels._jit import jit
+from tflrewrite.kernels.stats import all_finite
 
 # The smallest normal float32: a scale that underflowed would divide by zero.
 _TINY = np.float32(np.finfo(np.float32).tiny)
@@ -52,7 +53,7 @@ def symmetric_int8_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
             f"expected a 2-D float array, got {getattr(x, 'dtype', type(x))} "
             f"with shape {getattr(x, 'shape', None)}"
         )
-    if not np.all(np.isfinite(x)):
+    if not all_finite(x):
         raise ValueError("weights hold NaN or infinity")
     x = np.ascontiguousarray(x if x.dtype in (np.float32, np.float64) else x.astype(np.float32))
     q = np.empty(x.shape, np.int8)

@@ -50,6 +50,22 @@ def _sq_diff(a, b, out):
         out[r] = acc
 
 
+@jit
+def _all_finite(x):
+    for v in x:
+        if not np.isfinite(v):
+            return False
+    return True
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """Whether a float array holds no NaN or infinity (one pass, no temporary array)."""
+    flat = x.reshape(-1)
+    if flat.dtype == np.float16:  # Numba has no float16
+        return bool(np.isfinite(flat).all())
+    return bool(_all_finite(np.ascontiguousarray(flat)))
+
+
 def int8_counts(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """(zeros per row, distinct values per row, distinct values overall) of int8 rows."""
     q = np.ascontiguousarray(_rows(q, "q"))

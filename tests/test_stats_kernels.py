@@ -26,3 +26,13 @@ def test_shapes_are_checked():
         stats.sq_diff_per_row(np.zeros((2, 3)), np.zeros((3, 2)))
     with pytest.raises(ValueError):
         stats.zeros_per_row(np.zeros(3))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_all_finite(dtype):
+    x = np.ones((3, 5), dtype)
+    assert stats.all_finite(x)
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[2, 4] = bad
+        assert not stats.all_finite(y)

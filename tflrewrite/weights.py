@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tflrewrite.kernels import stats
 from tflrewrite.model import Buffer, Model, Operator, Tensor
 
 # op -> (weight input index, output-channel axis, input-channel axis or None). Input-channel
@@ -115,7 +116,7 @@ def _unusable(
         return "already sparse-encoded"
     if t.shape is None or t.data is None or t.data.size != int(np.prod(t.shape)):
         return "no dense data of its shape"
-    if t.dtype != "INT8" and not np.isfinite(t.data).all():
+    if t.dtype != "INT8" and not stats.all_finite(t.data):
         return "holds NaN or infinity"
     if any(id(u) not in weight_tensors for u in users):
         return "its buffer is shared with a tensor that is not a weight"
