@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import textwrap
 
 import corpus
 import pytest
+from no_tensorflow import assert_runs_without_tensorflow
 
 from tflrewrite.cli import main
 from tflrewrite.reports import vela
@@ -97,20 +96,4 @@ def test_vela_failure_is_one_line_per_model_and_exit_2(monkeypatch, capsys, exam
 
 @needs_vela
 def test_vela_path_does_not_import_tensorflow(example_model):
-    script = textwrap.dedent(f"""
-        import sys
-
-        class NoTensorFlow:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
-                    raise ImportError("tflrewrite imported " + name)
-                return None
-
-        sys.meta_path.insert(0, NoTensorFlow())
-        from tflrewrite.cli import main
-        assert main(["audit", {str(example_model)!r}, "--vela"]) == 0
-        print("ok")
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith("ok")
+    assert_runs_without_tensorflow(["audit", str(example_model), "--vela"])
