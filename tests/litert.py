@@ -7,8 +7,10 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 
 def interpreter(path_or_bytes) -> Interpreter:
-    kwargs = {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-              "num_threads": 1}
+    kwargs = {
+        "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        "num_threads": 1,
+    }
     if isinstance(path_or_bytes, (bytes, bytearray)):
         interp = Interpreter(model_content=bytes(path_or_bytes), **kwargs)
     else:
@@ -42,8 +44,10 @@ def run_all(path_or_bytes, seed: int = 0, samples: int = 3) -> dict[str, list[np
         if signatures:
             for key in sorted(signatures):
                 runner = interp.get_signature_runner(key)
-                feeds = {name: seeded_value(d, rng)
-                         for name, d in sorted(runner.get_input_details().items())}
+                feeds = {
+                    name: seeded_value(d, rng)
+                    for name, d in sorted(runner.get_input_details().items())
+                }
                 for name, value in sorted(runner(**feeds).items()):
                     out.setdefault(f"{key}/{name}", []).append(np.copy(value))
         else:

@@ -30,7 +30,10 @@ def assert_runs_without_tensorflow(*argvs: list[str]) -> None:
     """Each argv exits 0 and nothing imports TensorFlow on the way."""
     import json
 
-    result = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps([list(a) for a in argvs])],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, json.dumps([list(a) for a in argvs])],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")

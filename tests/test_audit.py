@@ -13,14 +13,33 @@ from ai_edge_litert import schema_py_generated as fb
 
 from tflrewrite.cli import main
 
-NUMPY = {"FLOAT32": "<f4", "FLOAT16": "<f2", "FLOAT64": "<f8", "INT8": "i1", "UINT8": "u1",
-         "INT16": "<i2", "UINT16": "<u2", "INT32": "<i4", "UINT32": "<u4", "INT64": "<i8",
-         "UINT64": "<u8", "BOOL": "?", "COMPLEX64": "<c8", "COMPLEX128": "<c16",
-         "BFLOAT16": "<u2"}
+NUMPY = {
+    "FLOAT32": "<f4",
+    "FLOAT16": "<f2",
+    "FLOAT64": "<f8",
+    "INT8": "i1",
+    "UINT8": "u1",
+    "INT16": "<i2",
+    "UINT16": "<u2",
+    "INT32": "<i4",
+    "UINT32": "<u4",
+    "INT64": "<i8",
+    "UINT64": "<u8",
+    "BOOL": "?",
+    "COMPLEX64": "<c8",
+    "COMPLEX128": "<c16",
+    "BFLOAT16": "<u2",
+}
 TYPE_NAMES = {v: k for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
 OP_NAMES = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
-FILTER_AXIS = {"CONV_2D": 0, "CONV_3D": 4, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0,
-               "TRANSPOSE_CONV": 0, "BATCH_MATMUL": -1}
+FILTER_AXIS = {
+    "CONV_2D": 0,
+    "CONV_3D": 4,
+    "DEPTHWISE_CONV_2D": 3,
+    "FULLY_CONNECTED": 0,
+    "TRANSPOSE_CONV": 0,
+    "BATCH_MATMUL": -1,
+}
 
 
 def expected_audit(path) -> dict:
@@ -31,7 +50,7 @@ def expected_audit(path) -> dict:
     def buffer_bytes(i):
         b = model.buffers[i]
         if b.offset > 1:
-            return whole[b.offset:b.offset + b.size]
+            return whole[b.offset : b.offset + b.size]
         return np.zeros(0, np.uint8) if b.data is None else np.asarray(b.data, np.uint8)
 
     sink = io.BytesIO()
@@ -48,8 +67,12 @@ def expected_audit(path) -> dict:
         for ti, t in enumerate(sg.tensors):
             data = buffer_bytes(t.buffer)
             dtype = TYPE_NAMES[t.type]
-            row = {"bytes": int(data.size), "sparsity": None, "unique": None,
-                   "channel_unique": None}
+            row = {
+                "bytes": int(data.size),
+                "sparsity": None,
+                "unique": None,
+                "channel_unique": None,
+            }
             if data.size and dtype in NUMPY:
                 values = data.view(NUMPY[dtype])
                 q = t.quantization
@@ -60,8 +83,10 @@ def expected_audit(path) -> dict:
                 if t.sparsity is None and t.shape is not None and per_axis and len(zps) > 1:
                     shaped = values.reshape(tuple(t.shape))
                     moved = np.moveaxis(shaped, q.quantizedDimension, 0)
-                    zeros = sum(sum(1 for v in ch.ravel().tolist() if v == zps[c])
-                                for c, ch in enumerate(moved))
+                    zeros = sum(
+                        sum(1 for v in ch.ravel().tolist() if v == zps[c])
+                        for c, ch in enumerate(moved)
+                    )
                 else:
                     zero = zps[0] if zps and all(z == zps[0] for z in zps) else 0
                     zeros = sum(1 for v in items if v == zero)
@@ -73,7 +98,8 @@ def expected_audit(path) -> dict:
                     axis = axis % shaped.ndim
                     row["channel_unique"] = max(
                         len(set(np.take(shaped, c, axis=axis).ravel().tolist()))
-                        for c in range(shaped.shape[axis]))
+                        for c in range(shaped.shape[axis])
+                    )
             rows[(si, ti)] = row
     return {"bytes": len(raw_bytes), "zip_bytes": sink.tell(), "tensors": rows}
 

@@ -158,8 +158,10 @@ def edited(data: bytes, edit) -> bytes:
 def constant_tensor(model: fb.ModelT, rank: int = 1) -> fb.TensorT:
     sg = model.subgraphs[0]
     return next(
-        t for t in sg.tensors
-        if model.buffers[t.buffer].data is not None and len(model.buffers[t.buffer].data) > 16
+        t
+        for t in sg.tensors
+        if model.buffers[t.buffer].data is not None
+        and len(model.buffers[t.buffer].data) > 16
         and len(t.shape) >= rank
     )
 
@@ -169,9 +171,7 @@ def vector_length_at(data: bytes, where: str) -> int:
     found through the schema's raw tables. Field slots are the schema's vtable offsets."""
     m = fb.Model.GetRootAs(data, 0)
     sg = m.Subgraphs(0)
-    weight = next(
-        i for i in range(m.BuffersLength()) if m.Buffers(i).DataLength() > 16
-    )
+    weight = next(i for i in range(m.BuffersLength()) if m.Buffers(i).DataLength() > 16)
     op = sg.Operators(0)
     tables = {
         "model.operator_codes": (m, 6),
@@ -293,9 +293,12 @@ def _negative_dimension(m):
 
 def per_axis_tensor(m: fb.ModelT, rank: int = 1) -> fb.TensorT:
     return next(
-        t for t in m.subgraphs[0].tensors
-        if t.quantization is not None and t.quantization.scale is not None
-        and len(t.quantization.scale) > 1 and len(t.shape) >= rank
+        t
+        for t in m.subgraphs[0].tensors
+        if t.quantization is not None
+        and t.quantization.scale is not None
+        and len(t.quantization.scale) > 1
+        and len(t.shape) >= rank
     )
 
 
@@ -484,7 +487,8 @@ def repeating_model(subgraphs: int, tensors: int, dims: int) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "subgraphs,tensors,dims", [(2000, 2000, 1), (1, 2000, 2000), (40, 40, 40)],
+    "subgraphs,tensors,dims",
+    [(2000, 2000, 1), (1, 2000, 2000), (40, 40, 40)],
     ids=["subgraphs-x-tensors", "tensors-x-dims", "all-three"],
 )
 def test_repeated_tables_do_not_multiply(tmp_path, warm_imports, subgraphs, tensors, dims):
@@ -528,8 +532,10 @@ def test_unreadable_file(tmp_path, base_bytes):
     path.chmod(0)
     try:
         if os.access(path, os.R_OK):
-            pytest.skip("running as root (or with CAP_DAC_OVERRIDE): chmod 000 does not "
-                        "stop this process from reading the file")
+            pytest.skip(
+                "running as root (or with CAP_DAC_OVERRIDE): chmod 000 does not "
+                "stop this process from reading the file"
+            )
         assert_refused(path, r"Permission denied", tmp_path)
     finally:
         path.chmod(0o644)
@@ -644,9 +650,19 @@ def mutate(data: bytes, name: str, i: int) -> tuple[str, bytes]:
             at = int(rng.choice(aligned))
             value = int(
                 rng.choice(
-                    [0, 1, 0xFFFFFFFF, 0x7FFFFFFF, 0x80000000, n, n + 4, n - 4,
-                     int(rng.integers(0, 2**32)), int(rng.integers(0, n)),
-                     int(rng.integers(2, 300))]
+                    [
+                        0,
+                        1,
+                        0xFFFFFFFF,
+                        0x7FFFFFFF,
+                        0x80000000,
+                        n,
+                        n + 4,
+                        n - 4,
+                        int(rng.integers(0, 2**32)),
+                        int(rng.integers(0, n)),
+                        int(rng.integers(2, 300)),
+                    ]
                 )
             )
             struct.pack_into("<I", buf, at, value)
@@ -719,8 +735,9 @@ def test_passes_on_damaged_models_that_still_read(fuzz_bases, tmp_path, flags):
         except Exception:
             continue
         out = tmp_path / "out.tflite"
-        code, stdout, stderr, _ = run_cli([str(path), "-o", str(out), "--force", "--no-verify",
-                                           *flags])
+        code, stdout, stderr, _ = run_cli(
+            [str(path), "-o", str(out), "--force", "--no-verify", *flags]
+        )
         assert code in (0, 2) and "Traceback" not in stdout + stderr, (name, i, stderr)
         if code == 2:
             assert_one_line(stderr, path)
@@ -766,8 +783,13 @@ def _limits() -> None:
 def run_process(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tflrewrite", *argv],
-        capture_output=True, text=True, errors="backslashreplace", timeout=120,
-        preexec_fn=_limits, env=PROCESS_ENV, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        errors="backslashreplace",
+        timeout=120,
+        preexec_fn=_limits,
+        env=PROCESS_ENV,
+        cwd=ROOT,
     )
 
 

@@ -77,9 +77,16 @@ def test_bad_flag_is_one_line_and_exit_2(model, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("text,value", [("200000", 200_000), ("200k", 200_000),
-                                        ("64KiB", 65_536), ("1.5M", 1_500_000),
-                                        ("2MiB", 2_097_152)])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("200000", 200_000),
+        ("200k", 200_000),
+        ("64KiB", 65_536),
+        ("1.5M", 1_500_000),
+        ("2MiB", 2_097_152),
+    ],
+)
 def test_sizes_take_suffixes(text, value):
     assert _size(text) == value
 
@@ -99,8 +106,16 @@ def test_audit_several_models_and_compare(model, tf_models, capsys):
     assert [d["file"] for d in docs] == [str(model), str(other)]
     for d in docs:
         assert {"file", "bytes", "zip_bytes", "tensors"} <= set(d)
-        assert {"subgraph", "index", "name", "dtype", "shape", "bytes", "sparsity",
-                "unique"} <= set(d["tensors"][0])
+        assert {
+            "subgraph",
+            "index",
+            "name",
+            "dtype",
+            "shape",
+            "bytes",
+            "sparsity",
+            "unique",
+        } <= set(d["tensors"][0])
     assert main(["audit", str(model), str(other), "--compare"]) == 0
     text = capsys.readouterr().out
     assert "before" in text and "after/before" in text
@@ -120,8 +135,10 @@ def test_verify_identical_models(model, tmp_path, capsys):
 def test_verify_fails_below_min_sqnr(model, tmp_path, capsys):
     """Perturb the big FC weights and check that SQNR drops and --min-sqnr trips."""
     m = reader.read(model)
-    weight = max((t for _, _, t in m.tensors() if t.dtype == "FLOAT32" and t.is_constant),
-                 key=lambda t: t.buffer.nbytes)
+    weight = max(
+        (t for _, _, t in m.tensors() if t.dtype == "FLOAT32" and t.is_constant),
+        key=lambda t: t.buffer.nbytes,
+    )
     noisy = weight.data + np.random.default_rng(0).normal(0, 0.05, weight.data.shape)
     weight.buffer = m.add_buffer(noisy.astype(np.float32))
     out = tmp_path / "noisy.tflite"
@@ -135,8 +152,22 @@ def test_verify_fails_below_min_sqnr(model, tmp_path, capsys):
 
 def test_verify_with_npz_inputs(model, example_model, capsys):
     samples = example_model.parent / "digits_samples.npz"
-    assert main(["verify", str(model), str(model), "--inputs", str(samples), "--samples", "5",
-                 "--json", "-"]) == 0
+    assert (
+        main(
+            [
+                "verify",
+                str(model),
+                str(model),
+                "--inputs",
+                str(samples),
+                "--samples",
+                "5",
+                "--json",
+                "-",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["samples"] == 5
 
 
@@ -149,16 +180,21 @@ def test_verify_npz_without_the_input_is_exit_2(model, tmp_path, capsys):
 
 @pytest.mark.parametrize("command", [[], ["audit"], ["verify"], ["recipes"]])
 def test_help_teaches(command):
-    result = subprocess.run([sys.executable, "-m", "tflrewrite", *command, "--help"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "tflrewrite", *command, "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "usage:" in result.stdout
     if not command:
         assert "audit" in result.stdout and "exit codes" in result.stdout
 
 
 def test_python_dash_m_and_console_script_agree(model):
-    result = subprocess.run([sys.executable, "-m", "tflrewrite", "audit", str(model)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "tflrewrite", "audit", str(model)], capture_output=True, text=True
+    )
     assert result.returncode == 0 and "bytes" in result.stdout
 
 

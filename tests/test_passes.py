@@ -19,8 +19,13 @@ from tflrewrite import reader
 from tflrewrite.cli import main
 from tflrewrite.provenance import read as read_provenance
 
-FILTERS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0,
-           "BATCH_MATMUL": -1}
+FILTERS = {
+    "CONV_2D": 0,
+    "DEPTHWISE_CONV_2D": 3,
+    "FULLY_CONNECTED": 0,
+    "TRANSPOSE_CONV": 0,
+    "BATCH_MATMUL": -1,
+}
 
 
 def weight_slots(model) -> dict[tuple[int, int], int]:
@@ -66,11 +71,24 @@ def rewrite(path, folder, *flags) -> tuple[object, dict]:
 @pytest.mark.parametrize("granularity", ["channel", "tensor"])
 def test_prune_then_cluster_keeps_every_invariant(name, granularity, tmp_path):
     path = all_models()[name]
-    out, report = rewrite(path, tmp_path, "--prune", "0.5", "--cluster", "16",
-                          "--granularity", granularity, "--no-verify")
+    out, report = rewrite(
+        path,
+        tmp_path,
+        "--prune",
+        "0.5",
+        "--cluster",
+        "16",
+        "--granularity",
+        granularity,
+        "--no-verify",
+    )
     before, after = reader.read(path), reader.read(out)
-    skipped = {(t["subgraph"], t["tensor"]) for step in report["passes"]
-               for t in step["tensors"] if t["action"] == "skipped"}
+    skipped = {
+        (t["subgraph"], t["tensor"])
+        for step in report["passes"]
+        for t in step["tensors"]
+        if t["action"] == "skipped"
+    }
     checked = 0
     for (si, ti), axis in weight_slots(before).items():
         old, new = before.subgraphs[si].tensors[ti], after.subgraphs[si].tensors[ti]
@@ -113,8 +131,18 @@ def test_identity_keeps_no_provenance_but_passes_do(tf_models, tmp_path):
 @pytest.mark.parametrize("model", ["float32_cnn", "float16_weights"])
 def test_int8_weights_then_cluster_keeps_zeros_and_clusters(model, tf_models, tmp_path):
     path = tf_models[model]
-    out, report = rewrite(path, tmp_path, "--prune", "0.5", "--quantize", "int8-weights",
-                          "--cluster", "16", "--min-size", "0")
+    out, report = rewrite(
+        path,
+        tmp_path,
+        "--prune",
+        "0.5",
+        "--quantize",
+        "int8-weights",
+        "--cluster",
+        "16",
+        "--min-size",
+        "0",
+    )
     after = reader.read(out)
     pruned = reader.read(rewrite(path, tmp_path / "pruned", "--prune", "0.5", "--no-verify")[0])
     quantized = 0
@@ -134,8 +162,16 @@ def test_int8_weights_then_cluster_keeps_zeros_and_clusters(model, tf_models, tm
 @pytest.mark.parametrize("model", ["float32_cnn", "multi_signature", "control_flow"])
 def test_weight_quantization_is_close_to_float(model, tf_models, tmp_path):
     for mode, min_db in (("int8-weights", 25.0), ("float16", 50.0)):
-        out, report = rewrite(tf_models[model], tmp_path / mode, "--quantize", mode,
-                              "--min-size", "0", "--samples", "4")
+        out, report = rewrite(
+            tf_models[model],
+            tmp_path / mode,
+            "--quantize",
+            mode,
+            "--min-size",
+            "0",
+            "--samples",
+            "4",
+        )
         if model == "float32_cnn":
             assert report["output_bytes"] < report["input_bytes"]
         sqnr = [o["sqnr_db"] for o in report["verify"]["outputs"]]
@@ -153,8 +189,9 @@ def test_patterns(tf_models, tmp_path):
         if t.shape[-1] % 4 == 0 and t.shape[0] != 1:  # not depthwise
             groups = t.data.reshape(-1, 4)
             assert np.all(np.count_nonzero(groups, axis=1) <= 2)
-    out2, report = rewrite(path, tmp_path / "blocks", "--prune", "0.75", "--prune-pattern",
-                           "1x16", "--no-verify")
+    out2, report = rewrite(
+        path, tmp_path / "blocks", "--prune", "0.75", "--prune-pattern", "1x16", "--no-verify"
+    )
     model = reader.read(out2)
     fc = [r for r in report["passes"][0]["tensors"] if r["op"] == "FULLY_CONNECTED"]
     assert fc and all(r["action"] == "pruned" for r in fc)
@@ -168,10 +205,13 @@ def test_patterns(tf_models, tmp_path):
 
 def test_recipe_file_rules(tf_models, tmp_path):
     recipe = tmp_path / "r.toml"
-    recipe.write_text('[prune]\nsparsity = 0.5\n[cluster]\nclusters = 8\n'
-                      '[[rules]]\nmatch = "fc1"\nprune = { sparsity = 0.9 }\ncluster = false\n')
-    out, report = rewrite(tf_models["float32_cnn"], tmp_path, "--recipe", str(recipe),
-                          "--no-verify")
+    recipe.write_text(
+        "[prune]\nsparsity = 0.5\n[cluster]\nclusters = 8\n"
+        '[[rules]]\nmatch = "fc1"\nprune = { sparsity = 0.9 }\ncluster = false\n'
+    )
+    out, report = rewrite(
+        tf_models["float32_cnn"], tmp_path, "--recipe", str(recipe), "--no-verify"
+    )
     prune = {t["tensor"]: t for t in report["passes"][0]["tensors"]}
     cluster = {t["tensor"]: t for t in report["passes"][1]["tensors"]}
     fc1 = next(n for n in prune if "fc1" in n)
@@ -180,9 +220,17 @@ def test_recipe_file_rules(tf_models, tmp_path):
     assert prune[other]["target"] == 0.5 and cluster[other]["after"]["unique"] <= 8
 
 
-@pytest.mark.parametrize("text", ['[prune]\nsparsity = 2.0\n', '[prune]\nfoo = 1\n',
-                                  '[nope]\n', '[[rules]]\nprune = false\n', 'x = [',
-                                  '[prune]\n[[rules]]\nmatch = "("\nprune = false\n'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[prune]\nsparsity = 2.0\n",
+        "[prune]\nfoo = 1\n",
+        "[nope]\n",
+        "[[rules]]\nprune = false\n",
+        "x = [",
+        '[prune]\n[[rules]]\nmatch = "("\nprune = false\n',
+    ],
+)
 def test_bad_recipe_files_are_exit_2(text, tf_models, tmp_path, capsys):
     recipe = tmp_path / "r.toml"
     recipe.write_text(text)
@@ -202,12 +250,25 @@ def test_same_options_give_the_same_bytes(tf_models, tmp_path):
 
 def test_transpose_conv_and_batch_matmul_weights(tf_models, tmp_path):
     path = tf_models["transpose_conv_bmm"]
-    out, report = rewrite(path, tmp_path, "--prune", "0.5", "--quantize", "int8-weights",
-                          "--cluster", "4", "--granularity", "channel", "--min-size", "0")
+    out, report = rewrite(
+        path,
+        tmp_path,
+        "--prune",
+        "0.5",
+        "--quantize",
+        "int8-weights",
+        "--cluster",
+        "4",
+        "--granularity",
+        "channel",
+        "--min-size",
+        "0",
+    )
     after = reader.read(out)
     slots = weight_slots(after)
-    ops = {t["op"] for step in report["passes"] for t in step["tensors"]
-           if t["action"] != "skipped"}
+    ops = {
+        t["op"] for step in report["passes"] for t in step["tensors"] if t["action"] != "skipped"
+    }
     assert ops == {"TRANSPOSE_CONV", "BATCH_MATMUL"}
     for (si, ti), axis in slots.items():
         t = after.subgraphs[si].tensors[ti]
@@ -231,8 +292,19 @@ def test_weights_holding_nan_are_left_alone(tf_models, tmp_path):
     t.buffer = model.add_buffer(damaged)
     path = tmp_path / "nan.tflite"
     writer.write(model, path)
-    out, report = rewrite(path, tmp_path / "out", "--prune", "0.5", "--cluster", "8",
-                          "--quantize", "int8-weights", "--min-size", "0", "--no-verify")
+    out, report = rewrite(
+        path,
+        tmp_path / "out",
+        "--prune",
+        "0.5",
+        "--cluster",
+        "8",
+        "--quantize",
+        "int8-weights",
+        "--min-size",
+        "0",
+        "--no-verify",
+    )
     for step in report["passes"]:
         entry = next(r for r in step["tensors"] if r["tensor"] == t.name)
         assert entry["action"] == "skipped" and "NaN" in entry["reason"]
@@ -247,6 +319,7 @@ def test_bad_patterns_are_exit_2(pattern, tf_models, tmp_path, capsys):
 
 def test_a_skip_that_is_not_a_regex_is_exit_2(tf_models, tmp_path, capsys):
     out = tmp_path / "out.tflite"
-    assert main([str(tf_models["float32_cnn"]), "-o", str(out), "--prune", "0.5",
-                 "--skip", "("]) == 2
+    assert (
+        main([str(tf_models["float32_cnn"]), "-o", str(out), "--prune", "0.5", "--skip", "("]) == 2
+    )
     assert "regular expression" in capsys.readouterr().err and not out.exists()

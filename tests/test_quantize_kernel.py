@@ -10,13 +10,16 @@ from hypothesis.extra import numpy as hnp
 
 from tflrewrite.kernels.quantize import symmetric_int8_rows, symmetric_int8_rows_numpy
 
-floats = st.one_of(st.sampled_from([0.0, -0.0, 0.5, -0.5, 1e-30, 3.0]),
-                   st.floats(-1e6, 1e6, allow_nan=False, width=32))
+floats = st.one_of(
+    st.sampled_from([0.0, -0.0, 0.5, -0.5, 1e-30, 3.0]),
+    st.floats(-1e6, 1e6, allow_nan=False, width=32),
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, max_side=40),
-                  elements=floats))
+@given(
+    hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, max_side=40), elements=floats)
+)
 def test_kernel_equals_twin(x):
     q, s, e = symmetric_int8_rows(x)
     q2, s2, e2 = symmetric_int8_rows_numpy(x)
@@ -37,8 +40,9 @@ def test_clusters_stay_clusters():
     assert all(np.unique(r).size <= 7 for r in q)
 
 
-@pytest.mark.parametrize("bad", [np.zeros(3, np.float32), np.array([[np.nan]], np.float32),
-                                 np.zeros((2, 2), np.int8)])
+@pytest.mark.parametrize(
+    "bad", [np.zeros(3, np.float32), np.array([[np.nan]], np.float32), np.zeros((2, 2), np.int8)]
+)
 def test_bad_input(bad):
     with pytest.raises(ValueError):
         symmetric_int8_rows(bad)

@@ -20,6 +20,7 @@ from tflrewrite.runtime_version import (
 
 # --- version ordering ---------------------------------------------------------------------
 
+
 def test_versions_compare_numerically_not_as_text():
     assert version_key("1.10.0") > version_key("1.9.0")
     assert version_key("2.14.4") > version_key("2.14.0")
@@ -50,6 +51,7 @@ def test_min_runtime_version_skips_unknown_pairs():
 
 
 # --- the table ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("op", "version", "runtime"),
@@ -99,6 +101,7 @@ def test_table_names_are_builtin_operators():
 
 # --- metadata bytes -----------------------------------------------------------------------
 
+
 def test_width_is_sixteen():
     assert WIDTH == 16
     assert len(encode_min_runtime_version("1.14.0")) == 16
@@ -137,6 +140,7 @@ def test_decode_stops_at_first_nul_and_accepts_any_length():
 
 
 # --- the module stays standard-library only -----------------------------------------------
+
 
 def test_module_imports_only_the_standard_library():
     tree = ast.parse(Path(rv.__file__).read_text(encoding="utf-8"))

@@ -17,8 +17,9 @@ def test_stats_equal_twins(seed):
     x = np.where(rng.random((5, 33)) < 0.3, 0, rng.normal(size=(5, 33))).astype(np.float32)
     np.testing.assert_array_equal(stats.zeros_per_row(x), stats.zeros_per_row_numpy(x))
     y = x.astype(np.float16)
-    np.testing.assert_allclose(stats.sq_diff_per_row(x, y), stats.sq_diff_per_row_numpy(x, y),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        stats.sq_diff_per_row(x, y), stats.sq_diff_per_row_numpy(x, y), rtol=1e-12
+    )
 
 
 def test_shapes_are_checked():

@@ -17,27 +17,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from litert import run_all, seeded_value
 
-from tflrewrite import reader, writer
+from tflrewrite import reader, targets, writer
 from tflrewrite.cli import main
 from tflrewrite.kernels import sparse
 from tflrewrite.model import Quantization
 from tflrewrite.provenance import read as read_provenance
 from tflrewrite.runtime_version import METADATA_NAME, decode_min_runtime_version, version_key
-from tflrewrite.targets import TARGETS, cpu
+from tflrewrite.targets import cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 FC = "FULLY_CONNECTED"
 
 
 def anomaly_detection() -> Path:
-    return next(v for k, v in sorted(corpus.mltk_models().items())
-                if k.startswith("anomaly_detection"))
+    return next(
+        v for k, v in sorted(corpus.mltk_models().items()) if k.startswith("anomaly_detection")
+    )
 
 
 def rewrite(path: Path, out: Path, *flags: str) -> dict:
     report = out.with_suffix(".json")
-    assert main([str(path), "-o", str(out), "--json", str(report), "--no-verify",
-                 "--force", *flags]) == 0
+    assert (
+        main([str(path), "-o", str(out), "--json", str(report), "--no-verify", "--force", *flags])
+        == 0
+    )
     return json.loads(report.read_text())
 
 
@@ -84,13 +87,17 @@ def anomaly(tmp_path_factory):
 def test_anomaly_detection_int8_1x16_is_half_the_bytes_and_bit_identical(anomaly):
     dense, sparse_out, report = anomaly
     dense_bytes, sparse_bytes = dense.stat().st_size, sparse_out.stat().st_size
-    print(f"anomaly detection: dense {dense_bytes:,} B, sparse {sparse_bytes:,} B, "
-          f"ratio {sparse_bytes / dense_bytes:.3f}")
+    print(
+        f"anomaly detection: dense {dense_bytes:,} B, sparse {sparse_bytes:,} B, "
+        f"ratio {sparse_bytes / dense_bytes:.3f}"
+    )
     assert sparse_bytes <= 0.5 * dense_bytes
 
     # LiteRT's builtin kernels (no XNNPACK): the 1x16 kernel gives exactly the dense results.
-    a, b = run_all(dense.read_bytes(), seed=0, samples=8), run_all(sparse_out.read_bytes(),
-                                                                    seed=0, samples=8)
+    a, b = (
+        run_all(dense.read_bytes(), seed=0, samples=8),
+        run_all(sparse_out.read_bytes(), seed=0, samples=8),
+    )
     assert a.keys() == b.keys()
     for key in a:
         for x, y in zip(a[key], b[key], strict=True):
@@ -174,8 +181,12 @@ def test_default_delegate_path(anomaly):
     scale = np.abs(builtin).max()
     np.testing.assert_allclose(with_delegates, builtin, rtol=0, atol=1e-5 * scale)
     dense_delegates = run(dense)
-    print("default delegates: max |dense - sparse| =",
-          float(np.abs(dense_delegates - with_delegates).max()), "of", float(scale))
+    print(
+        "default delegates: max |dense - sparse| =",
+        float(np.abs(dense_delegates - with_delegates).max()),
+        "of",
+        float(scale),
+    )
 
 
 # --------------------------------------------------------------------------- float 1x4
@@ -226,8 +237,9 @@ def test_per_channel_int8_stays_dense(anomaly):
     model = reader.read(anomaly[0])
     first = fc_weights(model)[0][1]
     rows, scale = first.shape[0], first.quantization.scale[0]
-    first.quantization = Quantization(scale=np.full(rows, scale, np.float32),
-                                      zero_point=np.zeros(rows, np.int64), axis=0)
+    first.quantization = Quantization(
+        scale=np.full(rows, scale, np.float32), zero_point=np.zeros(rows, np.int64), axis=0
+    )
     out = cpu.run(model)
     records = {r["tensor"]: r for r in out.records}
     assert "per-channel" in records[first.name]["reason"]
@@ -266,7 +278,7 @@ def test_generic_target_changes_nothing(tf_models, tmp_path):
     report = rewrite(path, b, "--prune", "0.5", "--target", "generic")
     assert a.read_bytes() == b.read_bytes()
     assert [s["pass"] for s in report["passes"]] == ["prune"]
-    assert TARGETS["generic"].run(reader.read(path)).records == []
+    assert targets.load("generic").run(reader.read(path)).records == []
 
 
 # --------------------------------------------------------------------------- the kernel

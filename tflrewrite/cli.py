@@ -7,12 +7,14 @@ import json
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 from tflrewrite import __version__
 from tflrewrite.errors import TflRewriteError
 from tflrewrite.reports.text import clip, db, fmt, print_table, ratio
+from tflrewrite.targets import TARGETS
 
 COMMANDS = ("audit", "verify", "recipes")
 
@@ -29,6 +31,9 @@ Run `tflrewrite COMMAND --help` for each command's options.
 """
 
 EPILOG = """\
+targets (--target):
+{targets}
+
 examples:
   tflrewrite model.tflite --prune 0.5 --cluster 16      writes model.tflrewrite.tflite
   tflrewrite model.tflite --recipe prune-cluster-int8 -o small.tflite
@@ -40,6 +45,16 @@ examples:
 
 exit codes: 0 done, 1 a budget or verification check failed, 2 bad usage or bad input.
 """
+
+
+def _targets_help() -> str:
+    width = max(map(len, TARGETS))
+    lines = []
+    for name, summary in TARGETS.items():
+        wrapped = textwrap.wrap(summary, 86 - width - 4)
+        lines.append(f"  {name:<{width}}  {wrapped[0]}")
+        lines.extend(" " * (width + 4) + rest for rest in wrapped[1:])
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,7 +97,10 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 def rewrite_parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog="tflrewrite", description=DESCRIPTION, epilog=EPILOG, formatter_class=_formatter
+        prog="tflrewrite",
+        description=DESCRIPTION,
+        epilog=EPILOG.format(targets=_targets_help()),
+        formatter_class=_formatter,
     )
     p.add_argument("model", metavar="MODEL", help="the .tflite model to rewrite (never modified)")
     p.add_argument(
@@ -180,12 +198,9 @@ def rewrite_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--target",
-        choices=["generic", "cpu"],
+        choices=list(TARGETS),
         default="generic",
-        help="how to lay the result down: generic (default) keeps weights dense; cpu "
-        "stores FULLY_CONNECTED weights block-sparse where LiteRT's CPU kernel reads "
-        "them and the file gets smaller (int8: 1x16 blocks, float32: 1x4; pair it "
-        "with --prune-pattern 1x16 or 1x4)",
+        help="how to lay the result down for a runtime (see targets below; default: generic)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="list skipped tensors too")
     p.add_argument("--version", action="version", version=f"tflrewrite {__version__}")

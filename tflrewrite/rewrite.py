@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tflrewrite import targets
 from tflrewrite.model import Model
 from tflrewrite.passes import PASSES
 from tflrewrite.provenance import METADATA_NAME, provenance
 from tflrewrite.recipes import Recipe
 from tflrewrite.runtime_version import update_min_runtime_version
-from tflrewrite.targets import TARGETS
 
 
 @dataclass
@@ -37,7 +37,7 @@ def apply(
     if target != "generic":
         if progress:
             progress(f"target {target}")
-        out = TARGETS[target].run(result.model)
+        out = targets.load(target).run(result.model)
         result.model = out.model
         result.records.append({"pass": f"target:{target}", "tensors": out.records})
     if recipe.steps or target != "generic":
