@@ -1,5 +1,6 @@
-"""Weight quantization: float weights to int8 (per-channel symmetric, zero point 0) or to
-float16, each read through a DEQUANTIZE op: the weight-only form LiteRT runs.
+"""Quantization. Mode "int8" quantizes the whole graph, weights and activations, from
+calibration data (tflrewrite.passes.quantize_graph). The weight-only modes: float weights to
+int8 (per-channel symmetric, zero point 0) or to float16, each read through a DEQUANTIZE op.
 
 LiteRT evaluates a DEQUANTIZE of a constant once, when the interpreter is prepared, so the
 file shrinks while the arithmetic stays float; biases stay float and need no new scales.
@@ -16,10 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tflrewrite import calibrate
 from tflrewrite.errors import UsageError
 from tflrewrite.kernels import quantize as kernels
 from tflrewrite.kernels import stats
 from tflrewrite.model import Model, Operator, Quantization, Tensor
+from tflrewrite.passes import quantize_graph
 from tflrewrite.passes.common import (
     PassResult,
     Rule,
@@ -32,7 +35,7 @@ from tflrewrite.passes.common import (
 )
 from tflrewrite.weights import Weight, record, replace_data
 
-MODES = ("int8-weights", "float16")
+MODES = ("int8", "int8-weights", "float16")
 
 # DEQUANTIZE op versions by what it reads (TFLite's op_version.cc).
 DEQUANTIZE_INT8, DEQUANTIZE_INT8_PER_CHANNEL, DEQUANTIZE_FLOAT16 = 2, 5, 3
@@ -45,14 +48,31 @@ class Options:
     # weight quantization uses the same threshold (weights_min_num_elements).
     min_size: int = 1024
     skip: str | None = None
+    # Mode "int8" only: where the calibration samples come from (an .npz, or "random"),
+    # how many to calibrate on (the rest verify the result), how ranges are chosen, and
+    # the dtype of the model's inputs and outputs.
+    calibration: str | None = None
+    samples: int = 100
+    method: str = "minmax"
+    io: str = "float"
 
     def __post_init__(self) -> None:
         check_regex(self.skip, "--skip")
         if self.mode not in MODES:
-            raise UsageError(f"quantize: mode must be {' or '.join(MODES)}, not {self.mode!r}")
+            raise UsageError(f"quantize: mode must be {', '.join(MODES)}, not {self.mode!r}")
+        for name, value, allowed in (
+            ("method", self.method, calibrate.METHODS),
+            ("io", self.io, tuple(quantize_graph.IO_TYPES)),
+        ):
+            if value not in allowed:
+                raise UsageError(f"quantize: {name} must be {', '.join(allowed)}, not {value!r}")
+        if not isinstance(self.samples, int) or self.samples < 1:
+            raise UsageError(f"quantize: samples must be a positive integer, not {self.samples!r}")
 
 
 def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassResult:
+    if options.mode == "int8":
+        return quantize_graph.run(model, options, rules)
     model, chosen, records = select(model, options, rules, _not_quantizable)
     edits = map_weights(_edit, chosen, [w.tensor.data.size for w, _ in chosen])
     inserted: dict[int, int] = {}  # DEQUANTIZE ops added per subgraph, at its front

@@ -46,18 +46,33 @@ class VerifyReport:
 
 
 class Runner:
-    """One model in a LiteRT interpreter, fed and read in real (dequantized) values."""
+    """One model in a LiteRT interpreter, fed and read in real (dequantized) values.
 
-    def __init__(self, path: str | os.PathLike, xnnpack: bool = False):
+    `content` runs model bytes instead of the file at `path` (which then only names it);
+    `keep_tensors` keeps every intermediate tensor readable after a run (calibration and
+    per-layer comparison need them; LiteRT otherwise reuses their memory).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        xnnpack: bool = False,
+        content: bytes | None = None,
+        keep_tensors: bool = False,
+    ):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         resolver = (
             OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         )
         self.path = os.fspath(path)
+        source = {"model_path": self.path} if content is None else {"model_content": content}
         try:
             self.interpreter = Interpreter(
-                model_path=self.path, num_threads=1, experimental_op_resolver_type=resolver
+                **source,
+                num_threads=1,
+                experimental_op_resolver_type=resolver,
+                experimental_preserve_all_tensors=keep_tensors,
             )
             self.interpreter.allocate_tensors()
             self.inputs = self.interpreter.get_input_details()
