@@ -37,6 +37,8 @@ targets (--target):
 examples:
   tflrewrite model.tflite --prune 0.5 --cluster 16      writes model.tflrewrite.tflite
   tflrewrite model.tflite --recipe prune-cluster-int8 -o small.tflite
+  tflrewrite float.tflite --quantize int8 --calibration samples.npz   full-integer int8
+  tflrewrite float.tflite --prune 0.5 --cluster 16 --quantize int8 --calibration samples.npz
   tflrewrite float.tflite --quantize int8-weights --cluster 16 --granularity channel
   tflrewrite model.tflite -o out.tflite --force  replaces out.tflite if it exists
   tflrewrite audit model.tflite --max-zip-bytes 200k      exit 1 when over budget (for CI)
@@ -162,13 +164,39 @@ def rewrite_parser() -> argparse.ArgumentParser:
         help="optimal (default) or, for comparison with TF Model Optimization, "
         "Lloyd's k-means from its initialisations",
     )
-    g = p.add_argument_group("weight quantization")
+    g = p.add_argument_group("quantization")
     g.add_argument(
         "--quantize",
-        choices=["int8-weights", "float16"],
-        help="float weights to int8 per channel (symmetric, read through "
-        "DEQUANTIZE) or to float16; with --cluster, clusters are formed "
-        "among the int8 values",
+        choices=["int8", "int8-weights", "float16"],
+        help="int8: the whole model, weights and activations, from --calibration data "
+        "(full integer, what NPUs and microcontrollers run); int8-weights: float weights "
+        "to int8 per channel, read through DEQUANTIZE (weight-only); float16: weights to "
+        "float16. With --cluster, clusters are formed among the int8 values",
+    )
+    g.add_argument(
+        "--calibration",
+        metavar="NPZ|random",
+        help="samples for --quantize int8: an .npz with one array per model input "
+        "(keyed by input name; first axis = samples), or `random` for seeded random "
+        "inputs (ranges are then guesses, and the report says so)",
+    )
+    g.add_argument(
+        "--calibration-samples",
+        metavar="N",
+        type=_positive,
+        help="calibrate on the first N samples (default: 100); the rest verify the result",
+    )
+    g.add_argument(
+        "--calibration-method",
+        choices=["minmax", "percentile", "mse"],
+        help="activation ranges: minmax (default), percentile (0.01%% tails clipped), "
+        "or mse (the clipping with the least rounding plus clipping error)",
+    )
+    g.add_argument(
+        "--io",
+        choices=["float", "int8", "uint8"],
+        help="dtype of the int8 model's inputs and outputs (default: float, with "
+        "QUANTIZE/DEQUANTIZE at the edges)",
     )
     g = p.add_argument_group("which weights")
     g.add_argument("--skip", metavar="REGEX", help="leave tensors whose name matches alone")
@@ -217,7 +245,13 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
 
     overrides = {
         "prune": _given(sparsity=args.prune, pattern=args.prune_pattern, scope=args.prune_scope),
-        "quantize": _given(mode=args.quantize),
+        "quantize": _given(
+            mode=args.quantize,
+            calibration=args.calibration,
+            samples=args.calibration_samples,
+            method=args.calibration_method,
+            io=args.io,
+        ),
         "cluster": _given(
             clusters=args.cluster, granularity=args.granularity, init=args.cluster_init
         ),
@@ -251,6 +285,7 @@ def run_rewrite(args: argparse.Namespace) -> int:
         recipe,
         result.records,
         verify_samples=0 if args.no_verify else args.samples,
+        data=None if args.no_verify else summary.verify_data(args.model, recipe, args.samples),
     )
     if args.json:
         _write_json(args.json, report)

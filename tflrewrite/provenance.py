@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any
 
 from tflrewrite import __version__
@@ -23,8 +24,8 @@ def provenance(recipe: Any, records: list[dict], model: Model) -> bytes:
     rows, skipped = [], 0
     for r in records:
         for t in r["tensors"]:
-            if t["action"] == "skipped":
-                skipped += 1
+            if "after" not in t:  # left alone, or a note that is not about a weight
+                skipped += t["action"] == "skipped"
                 continue
             index = _index(model, t["subgraph"], t["tensor"])
             after = t.get("after", {})
@@ -54,11 +55,14 @@ def provenance(recipe: Any, records: list[dict], model: Model) -> bytes:
 
 def _changed(options: Any) -> dict:
     defaults = type(options)()
-    return {
+    changed = {
         f.name: getattr(options, f.name)
         for f in dataclasses.fields(options)
         if getattr(options, f.name) != getattr(defaults, f.name)
     }
+    if "calibration" in changed:  # a file name, not the user's folders
+        changed["calibration"] = os.path.basename(changed["calibration"])
+    return changed
 
 
 def _index(model: Model, subgraph: int, name: str) -> int | None:

@@ -66,6 +66,15 @@ class Options:
         ):
             if value not in allowed:
                 raise UsageError(f"quantize: {name} must be {', '.join(allowed)}, not {value!r}")
+        defaults = (None, 100, "minmax", "float")
+        if (
+            self.mode != "int8"
+            and (self.calibration, self.samples, self.method, self.io) != defaults
+        ):
+            raise UsageError(
+                "quantize: calibration, samples, method and io are options of mode int8 "
+                "(--quantize int8)"
+            )
         if not isinstance(self.samples, int) or self.samples < 1:
             raise UsageError(f"quantize: samples must be a positive integer, not {self.samples!r}")
 

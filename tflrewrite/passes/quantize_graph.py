@@ -117,14 +117,14 @@ def run(model: Model, options: object, rules: tuple[Rule, ...] = ()) -> PassResu
             "random inputs (poor ranges; the report says so)"
         )
     model = model.copy()
-    records = _fold_constants(model)
+    _fold_constants(model)
     samples = calibration_samples(model, options)[0]
     bar = Progress("calibrating", len(samples.values) * (1 if options.method == "minmax" else 2))
     ranges = calibrate.ranges(model, samples, options.method, lambda done, _: bar(done))
     sg = model.subgraphs[0]
     chosen, kept_float = _choose(model, sg, ranges, options, rules)
     params = _params(sg, chosen, ranges)
-    records += _Rewriter(model, sg, chosen, params, IO_TYPES[options.io]).run()
+    records = _Rewriter(model, sg, chosen, params, IO_TYPES[options.io]).run()
     records += [_op_record(op, "kept float", reason) for op, reason in kept_float]
     _drop_unused(model)
     records.append(
@@ -153,11 +153,10 @@ def calibration_samples(model: Model, options: object) -> tuple:
 # ------------------------------------------------------------------ before: plain float
 
 
-def _fold_constants(model: Model) -> list[dict]:
+def _fold_constants(model: Model) -> None:
     """Constant weights in the plain float form the rewrite starts from: a DEQUANTIZE of a
     constant (float16 or int8 weights) becomes the float32 constant it computes, and int8
     weights read directly by float ops (hybrid, weight-only models) become float32."""
-    records = []
     for sg in model.subgraphs:
         dequantized: dict[int, Tensor] = {}
         for op in list(sg.operators):
@@ -166,15 +165,6 @@ def _fold_constants(model: Model) -> list[dict]:
                 out.buffer = model.add_buffer(_real(source).astype(np.float32))
                 out.quantization = None
                 sg.operators.remove(op)
-                records.append(
-                    {
-                        "tensor": source.name,
-                        "op": "DEQUANTIZE",
-                        "action": "folded",
-                        "dtype": source.dtype,
-                        "shape": list(source.shape or ()),
-                    }
-                )
         for op in sg.operators:
             if not any(t is not None and t.dtype == "FLOAT32" for t in op.outputs):
                 continue
@@ -185,7 +175,6 @@ def _fold_constants(model: Model) -> list[dict]:
                         dequantized[id(t)] = Tensor(t.name, "FLOAT32", t.shape, real)
                         sg.tensors.append(dequantized[id(t)])
                     op.inputs[i] = dequantized[id(t)]
-    return records
 
 
 def _affine(t: Tensor) -> bool:
@@ -534,7 +523,8 @@ def _op_record(op: Operator, action: str, reason: str) -> dict:
 
 def _drop_unused(model: Model) -> None:
     """Tensors no op, subgraph or signature refers to any more (the float weights and
-    folded constants the rewrite replaced), and opcodes no op uses."""
+    folded constants the rewrite replaced) with their buffers, and opcodes no op uses."""
+    dropped: set[int] = set()
     for sg in model.subgraphs:
         used = {id(t) for t in sg.inputs + sg.outputs}
         for op in sg.operators:
@@ -542,6 +532,9 @@ def _drop_unused(model: Model) -> None:
         for sig in model.signatures or []:
             if sig.subgraph is sg:
                 used.update(id(t) for _, t in sig.inputs + sig.outputs)
+        dropped.update(id(t.buffer) for t in sg.tensors if id(t) not in used)
         sg.tensors = [t for t in sg.tensors if id(t) in used]
+    dropped -= model.referenced_buffers()
+    model.buffers = [b for b in model.buffers if id(b) not in dropped]
     in_use = {id(op.opcode) for sg in model.subgraphs for op in sg.operators}
     model.opcodes = [oc for oc in model.opcodes if id(oc) in in_use]

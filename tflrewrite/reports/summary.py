@@ -3,6 +3,7 @@ and how far the rewritten model's outputs moved (verify on seeded inputs)."""
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, TextIO
 
@@ -21,7 +22,11 @@ def build(
     records: list[dict],
     verify_samples: int = 8,
     seed: int = 0,
+    data: Any = None,
 ) -> dict:
+    """The report of a rewrite. Verify runs on `data` (calibrate.Samples: real samples the
+    calibration did not use, where there are some) or on `verify_samples` seeded random
+    inputs; with real samples it also measures each quantized activation (reports.layers)."""
     report: dict[str, Any] = {
         "input": input_path,
         "output": output_path,
@@ -35,18 +40,73 @@ def build(
             with open(path, "rb") as f:
                 report[f"{key}_zip_bytes"] = zip_size(f.read(), os.path.basename(path))
     report["passes"] = records
-    if verify_samples:
+    if data is not None:
+        report["verify"] = _verify(input_path, output_path, data.values, data.source)
+        report["layers"] = _layers(input_path, output_path, data.values[:LAYER_SAMPLES])
+    elif verify_samples:
         report["verify"] = _verify(input_path, output_path, verify_samples, seed)
     return report
 
 
-def _verify(reference: str, candidate: str, samples: int, seed: int) -> dict:
+# Records that are not about a weight, and how the text report says them.
+NOTES = {
+    "calibrated": "calibrated on {samples} samples ({source}); ranges by {method}",
+    "kept float": "kept float: {op} (output {tensor}): {reason}",
+}
+
+# Per-layer errors run both models keeping every tensor; a few samples show the trend.
+LAYER_SAMPLES = 16
+LAYERS_SHOWN = 5
+
+
+def verify_data(model_path: str, recipe: Any, limit: int) -> Any:
+    """Real samples to verify a full-integer rewrite on: those of its calibration file
+    that calibration left over, else (saying so) the calibration samples themselves. None
+    when the recipe does not quantize from calibration data."""
+    from tflrewrite import calibrate
+    from tflrewrite.reports import verify
+
+    step = next((s for s in recipe.steps if s.name == "quantize"), None)
+    if step is None or step.options.mode != "int8" or not step.options.calibration:
+        return None
+    opts = step.options
+    if opts.calibration == calibrate.RANDOM:
+        return None
+    try:
+        loaded = calibrate.load(opts.calibration, verify.Runner(model_path), opts.samples)
+    except TflRewriteError:
+        return None
+    used, held_out = loaded.split(opts.samples)
+    if held_out is None:
+        used.source += ", the calibration samples themselves (none held out)"
+        return calibrate.Samples(used.values[:limit], used.source)
+    return held_out
+
+
+def _verify(reference: str, candidate: str, samples: Any, source: Any) -> dict:
+    """Verify on `samples` (a list of samples from `source`), or on that many seeded
+    random inputs (`source` is then the seed)."""
     from tflrewrite.reports import verify
 
     try:
         ref, cand = verify.Runner(reference), verify.Runner(candidate)
-        inputs = verify.random_inputs([ref, cand], samples, seed)
-        return verify.compare(ref, cand, inputs, f"random (seed {seed})").to_json()
+        if isinstance(samples, int):
+            inputs, source = (
+                verify.random_inputs([ref, cand], samples, source),
+                f"random (seed {source})",
+            )
+        else:
+            inputs = samples
+        return verify.compare(ref, cand, inputs, source).to_json()
+    except TflRewriteError as e:
+        return {"error": str(e)}
+
+
+def _layers(reference: str, candidate: str, samples: list) -> list[dict] | dict:
+    from tflrewrite.reports.layers import layer_errors
+
+    try:
+        return layer_errors(reference, candidate, samples)
     except TflRewriteError as e:
         return {"error": str(e)}
 
@@ -78,9 +138,12 @@ def print_report(report: dict, out: TextIO, verbose: bool = False) -> None:
         )
     print_table(rows, out, right={1, 2, 3})
     for step in report["passes"]:
-        done = [t for t in step["tensors"] if t["action"] != "skipped"]
+        done = [t for t in step["tensors"] if "before" in t]
         skipped = [t for t in step["tensors"] if t["action"] == "skipped"]
+        notes = [t for t in step["tensors"] if t["action"] in NOTES]
         out.write(f"\n{step['pass']}: {len(done)} tensor(s) changed, {len(skipped)} left alone\n")
+        for t in notes:
+            out.write("  " + NOTES[t["action"]].format(**t) + "\n")
         if done:
             table = [("tensor", "sparsity", "->", "ch.unique", "->", "weight MSE")]
             for t in done:
@@ -116,3 +179,14 @@ def print_report(report: dict, out: TextIO, verbose: bool = False) -> None:
             )
         )
     print_table(table, out, right={1, 2, 3})
+    layers = report.get("layers")
+    if isinstance(layers, list) and layers:
+        ranked = sorted(layers, key=lambda x: math.inf if x["sqnr_db"] is None else x["sqnr_db"])
+        out.write(
+            f"\nleast faithful of {len(layers)} quantized activations (SQNR against float):\n"
+        )
+        table = [("tensor", "op", "SQNR dB")]
+        for x in ranked[:LAYERS_SHOWN]:
+            db = "inf" if x["sqnr_db"] is None else f"{x['sqnr_db']:.2f}"
+            table.append((clip(x["tensor"], 44), x["op"], db))
+        print_table(table, out, right={2})

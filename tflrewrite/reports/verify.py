@@ -222,8 +222,11 @@ def output_report(name: str, ref: np.ndarray, cand: np.ndarray) -> OutputReport:
 
 def sqnr_db(ref: np.ndarray, cand: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio of `cand` against `ref`, in dB."""
-    noise = float(np.sum((ref - cand) ** 2))
-    signal = float(np.sum(ref**2))
+    return power_ratio_db(float(np.sum(ref**2)), float(np.sum((ref - cand) ** 2)))
+
+
+def power_ratio_db(signal: float, noise: float) -> float:
+    """10 log10(signal / noise): inf without noise, -inf without signal."""
     if noise == 0.0:
         return math.inf
     if signal == 0.0:
