@@ -83,6 +83,7 @@ def _builtin(name: str, description: str, **passes: dict) -> Recipe:
 
 
 _PRUNE, _CLUSTER, _INT8 = {"sparsity": 0.5}, {"clusters": 16}, {"mode": "int8-weights"}
+_FULL = {"mode": "int8"}
 
 BUILTIN: dict[str, Recipe] = {
     r.name: r
@@ -110,6 +111,18 @@ BUILTIN: dict[str, Recipe] = {
             "prune 50%, int8 weights, 16 clusters keeping zeros",
             prune=_PRUNE,
             quantize=_INT8,
+            cluster=_CLUSTER,
+        ),
+        _builtin(
+            "full-int8",
+            "weights and activations int8 from --calibration data (full integer)",
+            quantize=_FULL,
+        ),
+        _builtin(
+            "prune-cluster-full-int8",
+            "prune 50%, full-integer int8 from --calibration data, 16 clusters keeping zeros",
+            prune=_PRUNE,
+            quantize=_FULL,
             cluster=_CLUSTER,
         ),
     ]
