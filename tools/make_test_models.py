@@ -470,6 +470,46 @@ def make_control_flow(tf):
     ), "tf.while_loop (input-dependent trip count n) + tf.cond from a concrete function"
 
 
+def make_sparse_convnet(tf):
+    """A small MobileNet-like float CNN laid out the way XNNPACK's sparse inference wants it:
+    a 3x3 stride-2 first conv on 3 channels with an explicit PAD of 1 (SAME with stride 2
+    pads 0/1, which XNNPACK refuses), depthwise 3x3 + 1x1 pointwise blocks (stride-2
+    depthwise convs also padded explicitly), one residual ADD, and a global MEAN before the
+    classifier. Seeded random weights (no training): biases are nonzero so outputs are O(1)."""
+    keras = tf.keras
+    init = {
+        "kernel_initializer": keras.initializers.HeNormal(seed=3),
+        "bias_initializer": keras.initializers.RandomNormal(0.0, 0.1, seed=4),
+    }
+    dw_init = {
+        "depthwise_initializer": keras.initializers.HeNormal(seed=5),
+        "bias_initializer": keras.initializers.RandomNormal(0.0, 0.1, seed=6),
+    }
+    inp = keras.Input(shape=(32, 32, 3), batch_size=1, name="image")
+    x = keras.layers.ZeroPadding2D(1, name="stem_pad")(inp)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu6", name="stem", **init)(x)
+    for i, (width, stride, residual) in enumerate(
+        [(32, 1, False), (64, 2, False), (64, 1, True), (128, 2, False), (128, 1, False)]
+    ):
+        y = x
+        if stride == 2:
+            y = keras.layers.ZeroPadding2D(1, name=f"pad{i}")(y)
+        pad = "valid" if stride == 2 else "same"
+        y = keras.layers.DepthwiseConv2D(
+            3, strides=stride, padding=pad, activation="relu6", name=f"dw{i}", **dw_init
+        )(y)
+        y = keras.layers.Conv2D(width, 1, activation="relu6", name=f"pw{i}", **init)(y)
+        x = keras.layers.Add(name=f"add{i}")([x, y]) if residual else y
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dense(10, name="logits", **init)(x)
+    model = keras.Model(inp, x, name="sparse_convnet")
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    return _convert(conv), (
+        "MobileNet-like float32: PAD + 3x3/2 conv on 3 channels, 5 depthwise + 1x1 blocks "
+        "(one residual ADD), MEAN, Dense(10); seeded random weights, for --target xnnpack"
+    )
+
+
 def make_transpose_conv_bmm(tf):
     """TRANSPOSE_CONV and BATCH_MATMUL with constant weights: the other two weight ops."""
     rng = np.random.default_rng(1)
@@ -722,6 +762,12 @@ def main(argv: list[str]) -> int:
             add("transpose_conv_bmm", "float32", data, notes)
 
         attempt("transpose_conv_bmm", _tc)
+
+        def _scn():
+            data, notes = make_sparse_convnet(tf)
+            add("sparse_convnet", "float32", data, notes)
+
+        attempt("sparse_convnet", _scn)
 
         with _quiet_fds():
             sparse_model = build_sparse_fc(tf, train)

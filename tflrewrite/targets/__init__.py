@@ -16,6 +16,8 @@ TARGETS = {
     "generic": "dense weights, exactly as the passes left them (the most portable output)",
     "cpu": "FULLY_CONNECTED weights block-sparse where LiteRT's CPU kernel reads them and "
     "the file gets smaller (int8: 1x16 blocks, float32: 1x4; pair with --prune-pattern)",
+    "xnnpack": "float conv/FC weights sparse behind DENSIFY where XNNPACK's sparse inference "
+    "takes them (1x1 convs > 2/3 zeros; runs sparse on ARM, not on x86 with AVX)",
 }
 
 
