@@ -58,6 +58,16 @@ def load(spec: str, runner: object, count: int, seed: int = 0) -> Samples:
     return Samples(values, os.path.basename(spec))
 
 
+def for_model(
+    model_path: str, spec: str, count: int, seed: int = 0
+) -> tuple[Samples, Samples | None]:
+    """(the first `count` samples of `spec` for the model at `model_path`, the rest or None):
+    the second part verifies what the first calibrated."""
+    from tflrewrite.reports import verify
+
+    return load(spec, verify.Runner(model_path), count, seed).split(count)
+
+
 def ranges(
     model: Model,
     samples: Samples,

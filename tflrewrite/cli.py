@@ -16,7 +16,7 @@ from tflrewrite.errors import TflRewriteError
 from tflrewrite.reports.text import clip, db, fmt, print_table, ratio
 from tflrewrite.targets import TARGETS
 
-COMMANDS = ("audit", "verify", "recipes")
+COMMANDS = ("audit", "verify", "recipes", "finetune")
 
 DESCRIPTION = """\
 Rewrite a trained TensorFlow Lite model into a smaller deployment model, and measure it.
@@ -26,6 +26,7 @@ commands:
   tflrewrite audit MODEL... [--json FILE|-]        what each tensor costs; size budgets
   tflrewrite verify REFERENCE CANDIDATE            run both in LiteRT, compare outputs
   tflrewrite recipes                               list the built-in recipes
+  tflrewrite finetune KERAS_MODEL --data TRAIN.npz  QAT/PQAT/CQAT/PCQAT, then int8 (TensorFlow)
 
 Run `tflrewrite COMMAND --help` for each command's options.
 """
@@ -174,19 +175,6 @@ def rewrite_parser() -> argparse.ArgumentParser:
         "float16. With --cluster, clusters are formed among the int8 values",
     )
     g.add_argument(
-        "--calibration",
-        metavar="NPZ|random",
-        help="samples for --quantize int8: an .npz with one array per model input "
-        "(keyed by input name; first axis = samples), or `random` for seeded random "
-        "inputs (ranges are then guesses, and the report says so)",
-    )
-    g.add_argument(
-        "--calibration-samples",
-        metavar="N",
-        type=_positive,
-        help="calibrate on the first N samples (default: 100); the rest verify the result",
-    )
-    g.add_argument(
         "--calibration-method",
         choices=["minmax", "percentile", "mse"],
         help="activation ranges: minmax (default), percentile (0.01%% tails clipped), "
@@ -197,6 +185,29 @@ def rewrite_parser() -> argparse.ArgumentParser:
         choices=["float", "int8", "uint8"],
         help="dtype of the int8 model's inputs and outputs (default: float, with "
         "QUANTIZE/DEQUANTIZE at the edges)",
+    )
+    g = p.add_argument_group("calibration data (makes compression data-aware)")
+    g.add_argument(
+        "--calibration",
+        metavar="NPZ|random",
+        help="sample inputs: an .npz with one array per model input (keyed by input "
+        "name; first axis = samples), or `random` for seeded random inputs (ranges and "
+        "fits are then guesses, and the report says so). Needed by --quantize int8; with "
+        "it, --prune and --cluster fit each layer to the original model's outputs",
+    )
+    g.add_argument(
+        "--calibration-samples",
+        metavar="N",
+        type=_positive,
+        default=100,
+        help="use the first N samples (default: 100); the rest verify the result",
+    )
+    g.add_argument(
+        "--method",
+        choices=["data", "magnitude"],
+        help="with --calibration: data (default) prunes with weight updates that make up "
+        "for each removed weight, clusters with error feedback, and corrects biases, "
+        "layer by layer; magnitude ignores the data (the data-free path)",
     )
     g = p.add_argument_group("which weights")
     g.add_argument("--skip", metavar="REGEX", help="leave tensors whose name matches alone")
@@ -245,13 +256,7 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
 
     overrides = {
         "prune": _given(sparsity=args.prune, pattern=args.prune_pattern, scope=args.prune_scope),
-        "quantize": _given(
-            mode=args.quantize,
-            calibration=args.calibration,
-            samples=args.calibration_samples,
-            method=args.calibration_method,
-            io=args.io,
-        ),
+        "quantize": _given(mode=args.quantize, method=args.calibration_method, io=args.io),
         "cluster": _given(
             clusters=args.cluster, granularity=args.granularity, init=args.cluster_init
         ),
@@ -275,8 +280,10 @@ def run_rewrite(args: argparse.Namespace) -> int:
     output = args.output or default_output(args.model)
     recipe = recipe_from_args(args)
     check_output_path(output, [args.model], args.force)
+    data, held_out = _calibration(args, recipe)
     model = reader.read(args.model)
-    result = rewrite.apply(model, recipe, _step_note, target=args.target)
+    method = args.method or "data"
+    result = rewrite.apply(model, recipe, _step_note, args.target, data=data, method=method)
     large = {"auto": None, "yes": True, "no": False}[args.large]
     writer.write(result.model, output, large=large)
     report = summary.build(
@@ -285,13 +292,35 @@ def run_rewrite(args: argparse.Namespace) -> int:
         recipe,
         result.records,
         verify_samples=0 if args.no_verify else args.samples,
-        data=None if args.no_verify else summary.verify_data(args.model, recipe, args.samples),
+        data=None if args.no_verify else held_out,
     )
     if args.json:
         _write_json(args.json, report)
     if args.json != "-":
         summary.print_report(report, sys.stdout, verbose=args.verbose)
     return 0
+
+
+def _calibration(args: argparse.Namespace, recipe: Any) -> tuple[Any, Any]:
+    """(calibration samples, samples to verify on) from --calibration, or (None, None)."""
+    from tflrewrite import calibrate
+
+    if args.calibration is None:
+        if args.method == "data":
+            raise TflRewriteError("--method data needs --calibration samples")
+        return None, None
+    uses = [s.name for s in recipe.steps if s.name != "quantize" or s.options.mode == "int8"]
+    if not uses:
+        raise TflRewriteError(
+            "--calibration: nothing uses it (it serves --quantize int8, --prune and --cluster)"
+        )
+    data, held_out = calibrate.for_model(args.model, args.calibration, args.calibration_samples)
+    if args.calibration == calibrate.RANDOM:
+        return data, None
+    if held_out is None:
+        source = f"{data.source}, the calibration samples themselves (none held out)"
+        held_out = calibrate.Samples(data.values[: max(args.samples, 32)], source)
+    return data, held_out
 
 
 def _step_note(name: str) -> None:
@@ -599,12 +628,14 @@ PARSERS = {
     "audit": audit_parser,
     "verify": verify_parser,
     "recipes": recipes_parser,
+    "finetune": lambda: __import__("tflrewrite.finetune.cli").finetune.cli.parser(),
 }
 HANDLERS = {
     "rewrite": run_rewrite,
     "audit": run_audit,
     "verify": run_verify,
     "recipes": run_recipes,
+    "finetune": lambda args: __import__("tflrewrite.finetune.cli").finetune.cli.run(args),
 }
 
 

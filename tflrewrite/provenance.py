@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 from tflrewrite import __version__
@@ -17,7 +16,9 @@ METADATA_NAME = "tflrewrite"
 TENSOR_FIELDS = ["pass", "subgraph", "tensor", "sparsity", "channel_unique"]
 
 
-def provenance(recipe: Any, records: list[dict], model: Model) -> bytes:
+def provenance(
+    recipe: Any, records: list[dict], model: Model, calibration: dict | None = None
+) -> bytes:
     """The metadata entry's content: deterministic, compact JSON (no dates, no paths) with
     the recipe's options that differ from the defaults, and one row per edited tensor
     giving its index in `model` and its sparsity and distinct values afterwards."""
@@ -50,19 +51,18 @@ def provenance(recipe: Any, records: list[dict], model: Model) -> bytes:
         "tensors": rows,
         "skipped": skipped,
     }
+    if calibration is not None:
+        doc["calibration"] = calibration
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _changed(options: Any) -> dict:
     defaults = type(options)()
-    changed = {
+    return {
         f.name: getattr(options, f.name)
         for f in dataclasses.fields(options)
         if getattr(options, f.name) != getattr(defaults, f.name)
     }
-    if "calibration" in changed:  # a file name, not the user's folders
-        changed["calibration"] = os.path.basename(changed["calibration"])
-    return changed
 
 
 def _index(model: Model, subgraph: int, name: str) -> int | None:

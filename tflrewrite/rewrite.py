@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tflrewrite import targets
 from tflrewrite.model import Model
-from tflrewrite.passes import PASSES
+from tflrewrite.passes import PASSES, datafit
 from tflrewrite.provenance import METADATA_NAME, provenance
 from tflrewrite.recipes import Recipe
 from tflrewrite.runtime_version import update_min_runtime_version
+
+# How pruning and clustering choose weights when calibration data is given: "data" fits
+# each layer to the original model's outputs on the samples (tflrewrite.passes.datafit);
+# "magnitude" ignores the data, as it must without any.
+METHODS = ("data", "magnitude")
 
 
 @dataclass
@@ -24,16 +30,33 @@ def apply(
     recipe: Recipe,
     progress: Callable[[str], None] | None = None,
     target: str = "generic",
+    data: Any = None,
+    method: str = "data",
 ) -> Result:
     """The model after every step of `recipe`, laid down for `target` (see
-    tflrewrite.targets); the input model is left as it was."""
+    tflrewrite.targets); the input model is left as it was. `data` (calibrate.Samples)
+    calibrates full-integer quantization and, with `method` "data", guides pruning and
+    clustering."""
     result = Result(model)
+    fit = data is not None and method == "data"
+    names = [s.name for s in recipe.steps]
     for step in recipe.steps:
         if progress:
             progress(step.name)
-        out = PASSES[step.name].run(result.model, step.options, step.rules)
+        module = PASSES[step.name]
+        if fit and step.name in datafit.STEPS:
+            out = datafit.run(step.name, result.model, step.options, step.rules, data, model)
+        elif getattr(module, "USES_DATA", False):
+            out = module.run(result.model, step.options, step.rules, data=data)
+        else:
+            out = module.run(result.model, step.options, step.rules)
         result.model = out.model
         result.records.append({"pass": step.name, "tensors": out.records})
+        if fit and step.name == "quantize" and step.options.mode == "int8":
+            if "cluster" not in names:  # clustering would redo the rounding anyway
+                out = datafit.run("refine", result.model, None, step.rules, data, model)
+                result.model = out.model
+                result.records.append({"pass": "refine", "tensors": out.records})
     if target != "generic":
         if progress:
             progress(f"target {target}")
@@ -42,5 +65,8 @@ def apply(
         result.records.append({"pass": f"target:{target}", "tensors": out.records})
     if recipe.steps or target != "generic":
         update_min_runtime_version(result.model)
-        result.model.set_metadata(METADATA_NAME, provenance(recipe, result.records, result.model))
+        used = None if data is None else {"samples": len(data.values), "method": method}
+        result.model.set_metadata(
+            METADATA_NAME, provenance(recipe, result.records, result.model, used)
+        )
     return result

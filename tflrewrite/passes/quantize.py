@@ -48,11 +48,8 @@ class Options:
     # weight quantization uses the same threshold (weights_min_num_elements).
     min_size: int = 1024
     skip: str | None = None
-    # Mode "int8" only: where the calibration samples come from (an .npz, or "random"),
-    # how many to calibrate on (the rest verify the result), how ranges are chosen, and
-    # the dtype of the model's inputs and outputs.
-    calibration: str | None = None
-    samples: int = 100
+    # Mode "int8" only: how activation ranges are chosen from the calibration samples,
+    # and the dtype of the model's inputs and outputs.
     method: str = "minmax"
     io: str = "float"
 
@@ -66,22 +63,19 @@ class Options:
         ):
             if value not in allowed:
                 raise UsageError(f"quantize: {name} must be {', '.join(allowed)}, not {value!r}")
-        defaults = (None, 100, "minmax", "float")
-        if (
-            self.mode != "int8"
-            and (self.calibration, self.samples, self.method, self.io) != defaults
-        ):
-            raise UsageError(
-                "quantize: calibration, samples, method and io are options of mode int8 "
-                "(--quantize int8)"
-            )
-        if not isinstance(self.samples, int) or self.samples < 1:
-            raise UsageError(f"quantize: samples must be a positive integer, not {self.samples!r}")
+        if self.mode != "int8" and (self.method, self.io) != ("minmax", "float"):
+            raise UsageError("quantize: method and io are options of mode int8 (--quantize int8)")
 
 
-def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassResult:
+# The pass reads calibration samples (rewrite.apply gives them as `data`).
+USES_DATA = True
+
+
+def run(
+    model: Model, options: Options, rules: tuple[Rule, ...] = (), data: object = None
+) -> PassResult:
     if options.mode == "int8":
-        return quantize_graph.run(model, options, rules)
+        return quantize_graph.run(model, options, rules, data)
     model, chosen, records = select(model, options, rules, _not_quantizable)
     edits = map_weights(_edit, chosen, [w.tensor.data.size for w, _ in chosen])
     inserted: dict[int, int] = {}  # DEQUANTIZE ops added per subgraph, at its front

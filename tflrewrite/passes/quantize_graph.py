@@ -108,9 +108,12 @@ INT32_MAX = 2**31 - 1
 Params = tuple[float, int]  # int8 (scale, zero point)
 
 
-def run(model: Model, options: object, rules: tuple[Rule, ...] = ()) -> PassResult:
-    """`options` are the quantize pass's (mode "int8"): calibration, samples, method, io."""
-    if not options.calibration:
+def run(
+    model: Model, options: object, rules: tuple[Rule, ...] = (), data: object = None
+) -> PassResult:
+    """`options` are the quantize pass's (mode "int8": method, io); `data` the calibration
+    samples (calibrate.Samples)."""
+    if data is None:
         raise UsageError(
             "--quantize int8 needs calibration data: --calibration DATA.npz (one array per "
             "model input, first axis = samples), or --calibration random to calibrate on "
@@ -118,9 +121,8 @@ def run(model: Model, options: object, rules: tuple[Rule, ...] = ()) -> PassResu
         )
     model = model.copy()
     _fold_constants(model)
-    samples = calibration_samples(model, options)[0]
-    bar = Progress("calibrating", len(samples.values) * (1 if options.method == "minmax" else 2))
-    ranges = calibrate.ranges(model, samples, options.method, lambda done, _: bar(done))
+    bar = Progress("calibrating", len(data.values) * (1 if options.method == "minmax" else 2))
+    ranges = calibrate.ranges(model, data, options.method, lambda done, _: bar(done))
     sg = model.subgraphs[0]
     chosen, kept_float = _choose(model, sg, ranges, options, rules)
     params = _params(sg, chosen, ranges)
@@ -132,22 +134,12 @@ def run(model: Model, options: object, rules: tuple[Rule, ...] = ()) -> PassResu
             "tensor": "(calibration)",
             "op": "",
             "action": "calibrated",
-            "samples": len(samples.values),
-            "source": samples.source,
+            "samples": len(data.values),
+            "source": data.source,
             "method": options.method,
         }
     )
     return PassResult(model, records)
-
-
-def calibration_samples(model: Model, options: object) -> tuple:
-    """(calibration samples, held-out samples or None) for the model's inputs."""
-    from tflrewrite import writer
-    from tflrewrite.reports import verify
-
-    runner = verify.Runner("model", content=writer.to_bytes(model))
-    loaded = calibrate.load(options.calibration, runner, options.samples)
-    return loaded.split(options.samples)
 
 
 # ------------------------------------------------------------------ before: plain float

@@ -1,0 +1,121 @@
+"""Layer-wise reconstruction: compressed weights chosen to reproduce a layer's outputs on
+calibration data, with the error of each rounded or pruned weight pushed onto the weights
+not yet decided (optimal brain surgeon updates, in the column order of GPTQ / SparseGPT).
+
+A layer computes Y = W X (W: rows x d, one row per output channel; X: d x n samples, im2col
+patches for convolutions). With H = X X^T, the best W' under constraints minimises
+tr((W' - W*) H (W' - W*)^T), where W* is the unconstrained optimum (the caller makes it:
+the original weights, or weights refitted to targets computed from other inputs). Walking
+the columns in order, weight j is fixed to its allowed value q and the others move by
+-(w_j - q) / [H^-1]_jj * [H^-1]_j,: , which is the least-squares compensation; with U the
+upper Cholesky factor of H^-1 the rows of U give those updates for the remaining columns
+(Frantar & Alistarh, "Optimal Brain Compression", 2022; "SparseGPT", 2023).
+
+Allowed values per row r: any real (float), or scale_r x an integer code, the codes being
+-127..127 (int8) or a codebook of a few codes. Pruned positions (a mask) become exactly 0,
+and a kept weight never rounds to 0 (it takes the nearest nonzero code), so sparsity is
+what the mask says. Plain numpy: the work is matrix products and column sweeps over
+all rows at once, which BLAS and numpy do well; there is no per-element Python loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Damping added to H's diagonal, relative to its mean: keeps the inverse well conditioned
+# when calibration data do not span every input direction (GPTQ's default).
+DAMP = 0.01
+BLOCK = 128
+
+
+def inverse_cholesky(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
+    """Upper Cholesky factor U of (H + damping)^-1, so that U^T U = (H + damping)^-1.
+    Inputs that were always zero (a zero diagonal) get a unit diagonal: their weights do
+    not matter for these data and stay as they are."""
+    h = np.array(h, dtype=np.float64)
+    d = np.diag(h).copy()
+    dead = d <= 0
+    h[dead, dead] = 1.0
+    mean = float(np.mean(np.diag(h))) if h.size else 1.0
+    h[np.diag_indices_from(h)] += damp * mean
+    inverse = np.linalg.inv(h)
+    inverse = (inverse + inverse.T) / 2
+    return np.linalg.cholesky(inverse).T
+
+
+def obs_scores(w: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Cost of removing each weight alone: w^2 / [H^-1]_jj^2 (rows x d)."""
+    return (w / np.diag(u)[None, :]) ** 2
+
+
+def nearest_code(v: np.ndarray, codes: np.ndarray | None) -> np.ndarray:
+    """Per row, the nearest nonzero allowed code to v (rows x m): codes None means the
+    integers -127..127 (half away from zero), else a rows x K (or 1 x K) array of sorted
+    nonzero codes."""
+    if codes is None:
+        m = np.minimum(np.floor(np.abs(v) + 0.5), 127.0)
+        m = np.maximum(m, 1.0)
+        return np.where(v < 0, -m, m)
+    dist = np.abs(v[:, :, None] - codes[:, None, :])
+    return np.take_along_axis(codes, dist.argmin(axis=2), axis=1)
+
+
+def solve(
+    w_star: np.ndarray,
+    u: np.ndarray,
+    pruned: np.ndarray,
+    scales: np.ndarray | None = None,
+    codes: np.ndarray | None = None,
+    block: int = BLOCK,
+) -> np.ndarray:
+    """W' (rows x d, float64): W* with `pruned` positions 0 and the others on their row's
+    grid (scales None: any real; else scale_r times the nearest nonzero code of `codes`,
+    see nearest_code), each decision compensated on the columns after it."""
+    w = np.array(w_star, dtype=np.float64)
+    rows, d = w.shape
+    out = np.zeros_like(w)
+    s = None if scales is None else np.asarray(scales, np.float64).reshape(rows, 1)
+    for a in range(0, d, block):
+        b = min(a + block, d)
+        w1 = w[:, a:b].copy()
+        err = np.zeros_like(w1)
+        u1 = u[a:b, a:b]
+        for i in range(b - a):
+            col = w1[:, i]
+            if s is None:
+                q = col.copy()
+            else:
+                q = nearest_code((col / s[:, 0])[:, None], codes)[:, 0] * s[:, 0]
+            q[pruned[:, a + i]] = 0.0
+            out[:, a + i] = q
+            e = (col - q) / u1[i, i]
+            w1[:, i:] -= np.outer(e, u1[i, i:])
+            err[:, i] = e
+        w[:, b:] -= err @ u[a:b, b:]
+    return out
+
+
+def solve_numpy_reference(
+    w_star: np.ndarray,
+    u: np.ndarray,
+    pruned: np.ndarray,
+    scales: np.ndarray | None = None,
+    codes: np.ndarray | None = None,
+) -> np.ndarray:
+    """The same result column by column with no blocking (the twin tests compare)."""
+    w = np.array(w_star, dtype=np.float64)
+    out = np.zeros_like(w)
+    s = None if scales is None else np.asarray(scales, np.float64)
+    for j in range(w.shape[1]):
+        col = w[:, j]
+        q = col.copy() if s is None else nearest_code((col / s)[:, None], codes)[:, 0] * s
+        q[pruned[:, j]] = 0.0
+        out[:, j] = q
+        w[:, j + 1 :] -= np.outer((col - q) / u[j, j], u[j, j + 1 :])
+    return out
+
+
+def output_error(w: np.ndarray, w_star: np.ndarray, h: np.ndarray) -> float:
+    """tr((W - W*) H (W - W*)^T): the squared output error summed over the data."""
+    diff = np.asarray(w, np.float64) - np.asarray(w_star, np.float64)
+    return float(np.einsum("ij,jk,ik->", diff, h, diff))

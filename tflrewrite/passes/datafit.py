@@ -1,0 +1,434 @@
+"""Data-aware pruning and clustering: each layer, in graph order, is compressed so that its
+outputs on the calibration samples stay as close as they can to the *original* model's.
+
+For a layer with original weights W and inputs X_o (from the original model) and inputs
+X_c (from the model as compressed so far, upstream layers included), the compressed W'
+minimises ||W' X_c - W X_o||^2 under the step's constraints. Its unconstrained optimum is
+W* = W + W (G - H) H^-1 with H = X_c X_c^T and G = X_o X_c^T (W itself when nothing
+upstream changed); the constrained one is found by kernels.reconstruct (pruning and
+rounding with optimal-brain-surgeon updates). Convolutions use im2col patches, depthwise
+convolutions one 9-tap problem per channel. After each layer its bias absorbs the mean
+output shift (bias correction), and the next layer's inputs come from a fresh run.
+
+Steps:
+- prune: mask by the OBS cost w^2 / [H^-1]_jj^2 with the pass's pattern and counts (the
+  kernels of the magnitude path, given costs instead of magnitudes), then weight updates.
+  Weights stay float (or on their int8 grid, scales kept). Depthwise kernels are left
+  alone: with 9 taps, pruning them costs more accuracy than their bytes are worth.
+- cluster: codebook per unit (tensor or channel) by optimal 1-D k-means of W* in stored
+  units (int8 codes for int8 weights: with per-channel scales a tensor codebook is one
+  normalised codebook scaled per channel), then assignment with error feedback; zeros
+  stay zero and no kept weight becomes zero.
+- refine: full-integer int8 weights re-rounded with error feedback (no clustering).
+Layers it cannot handle (TRANSPOSE_CONV, BATCH_MATMUL, weights shared between ops, other
+subgraphs) fall back to the magnitude pass, and the records say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from tflrewrite.kernels import kmeans1d
+from tflrewrite.kernels import prune as prune_kernels
+from tflrewrite.kernels import reconstruct as kernels
+from tflrewrite.model import Model, Operator, Tensor
+from tflrewrite.passes import cluster, prune
+from tflrewrite.passes.common import PassResult, Rule, select, weight_stats
+from tflrewrite.progress import Progress
+from tflrewrite.weights import Weight, find_weights, record, replace_data
+
+STEPS = ("prune", "cluster")
+LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+SAME, VALID = 0, 1  # TFLite Padding
+BATCH = 32  # samples whose patches are multiplied at once
+DEPTHWISE_NOT_PRUNED = "with data, depthwise kernels are not pruned (a few taps each: too few to lose)"
+
+
+def run(step: str, model: Model, options, rules: tuple[Rule, ...], data, original: Model):
+    """The `step` ("prune", "cluster" or "refine") of `model` fitted to `original`'s layer
+    outputs on `data` (calibrate.Samples)."""
+    if step == "refine":
+        options, rules = cluster.Options(clusters=256, granularity="channel"), ()
+    magnitude = prune if step == "prune" else cluster
+    refuse = prune._not_prunable if step == "prune" else _no_reason
+    model, chosen, records = select(model, options, rules, refuse)
+    sg = model.subgraphs[0]
+    readers = _readers(sg)
+    fitted, fallback = [], {}
+    for w, opts in chosen:
+        reason = _not_fittable(w, readers, step)
+        if reason == DEPTHWISE_NOT_PRUNED:
+            records.append(record(w, "skipped", reason))
+        elif reason:
+            fallback[w.name] = (opts, reason)
+        else:
+            fitted.append((w.name, opts))
+    if fallback and step != "refine":
+        model, done = _magnitude(magnitude, model, fallback)
+        records += done
+    elif fallback:
+        records += [
+            {"tensor": name, "op": "", "action": "skipped", "reason": f"not refined: {why}"}
+            for name, (_, why) in fallback.items()
+        ]
+    sg = model.subgraphs[0]
+    readers = _readers(sg)
+    weights = {w.name: w for w in find_weights(model)[0]}
+    order = {id(op): i for i, op in enumerate(sg.operators)}
+    fitted.sort(key=lambda item: order[id(readers[id(weights[item[0]].tensor)][0])])
+    original_index = _ops_by_output(original.subgraphs[0])
+    reference = _Activations(original)
+    bar = Progress(f"{step}: fitting layers", len(fitted))
+    for k, (name, opts) in enumerate(fitted):
+        w = weights[name]
+        op = readers[id(w.tensor)][0]
+        source = original_index.get(_base_name(op.outputs[0].name))
+        if source is None:
+            records.append(record(w, "skipped", "no layer of the original writes its output"))
+            continue
+        records.append(_fit(step, model, op, w, opts, source, original, reference, data))
+        bar(k + 1)
+    return PassResult(model, records)
+
+
+def _no_reason(w: Weight, opts) -> None:
+    return None
+
+
+def _readers(sg) -> dict[int, list[Operator]]:
+    out: dict[int, list[Operator]] = {}
+    for op in sg.operators:
+        for t in op.inputs:
+            if t is not None:
+                out.setdefault(id(t), []).append(op)
+    return out
+
+
+def _not_fittable(w: Weight, readers: dict, step: str) -> str | None:
+    ops = readers.get(id(w.tensor), [])
+    if w.subgraph != 0:
+        return "not in the main subgraph"
+    if w.dequantize:
+        return "read through DEQUANTIZE"
+    if len(ops) != 1 or w.aliases:
+        return "shared by several ops"
+    if ops[0].type not in LAYER_OPS:
+        return f"{ops[0].type} layers are not fitted to data"
+    if step == "prune" and ops[0].type == "DEPTHWISE_CONV_2D":
+        return DEPTHWISE_NOT_PRUNED
+    if step == "refine" and w.tensor.dtype != "INT8":
+        return "not int8"
+    return None
+
+
+def _magnitude(module, model: Model, fallback: dict) -> tuple[Model, list[dict]]:
+    """The magnitude pass over the weights the fit leaves alone (each with the options it
+    was chosen with), every other weight untouched."""
+    rules = tuple(
+        Rule(f"^{re.escape(name)}$", dataclasses.asdict(opts))
+        for name, (opts, _) in fallback.items()
+    ) + (Rule("", None),)
+    out = module.run(model, next(iter(fallback.values()))[0], rules)
+    done = []
+    for r in out.records:
+        if r["tensor"] in fallback:
+            r["method"] = "magnitude"
+            r["why_not_data"] = fallback[r["tensor"]][1]
+            done.append(r)
+    return out.model, done
+
+
+# ------------------------------------------------------------------ activations
+
+
+class _Activations:
+    """A model run in LiteRT with every tensor kept, read by tensor name in real values."""
+
+    def __init__(self, model: Model):
+        from tflrewrite import writer
+        from tflrewrite.reports.verify import Runner
+
+        self.runner = Runner(
+            "model being fitted", content=writer.to_bytes(model), keep_tensors=True
+        )
+        details = self.runner.interpreter.get_tensor_details()
+        self.index = {d["name"]: d for d in details}
+
+    def run(self, sample: list[np.ndarray]) -> None:
+        self.runner.run(sample)
+
+    def get(self, name: str) -> np.ndarray:
+        d = self.index[name]
+        value = self.runner.interpreter.get_tensor(d["index"])
+        scale, zero = d["quantization"]
+        if scale:
+            return (value.astype(np.float64) - zero) * scale
+        return value.astype(np.float64)
+
+
+def _base_name(name: str) -> str:
+    return name.removesuffix("_int8")
+
+
+def _ops_by_output(sg) -> dict[str, Operator]:
+    return {op.outputs[0].name: op for op in sg.operators if op.outputs and op.outputs[0]}
+
+
+# ------------------------------------------------------------------ one layer
+
+
+@dataclass
+class _Stats:
+    h: np.ndarray  # groups x d x d
+    g: np.ndarray  # groups x d x d
+    mean_c: np.ndarray  # groups x d
+    mean_o: np.ndarray  # groups x d
+    count: int
+
+
+def _fit(step, model, op, w, opts, source, original, reference, data) -> dict:
+    current = _Activations(model)
+    stats = _collect(op, source, current, reference, data.values)
+    w_orig = _real(_weight_tensor(original, source))  # original real weights, weight shape
+    rows_orig = _rows(op.type, w_orig)  # groups x rows x d
+    rows_now = _rows(op.type, _real(w.tensor))
+    scales = _row_scales(op.type, w.tensor)  # groups x rows, or None for float
+    factors, targets = [], []
+    for g in range(rows_orig.shape[0]):
+        u = kernels.inverse_cholesky(stats.h[g])
+        factors.append(u)
+        targets.append(rows_orig[g] + rows_orig[g] @ (stats.g[g] - stats.h[g]) @ (u.T @ u))
+    zeros = rows_now == 0
+    if step == "prune":  # one group: depthwise kernels are not pruned with data
+        scores = kernels.obs_scores(targets[0], factors[0])
+        pruned = zeros | _prune_mask(scores, zeros[0], opts)[None]
+        codes = [None]
+    else:
+        pruned = zeros
+        codes = _codebooks(np.stack(targets), pruned, scales, opts, step)
+    new_rows = np.empty_like(rows_orig)
+    for g, (u, w_star) in enumerate(zip(factors, targets)):
+        s = None if scales is None else scales[g]
+        if s is None and codes[g] is not None:
+            s = np.ones(w_star.shape[0])
+        new_rows[g] = kernels.solve(w_star, u, pruned[g], s, codes[g])
+    values = _from_rows(op.type, new_rows, w_orig.shape)
+    before = weight_stats(w.channels(w.tensor.data))
+    stored = _stored(w.tensor, values)
+    replace_data(model, w, stored)
+    _correct_bias(model, op, source, original, new_rows, rows_orig, stats)
+    action = {"prune": "pruned", "cluster": "clustered", "refine": "rounded"}[step]
+    after = weight_stats(w.channels(stored))
+    mse = float(np.mean((_real(w.tensor) - w_orig) ** 2))
+    return record(
+        w, action, method="data", before=before, after=after, mse=mse, samples=len(data.values)
+    )
+
+
+def _collect(op, source, current, reference, samples) -> _Stats:
+    """H, G and mean patches of the layer's input over the samples."""
+    name_c, name_o = op.inputs[0].name, source.inputs[0].name
+    acc = None
+    for start in range(0, len(samples), BATCH):
+        pcs, pos = [], []
+        for sample in samples[start : start + BATCH]:
+            current.run(sample)
+            reference.run(sample)
+            pcs.append(_patches(op, current.get(name_c)))
+            pos.append(_patches(op, reference.get(name_o)))
+        pc, po = np.concatenate(pcs, axis=1), np.concatenate(pos, axis=1)
+        h = np.matmul(pc.transpose(0, 2, 1), pc)
+        g = np.matmul(po.transpose(0, 2, 1), pc)
+        if acc is None:
+            acc = _Stats(h, g, pc.sum(1), po.sum(1), pc.shape[1])
+        else:
+            acc.h += h
+            acc.g += g
+            acc.mean_c += pc.sum(1)
+            acc.mean_o += po.sum(1)
+            acc.count += pc.shape[1]
+    acc.mean_c /= max(acc.count, 1)
+    acc.mean_o /= max(acc.count, 1)
+    return acc
+
+
+def _patches(op: Operator, x: np.ndarray) -> np.ndarray:
+    """The layer's input as groups x positions x d (one group, or one per depthwise
+    channel), in the order its weights flatten."""
+    if op.type == "FULLY_CONNECTED":
+        depth = op.inputs[1].shape[1]
+        return x.reshape(1, -1, depth)
+    w = op.inputs[1]
+    kh, kw = w.shape[1], w.shape[2]
+    o = op.options
+    n, height, width, c = x.shape
+    oh, pt, pb = _window(height, kh, o.strideH, o.dilationHFactor, o.padding)
+    ow, pl, pr = _window(width, kw, o.strideW, o.dilationWFactor, o.padding)
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            a, b = i * o.dilationHFactor, j * o.dilationWFactor
+            taps.append(
+                xp[
+                    :,
+                    a : a + o.strideH * (oh - 1) + 1 : o.strideH,
+                    b : b + o.strideW * (ow - 1) + 1 : o.strideW,
+                    :,
+                ]
+            )
+    p = np.stack(taps, axis=3)  # n, oh, ow, taps, c
+    if op.type == "CONV_2D":
+        return p.reshape(1, n * oh * ow, kh * kw * c)
+    multiplier = w.shape[3] // c
+    p = np.repeat(p, multiplier, axis=4) if multiplier > 1 else p
+    return np.moveaxis(p.reshape(n * oh * ow, kh * kw, c * multiplier), 2, 0)
+
+
+def _window(size: int, k: int, stride: int, dilation: int, padding: int) -> tuple[int, int, int]:
+    """(output size, padding before, padding after), as TFLite computes them."""
+    span = (k - 1) * dilation + 1
+    if padding == VALID:
+        return (size - span) // stride + 1, 0, 0
+    out = -(-size // stride)
+    total = max((out - 1) * stride + span - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def _weight_tensor(model: Model, op: Operator) -> Tensor:
+    """The op's weights as a constant (behind a DEQUANTIZE of a constant, that constant)."""
+    t = op.inputs[1]
+    if t.is_constant:
+        return t
+    producer = next(p for p in model.subgraphs[0].operators if t in p.outputs)
+    return producer.inputs[0]
+
+
+def _real(t: Tensor) -> np.ndarray:
+    values = t.data.astype(np.float64)
+    q = t.quantization
+    if t.dtype not in ("INT8", "INT32") or q is None or not q.is_affine:
+        return values
+    shape = [1] * values.ndim
+    if q.per_axis:
+        shape[q.axis] = q.scale.size
+    return values * q.scale.astype(np.float64).reshape(shape if q.per_axis else -1)
+
+
+def _rows(op_type: str, w: np.ndarray) -> np.ndarray:
+    """groups x rows x d: conv OHWI and FC OI as one group of O rows; depthwise 1HWC as
+    C groups of one 9-tap row."""
+    if op_type == "DEPTHWISE_CONV_2D":
+        return np.moveaxis(w.reshape(-1, w.shape[3]), 1, 0)[:, None, :]
+    return w.reshape(1, w.shape[0], -1)
+
+
+def _from_rows(op_type: str, rows: np.ndarray, shape: tuple) -> np.ndarray:
+    if op_type == "DEPTHWISE_CONV_2D":
+        return np.moveaxis(rows[:, 0, :], 0, 1).reshape(shape)
+    return rows[0].reshape(shape)
+
+
+def _row_scales(op_type: str, t: Tensor) -> np.ndarray | None:
+    """groups x rows of per-row scales for int8 weights (None for float ones)."""
+    if t.dtype != "INT8":
+        return None
+    scale = t.quantization.scale.astype(np.float64)
+    count = t.shape[3] if op_type == "DEPTHWISE_CONV_2D" else t.shape[0]
+    scale = np.broadcast_to(scale, (count,)) if scale.size == 1 else scale
+    return scale[:, None] if op_type == "DEPTHWISE_CONV_2D" else scale[None, :]
+
+
+def _stored(t: Tensor, values: np.ndarray) -> np.ndarray:
+    if t.dtype != "INT8":
+        return values.astype(t.np_dtype)
+    q = t.quantization
+    shape = [1] * values.ndim
+    if q.per_axis:
+        shape[q.axis] = q.scale.size
+    codes = np.round(values / q.scale.astype(np.float64).reshape(shape if q.per_axis else -1))
+    return np.clip(codes, -127, 127).astype(np.int8)
+
+
+def _prune_mask(scores: np.ndarray, zeros: np.ndarray, opts) -> np.ndarray:
+    """Where to prune, by OBS cost, with the pattern and counts of the magnitude pass;
+    existing zeros rank first so that they count toward the target."""
+    cost = np.where(zeros, -1.0, scores).astype(np.float32)
+    cost = np.where(zeros, 0.0, cost + np.float32(1e-30))
+    rows, d = cost.shape
+    if opts.n_of_m:
+        return prune_kernels.n_of_m_mask(cost, *opts.n_of_m)
+    if opts.block:
+        k = np.full(rows, prune_kernels.prune_count(d // opts.block, opts.sparsity), np.int64)
+        return prune_kernels.block_mask(cost, opts.block, k)
+    if opts.scope != "channel":
+        flat = cost.reshape(1, -1)
+        k = np.array([prune_kernels.prune_count(flat.shape[1], opts.sparsity)], np.int64)
+        return prune_kernels.smallest_k_mask(flat, k).reshape(cost.shape)
+    k = np.full(rows, prune_kernels.prune_count(d, opts.sparsity), np.int64)
+    return prune_kernels.smallest_k_mask(np.ascontiguousarray(cost), k)
+
+
+def _codebooks(targets, pruned, scales, opts, step) -> list:
+    """Per group, rows x K nonzero codes each row may take, in stored units (int8 codes
+    for int8 weights); None per group for the plain int8 grid (refine)."""
+    if step == "refine":
+        return [None] * len(targets)
+    s = np.ones(targets.shape[:2]) if scales is None else scales
+    units = targets / s[:, :, None]
+    k = opts.clusters - 1  # zero is a cluster of its own
+    integer = scales is not None
+    if opts.granularity == "tensor":
+        shared = _centroids(units[~pruned], k, integer)
+        return [np.broadcast_to(shared, (u.shape[0], shared.size)).copy() for u in units]
+    out = []
+    for group, mask in zip(units, pruned):
+        per_row = [_centroids(r[~p], k, integer) for r, p in zip(group, mask)]
+        width = max(c.size for c in per_row)
+        out.append(np.stack([np.pad(c, (0, width - c.size), mode="edge") for c in per_row]))
+    return out
+
+
+def _centroids(values: np.ndarray, k: int, integer: bool) -> np.ndarray:
+    """Up to k nonzero centroids of `values` (optimal 1-D k-means); rounded to nonzero
+    integers within int8 for int8 codes."""
+    if values.size == 0:
+        return np.array([1.0])
+    x = np.sort(values.astype(np.float64))
+    clustered = kmeans1d.cluster_float_rows(x[None, :], max(k, 1), False)[0]
+    centres = np.unique(clustered)
+    if integer:
+        rounded = np.clip(np.floor(np.abs(centres) + 0.5), 1, 127) * np.sign(centres)
+        centres = np.unique(np.where(centres == 0, 1.0, rounded))
+    return centres[centres != 0] if np.any(centres != 0) else np.array([1.0])
+
+
+def _correct_bias(model, op, source, original, new_rows, rows_orig, stats) -> None:
+    """Fold the mean output shift into the bias: b' = b_o + W_o m_o - W' m_c."""
+    if len(op.inputs) < 3 or op.inputs[2] is None or not op.inputs[2].is_constant:
+        return
+    b = op.inputs[2]
+    b_orig = source.inputs[2] if len(source.inputs) > 2 and source.inputs[2] is not None else None
+    base = _real(_bias_tensor(original, b_orig)).reshape(-1) if b_orig is not None else 0.0
+    shift_o = np.einsum("grd,gd->gr", rows_orig, stats.mean_o).reshape(-1)
+    shift_c = np.einsum("grd,gd->gr", new_rows, stats.mean_c).reshape(-1)
+    real = base + shift_o - shift_c
+    if b.dtype == "INT32" and b.quantization is not None and b.quantization.is_affine:
+        scale = np.broadcast_to(b.quantization.scale.astype(np.float64), real.shape)
+        stored = np.clip(np.round(real / scale), -(2**31 - 1), 2**31 - 1).astype(np.int32)
+    elif b.dtype == "FLOAT32":
+        stored = real.astype(np.float32)
+    else:
+        return
+    b.buffer = model.add_buffer(stored.reshape(b.shape))
+
+
+def _bias_tensor(model: Model, t: Tensor) -> Tensor:
+    if t.is_constant:
+        return t
+    producer = next(p for p in model.subgraphs[0].operators if t in p.outputs)
+    return producer.inputs[0]
