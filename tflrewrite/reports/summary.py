@@ -40,11 +40,15 @@ def build(
             with open(path, "rb") as f:
                 report[f"{key}_zip_bytes"] = zip_size(f.read(), os.path.basename(path))
     report["passes"] = records
+    # LiteRT has no TFLM_DECODE kernel: a model laid down for TFLite Micro runs in its
+    # interpreter, and the input with it so that both sides run the same kernels.
+    tflm = any(step["pass"] == "target:tflm" for step in records)
     if data is not None:
-        report["verify"] = _verify(input_path, output_path, data.values, data.source)
-        report["layers"] = _layers(input_path, output_path, data.values[:LAYER_SAMPLES])
+        report["verify"] = _verify(input_path, output_path, data.values, data.source, tflm)
+        if not tflm:
+            report["layers"] = _layers(input_path, output_path, data.values[:LAYER_SAMPLES])
     elif verify_samples:
-        report["verify"] = _verify(input_path, output_path, verify_samples, seed)
+        report["verify"] = _verify(input_path, output_path, verify_samples, seed, tflm)
     return report
 
 
@@ -83,13 +87,19 @@ def verify_data(model_path: str, recipe: Any, limit: int) -> Any:
     return held_out
 
 
-def _verify(reference: str, candidate: str, samples: Any, source: Any) -> dict:
+def _verify(reference: str, candidate: str, samples: Any, source: Any, tflm: bool) -> dict:
     """Verify on `samples` (a list of samples from `source`), or on that many seeded
-    random inputs (`source` is then the seed)."""
+    random inputs (`source` is then the seed); in LiteRT, or in tflite-micro if `tflm`."""
     from tflrewrite.reports import verify
 
+    if tflm and not verify.tflm_available():
+        return {
+            "skipped": "the output's TFLM_DECODE ops run only in TFLite Micro, and the "
+            "tflite-micro package is not installed (pip install 'tflrewrite[tflm]')"
+        }
+    runner = verify.TflmRunner if tflm else verify.Runner
     try:
-        ref, cand = verify.Runner(reference), verify.Runner(candidate)
+        ref, cand = runner(reference), runner(candidate)
         if isinstance(samples, int):
             inputs, source = (
                 verify.random_inputs([ref, cand], samples, source),
@@ -97,9 +107,11 @@ def _verify(reference: str, candidate: str, samples: Any, source: Any) -> dict:
             )
         else:
             inputs = samples
-        return verify.compare(ref, cand, inputs, source).to_json()
+        result = verify.compare(ref, cand, inputs, source).to_json()
     except TflRewriteError as e:
         return {"error": str(e)}
+    result["runtime"] = "tflite-micro" if tflm else "LiteRT"
+    return result
 
 
 def _layers(reference: str, candidate: str, samples: list) -> list[dict] | dict:
@@ -164,10 +176,13 @@ def print_report(report: dict, out: TextIO, verbose: bool = False) -> None:
     verify = report.get("verify")
     if verify is None:
         return
-    if "error" in verify:
-        out.write(f"\nverify: {verify['error']}\n")
+    if "error" in verify or "skipped" in verify:
+        out.write(f"\nverify: {verify.get('error') or 'skipped: ' + verify['skipped']}\n")
         return
-    out.write(f"\nverify against the input, {verify['samples']} samples, {verify['inputs']}:\n")
+    out.write(
+        f"\nverify against the input in {verify['runtime']}, {verify['samples']} samples, "
+        f"{verify['inputs']}:\n"
+    )
     table = [("output", "SQNR dB", "max |err|", "top-1 agree")]
     for o in verify["outputs"]:
         table.append(

@@ -1,8 +1,10 @@
-"""Runs a reference and a candidate model side by side in LiteRT and measures how far apart
-their outputs are."""
+"""Runs a reference and a candidate model side by side in LiteRT (or, for models laid down
+for TensorFlow Lite Micro, in the tflite-micro package's interpreter) and measures how far
+apart their outputs are."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from collections.abc import Callable
@@ -11,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from tflrewrite.errors import TflRewriteError
+from tflrewrite.model import Model
 
 
 @dataclass
@@ -94,6 +97,79 @@ class Runner:
                 f"{self.path}: LiteRT failed to run it: {_first_line(e)}"
             ) from None
         return [_to_real(self.interpreter.get_tensor(d["index"]), d) for d in self.outputs]
+
+
+def tflm_available() -> bool:
+    """Whether the tflite-micro package (the `tflm` extra) is installed."""
+    return importlib.util.find_spec("tflite_micro") is not None
+
+
+class TflmRunner:
+    """One model in the tflite-micro package's interpreter, with Runner's interface: the
+    one runtime here with TFLM's DECODE op. Reads the file with tflrewrite's reader too,
+    for the names of the inputs and outputs and the arena size."""
+
+    def __init__(self, path: str | os.PathLike):
+        from tflite_micro.python.tflite_micro import runtime
+
+        from tflrewrite import reader
+
+        self.path = os.fspath(path)
+        model = reader.read(self.path)
+        with open(self.path, "rb") as f:
+            self._data = f.read()  # the interpreter reads the model where it lies
+        try:
+            self.interpreter = runtime.Interpreter.from_bytes(self._data, arena_size=_arena(model))
+            sg = model.subgraphs[0]
+            self.inputs = [
+                _tflm_detail(self.interpreter.get_input_details(i), i, t.name)
+                for i, t in enumerate(sg.inputs)
+            ]
+            self.outputs = [
+                _tflm_detail(self.interpreter.get_output_details(i), i, t.name)
+                for i, t in enumerate(sg.outputs)
+            ]
+        except (RuntimeError, ValueError) as e:
+            raise TflRewriteError(
+                f"{self.path}: tflite-micro cannot load it: {_first_line(e)}"
+            ) from None
+
+    def run(self, sample: list[np.ndarray]) -> list[np.ndarray]:
+        try:
+            for i, (detail, value) in enumerate(zip(self.inputs, sample)):
+                self.interpreter.set_input(_to_stored(value, detail), i)
+            self.interpreter.invoke()
+            return [_to_real(self.interpreter.get_output(i), d) for i, d in enumerate(self.outputs)]
+        except (RuntimeError, ValueError) as e:
+            raise TflRewriteError(
+                f"{self.path}: tflite-micro failed to run it: {_first_line(e)}"
+            ) from None
+
+
+def _arena(model: Model) -> int:
+    """Arena bytes that surely hold the model's tensors: the package's default (ten times
+    the file) does not count weights that DECODE ops expand into the arena at run time."""
+    activations = sum(
+        int(np.prod(t.shape or (1,))) * (t.np_dtype.itemsize if t.np_dtype is not None else 8)
+        for _, _, t in model.tensors()
+        if not t.is_constant
+    )
+    items = sum(len(sg.tensors) + len(sg.operators) for sg in model.subgraphs)
+    return 2 * activations + 256 * items + 2**20
+
+
+def _tflm_detail(detail: dict, index: int, name: str) -> dict:
+    """A tflite-micro tensor description in LiteRT's form (per-tensor quantization only)."""
+    q = detail["quantization_parameters"]
+    scales, zeros = q["scales"], q["zero_points"]
+    quantization = (float(scales[0]), int(zeros[0])) if scales.size == 1 else (0.0, 0)
+    return {
+        "index": index,
+        "name": name,
+        "dtype": detail["dtype"],
+        "shape": np.asarray(detail["shape"]),
+        "quantization": quantization,
+    }
 
 
 def random_inputs(runners: list[Runner], samples: int, seed: int) -> list[list[np.ndarray]]:

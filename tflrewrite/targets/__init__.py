@@ -18,6 +18,10 @@ TARGETS = {
     "the file gets smaller (int8: 1x16 blocks, float32: 1x4; pair with --prune-pattern)",
     "xnnpack": "float conv/FC weights sparse behind DENSIFY where XNNPACK's sparse inference "
     "takes them (1x1 convs > 2/3 zeros; runs sparse on ARM, not on x86 with AVX)",
+    "tflm": "clustered weights as TFLite Micro lookup tables: bit-packed indices expanded by "
+    "TFLM_DECODE ops (pair with --cluster)",
+    "ethos-u": "dense full-integer int8 for Arm's Vela: per-tensor FULLY_CONNECTED weights, "
+    "and --cluster as one codebook per weight shaped for Vela's weight codec",
 }
 
 
