@@ -80,7 +80,7 @@ def run_all(path_or_bytes, seed: int = 0, samples: int = 3) -> dict[str, list[np
 PROBE_TAG = "TFLREWRITE_PROBE"
 SSE_BITS = 0xF
 
-_PROBE_CHILD = r"""
+PROBE_CHILD = r"""
 import sys, time
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
@@ -161,7 +161,7 @@ def xnnpack_probe(
             sys.executable,
             "-c",
         ]
-        cmd += [_PROBE_CHILD, str(path), inputs, outputs, str(runs)]
+        cmd += [PROBE_CHILD, str(path), inputs, outputs, str(runs)]
         env = dict(os.environ, PYTHONHASHSEED="0")
         proc = subprocess.run(
             cmd, capture_output=True, text=True, errors="replace", timeout=timeout, env=env

@@ -477,17 +477,19 @@ def make_sparse_convnet(tf):
     depthwise convs also padded explicitly), one residual ADD, and a global MEAN before the
     classifier. Seeded random weights (no training): biases are nonzero so outputs are O(1)."""
     keras = tf.keras
-    init = {
-        "kernel_initializer": keras.initializers.HeNormal(seed=3),
-        "bias_initializer": keras.initializers.RandomNormal(0.0, 0.1, seed=4),
-    }
-    dw_init = {
-        "depthwise_initializer": keras.initializers.HeNormal(seed=5),
-        "bias_initializer": keras.initializers.RandomNormal(0.0, 0.1, seed=6),
-    }
+    seeds = iter(range(100, 200))
+
+    def init(kernel: str = "kernel_initializer") -> dict:
+        # A seed per layer: layers of one shape with one seed get identical weights, which
+        # the converter would store once.
+        return {
+            kernel: keras.initializers.HeNormal(seed=next(seeds)),
+            "bias_initializer": keras.initializers.RandomNormal(0.0, 0.1, seed=next(seeds)),
+        }
+
     inp = keras.Input(shape=(32, 32, 3), batch_size=1, name="image")
     x = keras.layers.ZeroPadding2D(1, name="stem_pad")(inp)
-    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu6", name="stem", **init)(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu6", name="stem", **init())(x)
     for i, (width, stride, residual) in enumerate(
         [(32, 1, False), (64, 2, False), (64, 1, True), (128, 2, False), (128, 1, False)]
     ):
@@ -496,12 +498,17 @@ def make_sparse_convnet(tf):
             y = keras.layers.ZeroPadding2D(1, name=f"pad{i}")(y)
         pad = "valid" if stride == 2 else "same"
         y = keras.layers.DepthwiseConv2D(
-            3, strides=stride, padding=pad, activation="relu6", name=f"dw{i}", **dw_init
+            3,
+            strides=stride,
+            padding=pad,
+            activation="relu6",
+            name=f"dw{i}",
+            **init("depthwise_initializer"),
         )(y)
-        y = keras.layers.Conv2D(width, 1, activation="relu6", name=f"pw{i}", **init)(y)
+        y = keras.layers.Conv2D(width, 1, activation="relu6", name=f"pw{i}", **init())(y)
         x = keras.layers.Add(name=f"add{i}")([x, y]) if residual else y
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    x = keras.layers.Dense(10, name="logits", **init)(x)
+    x = keras.layers.Dense(10, name="logits", **init())(x)
     model = keras.Model(inp, x, name="sparse_convnet")
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     return _convert(conv), (

@@ -142,6 +142,9 @@ def run(model: Model, options: Options | None = None, rules: tuple[Rule, ...] = 
         log.info("subgraph %d: %s", si, verdict.reason)
         mine = [w for w in weights if w.subgraph == si]
         chosen = _chosen_filters(sg, verdict, options)
+        for w in _densified(sg, si):
+            why = "already stored sparse behind DENSIFY"
+            records.append(record(w, "skipped", why, sparse_inference=verdict.reason))
         densified = 0
         for w in mine:
             why = _not_encodable(sg, w, verdict, chosen)
@@ -154,6 +157,20 @@ def run(model: Model, options: Options | None = None, rules: tuple[Rule, ...] = 
         if verdict.qualifies and not densified:
             log.warning("subgraph %d qualifies, but no filter in it was stored sparse", si)
     return PassResult(model, records)
+
+
+def _densified(sg: Subgraph, si: int) -> list[Weight]:
+    """Filters that reach their ops through a DENSIFY already (find_weights skips them)."""
+    made = {id(op.outputs[0]): op.inputs[0] for op in sg.operators if op.type == "DENSIFY"}
+    for op in sg.operators:
+        if op.type == "DEQUANTIZE" and op.inputs and id(op.inputs[0]) in made:
+            made[id(op.outputs[0])] = made[id(op.inputs[0])]
+    found: dict[int, Weight] = {}
+    for op in sg.operators:
+        t = made.get(id(op.inputs[1])) if op.type in FILTER_OPS and len(op.inputs) > 1 else None
+        if t is not None and id(t) not in found:
+            found[id(t)] = Weight(si, t, op.type, 0, None)
+    return list(found.values())
 
 
 def check(model: Model) -> list[Verdict]:
@@ -274,8 +291,9 @@ def _tf_same(op: Operator) -> bool:
 
 
 def _name(op: Operator) -> str:
+    """The op and its output's name, up to the first ';' (converters join fused names)."""
     out = op.outputs[0] if op.outputs and op.outputs[0] is not None else None
-    return f"{op.type} {out.name!r}" if out is not None else op.type
+    return f"{op.type} {out.name.split(';')[0]!r}" if out is not None else op.type
 
 
 def _layout(n: _Node, roots: dict[int, Tensor]) -> tuple[int, str | None]:
