@@ -203,7 +203,7 @@ def test_encoded_weights_decode_to_the_dense_clustered_values(corpus_outputs):
                 bits, stride = int(header[5]) & 7, int(header[6])
                 channels, interleaved = tflm.decoder_channels(original)
                 tables = ancillary.data[tflm.DCM_SIZE :].view(original.np_dtype)
-                lut = tflm.Lut(bits, tables, stride, header[5] >> 4, encoded.data, 0)
+                lut = tflm.Lut(bits, tables, stride, header[5] >> 4, encoded.data)
                 assert encoded.data.size == bitpack.packed_size(original.data.size, bits)
                 values = tflm.decode(lut, original.shape, channels, interleaved)
                 assert np.array_equal(values, original.data), (name, encoded.name)
@@ -388,6 +388,34 @@ def test_float_tables_keep_the_bits(rng):
     values = rng.choice(np.array([0.0, -0.0, 1.5, np.nan], np.float32), size=(4, 7))
     lut = roundtrip(weight(values))
     assert lut.bits == 2 and lut.tables.dtype == np.float32
+
+
+@given(
+    st.integers(1, 6),
+    st.integers(1, 9),
+    st.integers(1, 130),
+    st.sampled_from(["first", "last", "tensor"]),
+    st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=100, deadline=None)
+def test_both_layouts_decode_to_the_weight(channels, per_channel, levels, axis, seed):
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(-128, 128, levels).astype(np.int8)
+    shape = (channels, per_channel) if axis != "last" else (per_channel, channels)
+    t = weight(
+        rng.choice(palette, shape),
+        1 if axis == "tensor" else channels,
+        shape.index(channels) if axis == "last" else 0,
+    )
+    for shared in (True, False):
+        lut = tflm.plan(t, shared=shared)
+        if isinstance(lut, str):  # over 7 bits, one channel only, or an axis TFLM refuses
+            assert lut.startswith(("one channel", "quantized along")) or "at most 7" in lut
+            continue
+        channels_, interleaved = tflm.decoder_channels(t)
+        back = tflm.decode(lut, t.shape, channels_, interleaved)
+        assert np.array_equal(back, t.data)
+        assert lut.bits == max(1, (lut.tables.shape[1] - 1).bit_length())
 
 
 def test_refusals():

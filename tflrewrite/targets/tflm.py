@@ -9,14 +9,17 @@ version 0.dev20261023182759, which decodes this form; tests/test_target_tflm.py 
 - A CUSTOM operator with custom_code "TFLM_DECODE" (builtin code 32 in both opcode fields),
   no options, is placed right before each operator that reads a compressed weight. Its
   inputs come in pairs (encoded tensor, ancillary tensor), one output per pair: a tensor
-  with no buffer and the weight's dtype, shape and quantization, which the reader reads
-  instead of the weight. TFLM keeps a DECODE output alive only until the next operator, so
-  every reader gets its own DECODE (one DECODE per reader decodes all the weights it reads).
-- Encoded tensor: UINT8, shape [bytes], no quantization: the indices in the weight's
-  row-major element order, `bits` (1..7) bits each, most significant bit first, with no
-  padding between channels (kernels/bitpack.py).
-- Ancillary tensor: UINT8, shape [bytes]: a 16-byte DECODE Common Metadata header, then the
-  value tables.
+  with no buffer and the weight's dtype, shape and quantization ("tflm_decoded_N"), which
+  the reader reads instead of the weight. TFLM keeps a DECODE output alive only until the
+  next operator, so every reader gets its own DECODE (one DECODE per reader decodes all
+  the weights it reads).
+- Encoded tensor: the weight's own tensor (its name kept), now UINT8, shape [bytes], no
+  quantization, holding the indices in the weight's row-major element order, `bits`
+  (1..7) bits each, most significant bit first, with no padding between channels
+  (kernels/bitpack.py).
+- Ancillary tensor ("tflm_lut_N"): UINT8, shape [bytes]: a 16-byte DECODE Common Metadata
+  header, then the value tables. Short names, because a name is paid for in every weight
+  and fused weight names run to 200 bytes.
     byte 0     decode type: 0 = lookup table
     byte 1     DCM version: 1
     bytes 2-3  reserved, 0
@@ -91,7 +94,6 @@ class Lut:
     stride: int  # 0: every channel reads the one table
     axis: int  # the format's table axis: ONE_TABLE_AXIS, or the quantized dimension
     packed: np.ndarray  # uint8
-    count: int  # elements of the weight
 
     def ancillary(self) -> np.ndarray:
         header = np.zeros(DCM_SIZE, np.uint8)
@@ -201,24 +203,27 @@ def _shared(keys: np.ndarray, channels: int) -> Lut:
     bits = _bits(table.size)
     packed = bitpack.pack(indices, bits) if bits <= MAX_BITS else np.zeros(0, np.uint8)
     stride = 0 if channels > 1 else table.size
-    return Lut(bits, table.reshape(1, -1), stride, ONE_TABLE_AXIS, packed, keys.size)
+    return Lut(bits, table.reshape(1, -1), stride, ONE_TABLE_AXIS, packed)
 
 
 def _per_channel(keys: np.ndarray, channels: int, interleaved: bool, axis: int) -> Lut:
     rows = keys.reshape(-1, channels).T if interleaved else keys.reshape(channels, -1)
-    found = [np.unique(r, return_inverse=True) for r in rows]
-    stride = max(table.size for table, _ in found)
+    # Every row's sorted values at once: a value's index is the number of distinct values
+    # before it in its row, and the row's table holds each distinct value at its index.
+    order = np.argsort(rows, axis=1, kind="stable")
+    ranked = np.take_along_axis(rows, order, axis=1)
+    rank = np.zeros(rows.shape, np.int64)
+    np.cumsum(ranked[:, 1:] != ranked[:, :-1], axis=1, out=rank[:, 1:])
+    stride = int(rank[:, -1].max()) + 1 if rows.size else 1
     tables = np.zeros((channels, stride), keys.dtype)
-    indices = np.empty(rows.shape, np.uint8)
-    for c, (table, inverse) in enumerate(found):
-        tables[c, : table.size] = table
-        if stride <= 1 << MAX_BITS:
-            indices[c] = inverse
+    tables[np.arange(channels)[:, None], rank] = ranked
     bits = _bits(stride)
     if bits > MAX_BITS:
-        return Lut(bits, tables, stride, axis, np.zeros(0, np.uint8), keys.size)
-    order = indices.T.reshape(-1) if interleaved else indices.reshape(-1)
-    return Lut(bits, tables, stride, axis, bitpack.pack(order, bits), keys.size)
+        return Lut(bits, tables, stride, axis, np.zeros(0, np.uint8))
+    indices = np.empty(rows.shape, np.uint8)
+    np.put_along_axis(indices, order, rank.astype(np.uint8), axis=1)
+    flat = indices.T.reshape(-1) if interleaved else indices.reshape(-1)
+    return Lut(bits, tables, stride, axis, bitpack.pack(flat, bits))
 
 
 def graph_overhead(t: Tensor, readers: int, first: bool) -> int:
