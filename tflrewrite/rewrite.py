@@ -36,9 +36,12 @@ def apply(
     """The model after every step of `recipe`, laid down for `target` (see
     tflrewrite.targets); the input model is left as it was. `data` (calibrate.Samples)
     calibrates full-integer quantization and, with `method` "data", guides pruning and
-    clustering."""
+    clustering. A target may run some steps its own way: its STEPS maps a step name to a
+    function with a pass's `run(model, options, rules)` (data-aware fitting comes first)."""
     result = Result(model)
     fit = data is not None and method == "data"
+    laid = targets.load(target) if target != "generic" else None
+    own = getattr(laid, "STEPS", {})
     names = [s.name for s in recipe.steps]
     for step in recipe.steps:
         if progress:
@@ -46,6 +49,8 @@ def apply(
         module = PASSES[step.name]
         if fit and step.name in datafit.STEPS:
             out = datafit.run(step.name, result.model, step.options, step.rules, data, model)
+        elif step.name in own:
+            out = own[step.name](result.model, step.options, step.rules)
         elif getattr(module, "USES_DATA", False):
             out = module.run(result.model, step.options, step.rules, data=data)
         else:
@@ -57,10 +62,10 @@ def apply(
                 out = datafit.run("refine", result.model, None, step.rules, data, model)
                 result.model = out.model
                 result.records.append({"pass": "refine", "tensors": out.records})
-    if target != "generic":
+    if laid is not None:
         if progress:
             progress(f"target {target}")
-        out = targets.load(target).run(result.model)
+        out = laid.run(result.model)
         result.model = out.model
         result.records.append({"pass": f"target:{target}", "tensors": out.records})
     if recipe.steps or target != "generic":

@@ -1,0 +1,413 @@
+"""The Ethos-U target: dense int8 weights laid down for Arm's Vela compiler and the weight
+codec of the Ethos-U NPUs.
+
+What Vela needs (ethos-u-vela 5.2, checked by compiling models with it):
+- Full-integer operators. Vela runs an operator with float tensors on the CPU, so a float
+  or weight-only quantized model gains nothing from it: such models are refused.
+- Dense weights. Vela reads a weight's buffer as dense and ignores SparsityParameters, so
+  sparse weights are densified here and DENSIFY operators in front of weights removed.
+- Per-tensor FULLY_CONNECTED weights for older compilers: Vela 3.x (2023; its
+  tflite_supported_operators.py has `per_axis_quant_ops = convolution_like_ops`) runs a
+  FULLY_CONNECTED with per-channel weights on the CPU; 5.2 takes either. Per-tensor costs
+  no encoded bytes (Vela writes a 32-bit scale for every output channel either way) and
+  works with both, so per-channel FULLY_CONNECTED weights are requantized per tensor.
+- Sum of |weight| over an output channel at most 127 * 65536 = 8,323,072 (its
+  `weights_limit`), or the operator runs on the CPU: reported, not changed.
+
+What the codec rewards (kernels/palette.py has the details and sources): each output-channel
+block of a weight is one interleaved stream with one palette of at most 32 values, written
+as frequency ranks in Golomb-Rice codes, with zeros as run lengths when they dominate. So
+clustering pays only when the codebook is shared by all channels of the weight, and it pays
+more when a few values are frequent. This target therefore runs the recipe's cluster step its
+own way (STEPS): one codebook per weight tensor whatever the granularity asked, each
+channel's scale refitted to it (free on Ethos-U), and values assigned with the codec's code
+lengths in view, never with more weight error than plain tensor clustering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from tflrewrite.errors import UsageError
+from tflrewrite.kernels import palette as kernels
+from tflrewrite.model import Model, Operator, Quantization, Tensor
+from tflrewrite.passes import cluster as cluster_pass
+from tflrewrite.passes.common import (
+    PassResult,
+    Rule,
+    remember_stats,
+    select,
+    stats_of,
+    weight_stats,
+)
+from tflrewrite.weights import WEIGHT_OPS, Weight, find_weights, record, replace_data
+
+NAME = "ethos-u"
+
+FC = "FULLY_CONNECTED"
+WEIGHT_SUM_LIMIT = 127 * 65536
+BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, FC: 2, "TRANSPOSE_CONV": 3}
+INTEGER_ACTIVATIONS = ("INT8", "INT16")
+
+
+# Extra weight error (squared, as a fraction of plain tensor clustering's) the clustering
+# may spend on fewer codec bits. 0: never less accurate than plain tensor clustering. On the
+# MLPerf-Tiny models 0.05 would save about 1% more bytes for about 0.2 dB of weight SQNR.
+BUDGET = 0.0
+
+
+@dataclass(frozen=True)
+class Options:
+    pass
+
+
+def cluster(
+    model: Model, options: cluster_pass.Options, rules: tuple[Rule, ...] = ()
+) -> PassResult:
+    """The recipe's cluster step, laid down for the codec (see the module docstring)."""
+    require_integer(model)
+    model = model.copy()
+    densified = _densify(model)  # so that sparse weights get clustered too
+    model, chosen, records = select(model, options, rules, _not_clusterable)
+    for w, opts in chosen:
+        notes = {}
+        if _per_channel_fc(w):
+            done = _requantize_fc(model, w)
+            if done is None:
+                records.append(record(w, "skipped", BIAS_SHARED))
+                continue
+            notes["requantized"] = done
+        records.append(_cluster(model, w, opts, notes))
+    return PassResult(model, densified + records)
+
+
+STEPS = {"cluster": cluster}
+
+BIAS_SHARED = (
+    "per-channel FULLY_CONNECTED weights whose bias another operator shares: left "
+    "per-channel (Vela 3.x runs them on the CPU; 5.2 on the NPU)"
+)
+
+
+def run(model: Model, options: Options | None = None, rules: tuple[Rule, ...] = ()) -> PassResult:
+    """Refuse float models; densify sparse weights; make per-channel FULLY_CONNECTED weights
+    per-tensor (re-clustered when they were clustered); report weights Vela runs on the CPU."""
+    model = model.copy()
+    require_integer(model)
+    records = _densify(model)
+    weights, skipped = find_weights(model)
+    records += skipped
+    for w in weights:
+        if _per_channel_fc(w):
+            records.append(_requantize_record(model, w))
+        heavy = _weight_sum(w)
+        if heavy > WEIGHT_SUM_LIMIT:
+            records.append(
+                record(
+                    w,
+                    "skipped",
+                    f"an output channel's sum of |weights| is {heavy:,}, over Vela's limit of "
+                    f"{WEIGHT_SUM_LIMIT:,}: Vela runs {w.op_type} on the CPU",
+                )
+            )
+    return PassResult(model, records)
+
+
+def require_integer(model: Model) -> None:
+    """Refuse a model none of whose weight operators Vela can run: float or weight-only
+    quantized models. Some float operators in an integer model only run on the CPU."""
+    ops = [(op, sg) for sg in model.subgraphs for op in sg.operators if op.type in WEIGHT_OPS]
+    if not ops:
+        return
+    float_ops = [op for op, sg in ops if _float_reason(op)]
+    if len(float_ops) == len(ops):
+        raise UsageError(
+            f"--target ethos-u needs a full-integer model: Ethos-U runs int8 operators and "
+            f"Vela leaves float ones to the CPU, but every weight operator here is float "
+            f"(the first: {_float_reason(float_ops[0])}); quantize it first with "
+            f"--quantize int8 --calibration SAMPLES"
+        )
+
+
+def _float_reason(op: Operator) -> str | None:
+    x = op.inputs[0] if op.inputs else None
+    slot = WEIGHT_OPS[op.type][0]
+    wt = op.inputs[slot] if len(op.inputs) > slot else None
+    if x is not None and x.dtype not in INTEGER_ACTIVATIONS:
+        return f"{op.type} with {x.dtype} input"
+    if wt is not None and wt.dtype != "INT8":
+        return f"{op.type} with {wt.dtype} weights"
+    return None
+
+
+def _not_clusterable(w: Weight, opts: cluster_pass.Options) -> str | None:
+    if w.tensor.dtype != "INT8" or w.dequantize:
+        return f"{w.tensor.dtype} weights: Vela runs float operators on the CPU"
+    return None
+
+
+# ---------------------------------------------------------------- clustering
+
+
+def _cluster(model: Model, w: Weight, opts: cluster_pass.Options, notes: dict) -> dict:
+    before = stats_of(w)
+    rows, scales, per_channel = _scale_rows(w)
+    refit = _rescalable_biases(model, w) is not None
+    found = kernels.shared_palette(
+        rows, scales, opts.clusters, opts.preserve_sparsity, BUDGET, refit=refit
+    )
+    values = w.from_channels(found.values) if per_channel else found.values.reshape(w.shape)
+    _set_values(model, w, values, scales, found.scales)
+    if opts.granularity == "channel":
+        notes["codebook"] = (
+            "shared by the tensor, not per channel: Vela interleaves the channels in one "
+            "stream with one palette (channel scales refitted instead)"
+        )
+    if opts.clusters > kernels.PALETTE_MAX:
+        notes["palette"] = (
+            f"{opts.clusters} clusters: Vela's palette holds {kernels.PALETTE_MAX}; values "
+            f"beyond it are written directly ({kernels.DIRECT_BITS} bits)"
+        )
+    if opts.init != "optimal":
+        notes["init"] = "the codec-aware search starts from the optimal codebook"
+    size = max(values.size, 1)
+    return record(
+        w,
+        "clustered",
+        clusters=opts.clusters,
+        granularity=opts.granularity,
+        init=opts.init,
+        scales="refitted" if refit else "kept: a bias is shared with another weight",
+        index_bits={"plain": round(found.start_bits), "chosen": round(found.bits)},
+        plain_mse=found.start_sq_error / size,
+        **notes,
+        before=before,
+        after=remember_stats(w, weight_stats(w.channels(values))),
+        mse=found.sq_error / size,
+    )
+
+
+def _scale_rows(w: Weight) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The stored values as rows that each have one scale, the scales, and whether they are
+    per channel (else the whole tensor is one row, in storage order)."""
+    q = w.tensor.quantization
+    data = w.tensor.data
+    if q.per_axis and q.axis == w.out_axis:
+        return np.ascontiguousarray(w.channels(data)), q.scale.astype(np.float64), True
+    return data.reshape(1, -1), q.scale.astype(np.float64)[:1], False
+
+
+def _set_values(
+    model: Model, w: Weight, values: np.ndarray, old: np.ndarray, new: np.ndarray
+) -> None:
+    """New stored values and scales for the weight, its biases following the scales."""
+    q = w.tensor.quantization
+    new = np.asarray(new, np.float32).reshape(-1)
+    quant = Quantization(
+        scale=new,
+        zero_point=np.zeros(new.size, np.int64),
+        axis=q.axis if new.size > 1 else 0,
+        details=q.details,
+    )
+    replace_data(model, w, values, quantization=quant)
+    ratio = np.asarray(old, np.float64).reshape(-1) / new.astype(np.float64)
+    if np.any(ratio != 1.0):
+        _rescale_biases(model, w, ratio)
+
+
+# ---------------------------------------------------------------- biases
+
+
+def _readers(model: Model, w: Weight) -> list[Operator]:
+    mine = {id(w.tensor), *map(id, w.aliases)}
+    return [
+        op
+        for op in model.subgraphs[w.subgraph].operators
+        if op.type in WEIGHT_OPS
+        and len(op.inputs) > WEIGHT_OPS[op.type][0]
+        and id(op.inputs[WEIGHT_OPS[op.type][0]]) in mine
+    ]
+
+
+def _rescalable_biases(model: Model, w: Weight) -> list[Tensor] | None:
+    """The biases of the weight's operators when each can follow a change of the weight's
+    scales (a constant integer that no other operator reads), else None."""
+    readers = _readers(model, w)
+    found: dict[int, Tensor] = {}
+    for op in readers:
+        slot = BIAS_INPUT.get(op.type)
+        b = op.inputs[slot] if slot is not None and len(op.inputs) > slot else None
+        if b is not None:
+            found[id(b)] = b
+    mine = {id(op) for op in readers}
+    others = [op for op in model.subgraphs[w.subgraph].operators if id(op) not in mine]
+    for b in found.values():
+        bq = b.quantization
+        if b.dtype not in ("INT32", "INT64") or not b.is_constant or bq is None:
+            return None
+        if bq.scale is None or bq.scale.size not in (1, b.data.size):
+            return None
+        if any(any(t is b for t in op.inputs) for op in others):
+            return None
+    return list(found.values())
+
+
+def _rescale_biases(model: Model, w: Weight, ratio: np.ndarray) -> None:
+    """A bias is stored in units of input scale x weight scale: when a weight scale becomes
+    old / ratio, its stored bias is multiplied by ratio and its scale divided by it."""
+    per_tensor = w.tensor.quantization.scale.size == 1
+    for b in _rescalable_biases(model, w) or []:
+        stored = b.data.astype(np.float64).reshape(-1)
+        r = np.broadcast_to(ratio, stored.shape)
+        limit = np.iinfo(b.np_dtype)
+        new = np.clip(np.round(stored * r), limit.min, limit.max).astype(b.np_dtype)
+        bq = b.quantization
+        scale = np.broadcast_to(bq.scale.astype(np.float64), r.shape) / r
+        if per_tensor:  # every channel now has the same scale
+            scale = scale[:1]
+        bias = Weight(w.subgraph, b, "bias", 0, None)
+        quant = dataclasses.replace(
+            bq,
+            scale=scale.astype(np.float32),
+            zero_point=np.zeros(scale.size, np.int64),
+            min=None,
+            max=None,
+        )
+        replace_data(model, bias, new, quantization=quant)
+
+
+# ---------------------------------------------------------------- per-tensor FULLY_CONNECTED
+
+
+def _per_channel_fc(w: Weight) -> bool:
+    q = w.tensor.quantization
+    return w.op_type == FC and w.tensor.dtype == "INT8" and q is not None and q.per_axis
+
+
+def _requantize_fc(model: Model, w: Weight) -> dict | None:
+    """Per-channel weights made per-tensor with the largest channel scale, so that nothing
+    clips; None when a bias cannot follow."""
+    if _rescalable_biases(model, w) is None:
+        return None
+    rows, scales, _ = _scale_rows(w)
+    common = np.float32(scales.max())
+    real = rows.astype(np.float64) * scales[:, None]
+    x = real / np.float64(common)
+    new = np.clip(np.sign(x) * np.floor(np.abs(x) + 0.5), -127, 127).astype(np.int8)
+    _set_values(model, w, w.from_channels(new), scales, np.array([common]))
+    err = float(np.sum((new * np.float64(common) - real) ** 2)) / max(real.size, 1)
+    return {"from_channels": int(scales.size), "mse": err}
+
+
+def _requantize_record(model: Model, w: Weight) -> dict:
+    """Per-tensor for Vela; a weight that looked clustered (no more distinct values than a
+    palette holds) is clustered again to as many values, as one codebook."""
+    before = stats_of(w)
+    distinct = int(np.unique(w.tensor.data).size)
+    done = _requantize_fc(model, w)
+    if done is None:
+        return record(w, "skipped", BIAS_SHARED)
+    extra = {}
+    if distinct <= kernels.PALETTE_MAX:
+        rows, scales, _ = _scale_rows(w)
+        keep_zero = bool(np.any(rows == 0))
+        found = kernels.shared_palette(rows, scales, distinct, keep_zero)
+        _set_values(model, w, found.values.reshape(w.shape), scales, found.scales)
+        extra["reclustered"] = distinct
+    return record(
+        w,
+        "requantized",
+        "per-channel FULLY_CONNECTED weights made per-tensor (Vela 3.x runs per-channel "
+        "FULLY_CONNECTED on the CPU)",
+        **extra,
+        before=before,
+        after=remember_stats(w, weight_stats(w.channels(w.tensor.data))),
+        mse=done["mse"],
+    )
+
+
+def _weight_sum(w: Weight) -> int:
+    if w.tensor.dtype != "INT8" or w.tensor.data.size == 0:
+        return 0
+    return int(np.abs(w.channels(w.tensor.data).astype(np.int64)).sum(axis=1).max())
+
+
+# ---------------------------------------------------------------- densify
+
+
+def _densify(model: Model) -> list[dict]:
+    """Sparse constants made dense, and DENSIFY operators of constants replaced by their
+    dense result: Vela reads every weight buffer as dense."""
+    records = []
+    for si, sg in enumerate(model.subgraphs):
+        for t in sg.tensors:
+            if t.sparsity is not None and t.is_constant and t.shape is not None:
+                dense = densify(t)
+                t.sparsity = None
+                replace_data(model, Weight(si, t, "sparse", 0, None), dense)
+                records.append(_note(si, t, "densified", "Vela ignores sparsity"))
+        for op in [op for op in sg.operators if op.type == "DENSIFY"]:
+            source, out = op.inputs[0], op.outputs[0]
+            if source is None or out is None or not source.is_constant or out in sg.outputs:
+                continue
+            out.buffer = source.buffer  # dense by now
+            sg.operators.remove(op)
+            if not any(source in (*o.inputs, *o.outputs) for o in sg.operators):
+                if source not in sg.inputs and source not in sg.outputs:
+                    sg.tensors.remove(source)
+            records.append(_note(si, out, "densified", "its DENSIFY operator removed"))
+    return records
+
+
+def densify(t: Tensor) -> np.ndarray:
+    """The dense array of a sparse tensor (TFLite SparsityParameters, any traversal order and
+    block map), in the layout TFLite's format converter gives it."""
+    sp = t.sparsity
+    values = t.data.reshape(-1)
+    shape = tuple(int(d) for d in t.shape)
+    rank = len(shape)
+    block_map = [int(d) for d in (sp.block_map if sp.block_map is not None else [])]
+    order = [int(d) for d in sp.traversal_order]
+    meta = sp.dim_metadata
+    block = {rank + i: int(meta[order.index(rank + i)].dense_size) for i in range(len(block_map))}
+    pos = np.zeros(1, np.int64)  # where each partial path is in the next level's arrays
+    coords = np.zeros((1, len(order)), np.int64)
+    for level, dim in enumerate(order):
+        m = meta[level]
+        if m.format == "DENSE":
+            n = int(m.dense_size)
+            pos = (pos[:, None] * n + np.arange(n)).reshape(-1)
+            coords = np.repeat(coords, n, axis=0)
+            coords[:, dim] = np.tile(np.arange(n), coords.shape[0] // n)
+        else:
+            seg = np.asarray(m.segments).astype(np.int64)
+            idx = np.asarray(m.indices).astype(np.int64)
+            starts, counts = seg[pos], seg[pos + 1] - seg[pos]
+            offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+            pos = np.repeat(starts, counts) + offsets
+            coords = np.repeat(coords, counts, axis=0)
+            coords[:, dim] = idx[pos]
+    at = [coords[:, d] for d in range(rank)]
+    for i, d in enumerate(block_map):
+        at[d] = at[d] * block[rank + i] + coords[:, rank + i]
+    dense = np.zeros(shape, values.dtype)
+    dense[tuple(at)] = values[pos]
+    return dense
+
+
+def _note(si: int, t: Tensor, action: str, reason: str) -> dict:
+    stats = weight_stats(np.asarray(t.data).reshape(1, -1)) if t.is_constant else {}
+    return {
+        "subgraph": si,
+        "tensor": t.name,
+        "op": None,
+        "dtype": t.dtype,
+        "shape": list(t.shape or ()),
+        "action": action,
+        "reason": reason,
+        "before": stats,
+        "after": stats,
+    }
