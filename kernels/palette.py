@@ -45,8 +45,8 @@ ZERO_RUN_FACTOR = 5  # zeros become runs when more frequent than 5x any other va
 DIRECT_BITS = 9  # a value outside the palette is written as a 9-bit sign-magnitude number
 
 # Rate weights tried, in units of the starting palette's mean squared error per bit.
-RATE_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-ITERATIONS = 8
+RATE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
+ITERATIONS = 6
 
 
 @dataclass
