@@ -326,3 +326,27 @@ def test_verdict_predicts_what_xnnpack_does(tf_models, convnet, tmp_path):
     # newer LiteRT computes it right, and the leak rule can go.
     noise = max(e for name, e in errors.items() if name != "leak")
     assert errors["leak"] > 100 * noise, errors
+
+
+def test_damaged_models_end_cleanly(convnet, tmp_path, capsys):
+    """Byte flips anywhere in the file: what the reader takes, the target takes too, ending
+    in an output or an exit 2 (one line), never an exception."""
+    dense, _, _ = convnet
+    data = dense.read_bytes()
+    rng = np.random.default_rng(7)
+    path, out = tmp_path / "variant.tflite", tmp_path / "out.tflite"
+    outcomes = []
+    for _ in range(40):
+        damaged = bytearray(data)
+        for pos in rng.integers(8, len(data), size=4):
+            damaged[pos] ^= 1 << int(rng.integers(8))
+        path.write_bytes(bytes(damaged))
+        try:
+            reader.read(path)
+        except Exception:
+            continue
+        args = [str(path), "-o", str(out), "--force", "--no-verify", "--target", "xnnpack"]
+        outcomes.append(main(args))
+        assert outcomes[-1] in (0, 2)
+    capsys.readouterr()
+    assert 0 in outcomes
