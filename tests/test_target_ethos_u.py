@@ -392,3 +392,17 @@ def test_densify_blocks():
 def _sparse_tensor(values, shape, sparsity):
     raw = np.ascontiguousarray(values, np.int8).reshape(-1).view(np.uint8)
     return Tensor("w", "INT8", tuple(shape), Buffer(raw), sparsity=sparsity)
+
+
+def test_per_channel_clusters_are_reported(kws):
+    """Clusters made per channel elsewhere (a plain cluster step, say) overflow Vela's
+    palette when the channels are interleaved: run() says so."""
+    clustered = rewritten(kws, {"cluster": {"clusters": 8, "granularity": "channel"}}, "generic")
+    records = ethos_u.run(clustered.model).records
+    flagged = [r for r in records if "clustered per channel" in r.get("reason", "")]
+    overflowing = [
+        w
+        for w in find_weights(clustered.model)[0]
+        if np.unique(w.tensor.data).size > palette.PALETTE_MAX
+    ]
+    assert overflowing and {r["tensor"] for r in flagged} == {w.name for w in overflowing}

@@ -103,26 +103,68 @@ def run(model: Model, options: Options | None = None, rules: tuple[Rule, ...] = 
     for w in weights:
         if _per_channel_fc(w):
             records.append(_requantize_record(model, w))
-        heavy = _weight_sum(w)
-        if heavy > WEIGHT_SUM_LIMIT:
-            records.append(
-                record(
-                    w,
-                    "skipped",
-                    f"an output channel's sum of |weights| is {heavy:,}, over Vela's limit of "
-                    f"{WEIGHT_SUM_LIMIT:,}: Vela runs {w.op_type} on the CPU",
-                )
-            )
+        records += _warnings(w)
+    records += _float_operators(model)
     return PassResult(model, records)
+
+
+def _warnings(w: Weight) -> list[dict]:
+    """What Vela will make of a weight that this target leaves as it is."""
+    if w.tensor.dtype != "INT8":
+        return []
+    rows = w.channels(w.tensor.data)
+    out = []
+    heavy = int(np.abs(rows.astype(np.int64)).sum(axis=1).max()) if rows.size else 0
+    if heavy > WEIGHT_SUM_LIMIT:
+        out.append(
+            record(
+                w,
+                "skipped",
+                f"an output channel's sum of |weights| is {heavy:,}, over Vela's limit of "
+                f"{WEIGHT_SUM_LIMIT:,}: Vela runs {w.op_type} on the CPU",
+            )
+        )
+    stats = weight_stats(rows)
+    if stats["channel_unique"] <= kernels.PALETTE_MAX < stats["unique"]:
+        out.append(
+            record(
+                w,
+                "skipped",
+                f"clustered per channel: {stats['unique']} distinct values in all, more than "
+                f"the {kernels.PALETTE_MAX} of Vela's palette; cluster with --target ethos-u "
+                f"for one codebook per weight",
+            )
+        )
+    return out
+
+
+def _float_operators(model: Model) -> list[dict]:
+    """Weight operators of an integer model that Vela leaves to the CPU."""
+    out = []
+    for si, sg in enumerate(model.subgraphs):
+        for op in sg.operators:
+            reason = _float_reason(op) if op.type in WEIGHT_OPS else None
+            if reason:
+                t = op.outputs[0] if op.outputs else None
+                out.append(
+                    {
+                        "subgraph": si,
+                        "tensor": t.name if t is not None else None,
+                        "op": op.type,
+                        "action": "skipped",
+                        "reason": f"{reason}: Vela runs it on the CPU",
+                    }
+                )
+    return out
 
 
 def require_integer(model: Model) -> None:
     """Refuse a model none of whose weight operators Vela can run: float or weight-only
     quantized models. Some float operators in an integer model only run on the CPU."""
-    ops = [(op, sg) for sg in model.subgraphs for op in sg.operators if op.type in WEIGHT_OPS]
+    ops = [op for sg in model.subgraphs for op in sg.operators if op.type in WEIGHT_OPS]
     if not ops:
         return
-    float_ops = [op for op, sg in ops if _float_reason(op)]
+    float_ops = [op for op in ops if _float_reason(op)]
     if len(float_ops) == len(ops):
         raise UsageError(
             f"--target ethos-u needs a full-integer model: Ethos-U runs int8 operators and "
@@ -327,12 +369,6 @@ def _requantize_record(model: Model, w: Weight) -> dict:
         after=remember_stats(w, weight_stats(w.channels(w.tensor.data))),
         mse=done["mse"],
     )
-
-
-def _weight_sum(w: Weight) -> int:
-    if w.tensor.dtype != "INT8" or w.tensor.data.size == 0:
-        return 0
-    return int(np.abs(w.channels(w.tensor.data).astype(np.int64)).sum(axis=1).max())
 
 
 # ---------------------------------------------------------------- densify
