@@ -20,12 +20,18 @@ all rows at once, which BLAS and numpy do well; there is no per-element Python l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 # Damping added to H's diagonal, relative to its mean: keeps the inverse well conditioned
 # when calibration data do not span every input direction (GPTQ's default).
 DAMP = 0.01
 BLOCK = 128
+# Columns whose pruning is chosen together, from costs that reflect every update so far
+# (SparseGPT's adaptive mask selection). On the MNIST bench's layers (at most 128 inputs)
+# choosing 16 columns at a time scored the same as choosing all at once.
+MASK_BLOCK = 128
 
 
 def inverse_cholesky(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
@@ -67,11 +73,18 @@ def solve(
     scales: np.ndarray | None = None,
     codes: np.ndarray | None = None,
     block: int = BLOCK,
+    choose: Callable[[np.ndarray, int, int], np.ndarray] | None = None,
 ) -> np.ndarray:
     """W' (rows x d, float64): W* with `pruned` positions 0 and the others on their row's
     grid (scales None: any real; else scale_r times the nearest nonzero code of `codes`,
-    see nearest_code), each decision compensated on the columns after it."""
+    see nearest_code), each decision compensated on the columns after it.
+
+    `choose(costs, a, b)`, when given, picks more positions to prune in columns a..b
+    (MASK_BLOCK at a time) from their OBS costs *after* the updates of the columns before
+    (SparseGPT's adaptive mask selection): a rows x (b - a) boolean array, added to
+    `pruned` there."""
     w = np.array(w_star, dtype=np.float64)
+    pruned = np.array(pruned, dtype=bool)
     rows, d = w.shape
     out = np.zeros_like(w)
     s = None if scales is None else np.asarray(scales, np.float64).reshape(rows, 1)
@@ -81,6 +94,10 @@ def solve(
         err = np.zeros_like(w1)
         u1 = u[a:b, a:b]
         for i in range(b - a):
+            if choose is not None and i % MASK_BLOCK == 0:
+                j = min(i + MASK_BLOCK, b - a)
+                costs = (w1[:, i:j] / np.diag(u1)[None, i:j]) ** 2
+                pruned[:, a + i : a + j] |= choose(costs, a + i, a + j)
             col = w1[:, i]
             if s is None:
                 q = col.copy()

@@ -1,0 +1,128 @@
+"""Data-aware compression: the reconstruction kernel against its unblocked twin and against
+plain rounding, and the passes on a real model against the data-free path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tflrewrite import calibrate, reader, recipes, rewrite, writer
+from tflrewrite.kernels import reconstruct
+from tflrewrite.reports import verify
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "examples" / "digits_samples.npz"
+
+
+def problem(seed: int, rows: int = 6, d: int = 20, n: int = 200):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(d, n)) * rng.uniform(0.2, 2.0, size=(d, 1))
+    x[1] = x[0] + 0.1 * x[1]  # correlated inputs: where compensation matters
+    w = rng.normal(size=(rows, d))
+    return w, x @ x.T
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("grid", ["float", "int8", "codebook"])
+def test_blocked_solve_equals_the_unblocked_reference(seed, grid):
+    w, h = problem(seed)
+    u = reconstruct.inverse_cholesky(h)
+    pruned = np.random.default_rng(seed).random(w.shape) < 0.3
+    scales = None if grid == "float" else np.abs(w).max(axis=1) / 127
+    codes = None
+    if grid == "codebook":
+        scales = np.abs(w).max(axis=1) / 4
+        codes = np.array([[-4.0, -2.0, -1.0, 1.0, 2.0, 4.0]] * w.shape[0])
+    blocked = reconstruct.solve(w, u, pruned, scales, codes, block=7)
+    reference = reconstruct.solve_numpy_reference(w, u, pruned, scales, codes)
+    np.testing.assert_allclose(blocked, reference, rtol=1e-9, atol=1e-12)
+    assert np.all(blocked[pruned] == 0)
+    assert np.all(blocked[~pruned] != 0)
+    if scales is not None:
+        units = blocked / scales[:, None]
+        np.testing.assert_allclose(units, np.round(units), atol=1e-9)
+
+
+def test_without_constraints_the_target_comes_back():
+    w, h = problem(0)
+    u = reconstruct.inverse_cholesky(h)
+    out = reconstruct.solve(w, u, np.zeros(w.shape, bool))
+    np.testing.assert_allclose(out, w, atol=1e-12)
+
+
+def test_error_feedback_beats_rounding_and_magnitude_pruning():
+    """Greedy, so not on every instance: over ten problems, in total and on most."""
+    fed_err, rounded_err, obs_err, plain_err = [], [], [], []
+    for seed in range(10):
+        w, h = problem(seed)
+        u = reconstruct.inverse_cholesky(h)
+        scales = np.abs(w).max(axis=1) / 7  # a coarse grid, where rounding hurts
+        codes = np.array([[c for c in range(-7, 8) if c]], float)
+        fed = reconstruct.solve(w, u, np.zeros(w.shape, bool), scales, codes)
+        rounded = reconstruct.nearest_code(w / scales[:, None], codes) * scales[:, None]
+        fed_err.append(reconstruct.output_error(fed, w, h))
+        rounded_err.append(reconstruct.output_error(rounded, w, h))
+        k = w.shape[1] // 2
+        mask = np.zeros(w.shape, bool)
+        np.put_along_axis(mask, np.argsort(np.abs(w), axis=1)[:, :k], True, axis=1)
+        obs_err.append(reconstruct.output_error(reconstruct.solve(w, u, mask), w, h))
+        plain_err.append(reconstruct.output_error(np.where(mask, 0.0, w), w, h))
+    assert sum(fed_err) < 0.95 * sum(rounded_err)
+    assert np.mean(np.array(fed_err) < rounded_err) >= 0.7
+    assert all(o < p for o, p in zip(obs_err, plain_err))  # same mask, optimal updates
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data, held_out = calibrate.for_model(
+        str(ROOT / "examples" / "digits_cnn.tflite"), str(SAMPLES), 100
+    )
+    return reader.read(ROOT / "examples" / "digits_cnn.tflite"), data, held_out
+
+
+def sqnr(model, out: Path, held_out) -> float:
+    writer.write(model, out)
+    ref = verify.Runner(ROOT / "examples" / "digits_cnn.tflite")
+    return verify.compare(ref, verify.Runner(out), held_out.values[:100], "t").min_sqnr_db
+
+
+def test_data_aware_pruning_beats_magnitude_on_held_out_digits(digits, tmp_path):
+    model, data, held_out = digits
+    recipe = recipes.load("prune")
+    fitted = rewrite.apply(model, recipe, data=data, method="data")
+    plain = rewrite.apply(model, recipe, data=data, method="magnitude")
+    assert (
+        sqnr(fitted.model, tmp_path / "d.tflite", held_out)
+        > sqnr(plain.model, tmp_path / "m.tflite", held_out) + 3
+    )
+    records = {r["tensor"]: r for r in fitted.records[0]["tensors"]}
+    reasons = [r.get("reason", "") for r in records.values()]
+    assert any("depthwise kernels are not pruned" in r for r in reasons)
+    assert any("fewer than 16 weights" in r for r in reasons)  # the 3x3x1 first conv
+    done = [r for r in records.values() if r["action"] == "pruned"]
+    assert done and all(r["method"] == "data" for r in done)
+    assert all(abs(r["after"]["sparsity"] - 0.5) < 0.01 for r in done)
+
+
+def test_refine_and_cluster_keep_the_int8_invariants(digits, tmp_path):
+    model, data, held_out = digits
+    recipe = recipes.load("prune-cluster-full-int8").with_options(
+        {"cluster": {"granularity": "channel"}}
+    )
+    out = rewrite.apply(model, recipe, data=data).model
+    full = rewrite.apply(model, recipes.load("full-int8"), data=data)
+    assert [r["pass"] for r in full.records] == ["quantize", "refine"]
+    for m in (out, full.model):
+        for _, _, t in m.tensors():
+            if t.is_constant and t.dtype == "INT8" and t.data.ndim >= 2:
+                assert np.all(t.quantization.zero_point == 0)
+                assert np.abs(t.data.astype(int)).max() <= 127
+    for _, _, t in out.tensors():
+        if t.is_constant and t.dtype == "INT8" and t.data.ndim >= 2:
+            rows = np.moveaxis(t.data, t.quantization.axis, 0).reshape(
+                t.data.shape[t.quantization.axis], -1
+            )
+            assert max(np.unique(r).size for r in rows) <= 16
+    assert sqnr(full.model, tmp_path / "f.tflite", held_out) > 30
