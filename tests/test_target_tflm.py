@@ -338,6 +338,10 @@ def test_cli_report_verifies_in_tflite_micro_and_audit_reads_the_output(tmp_path
     again = tmp_path / "again.tflite"
     assert main([str(path), "-o", str(again), "--no-verify", *flags]) == 0
     assert again.read_bytes() == out.read_bytes()
+    # `verify` runs a model holding TFLM_DECODE ops in tflite-micro (LiteRT has no kernel)
+    verdict = tmp_path / "verify.json"
+    assert main(["verify", str(path), str(out), "--samples", "3", "--json", str(verdict)]) == 0
+    assert json.loads(verdict.read_text())["outputs"][0]["top1_agreement"] is not None
 
 
 def test_report_says_why_verify_was_skipped_without_tflite_micro(tmp_path, monkeypatch):

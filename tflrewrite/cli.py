@@ -559,10 +559,22 @@ def run_verify(args: argparse.Namespace) -> int:
     from tflrewrite.progress import Progress
     from tflrewrite.reports import verify
 
-    for path in (args.reference, args.candidate):
-        reader.read(path)  # refuse a bad file with the reader's clear message
-    ref = verify.Runner(args.reference, args.xnnpack)
-    cand = verify.Runner(args.candidate, args.xnnpack)
+    models = [reader.read(path) for path in (args.reference, args.candidate)]
+    # LiteRT has no kernel for TFLite Micro's decode op: such models run in tflite-micro,
+    # and the reference with them so that both sides use the same kernels.
+    micro = any(oc.custom_code == "TFLM_DECODE" for m in models for oc in m.opcodes)
+    if micro and args.xnnpack:
+        raise TflRewriteError("verify: --xnnpack cannot run TFLite Micro models")
+    if micro and not verify.tflm_available():
+        raise TflRewriteError(
+            "verify: the models hold TFLM_DECODE ops, which only TFLite Micro runs: "
+            "pip install 'tflrewrite[tflm]'"
+        )
+    if micro:
+        ref, cand = verify.TflmRunner(args.reference), verify.TflmRunner(args.candidate)
+    else:
+        ref = verify.Runner(args.reference, args.xnnpack)
+        cand = verify.Runner(args.candidate, args.xnnpack)
     if args.inputs:
         samples = verify.npz_inputs(args.inputs, ref, args.samples)
         source = args.inputs

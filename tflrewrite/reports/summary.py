@@ -63,30 +63,6 @@ LAYER_SAMPLES = 16
 LAYERS_SHOWN = 5
 
 
-def verify_data(model_path: str, recipe: Any, limit: int) -> Any:
-    """Real samples to verify a full-integer rewrite on: those of its calibration file
-    that calibration left over, else (saying so) the calibration samples themselves. None
-    when the recipe does not quantize from calibration data."""
-    from tflrewrite import calibrate
-    from tflrewrite.reports import verify
-
-    step = next((s for s in recipe.steps if s.name == "quantize"), None)
-    if step is None or step.options.mode != "int8" or not step.options.calibration:
-        return None
-    opts = step.options
-    if opts.calibration == calibrate.RANDOM:
-        return None
-    try:
-        loaded = calibrate.load(opts.calibration, verify.Runner(model_path), opts.samples)
-    except TflRewriteError:
-        return None
-    used, held_out = loaded.split(opts.samples)
-    if held_out is None:
-        used.source += ", the calibration samples themselves (none held out)"
-        return calibrate.Samples(used.values[:limit], used.source)
-    return held_out
-
-
 def _verify(reference: str, candidate: str, samples: Any, source: Any, tflm: bool) -> dict:
     """Verify on `samples` (a list of samples from `source`), or on that many seeded
     random inputs (`source` is then the seed); in LiteRT, or in tflite-micro if `tflm`."""
