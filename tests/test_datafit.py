@@ -126,3 +126,26 @@ def test_refine_and_cluster_keep_the_int8_invariants(digits, tmp_path):
             )
             assert max(np.unique(r).size for r in rows) <= 16
     assert sqnr(full.model, tmp_path / "f.tflite", held_out) > 30
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_obc_kernel_equals_its_numpy_twin_and_beats_one_shot_masks(seed):
+    w, h = problem(seed, rows=5, d=24)
+    rng = np.random.default_rng(seed)
+    forced = rng.random(w.shape) < 0.15
+    k = rng.integers(0, 20, size=w.shape[0])
+    fast = reconstruct.obc_prune_rows(w, h, forced, k)
+    slow = reconstruct.obc_prune_rows_numpy(w, h, forced, k)
+    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)
+    zeros = fast == 0
+    assert np.all(zeros[forced])
+    assert np.all(zeros.sum(axis=1) == np.maximum(k, forced.sum(axis=1)))
+    u = reconstruct.inverse_cholesky(h)
+    costs = reconstruct.obs_scores(w, u)
+    one_shot = np.zeros(w.shape, bool)
+    for r in range(w.shape[0]):
+        cost = np.where(forced[r], -1.0, costs[r])
+        one_shot[r, np.argsort(cost, kind="stable")[: zeros[r].sum()]] = True
+    assert reconstruct.output_error(fast, w, h) <= reconstruct.output_error(
+        reconstruct.solve(w, u, one_shot), w, h
+    ) * (1 + 1e-9)

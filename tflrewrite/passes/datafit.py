@@ -52,6 +52,9 @@ SHORT_ROWS_NOT_PRUNED = f"with data, channels of fewer than {MIN_ROW} weights ar
 # The fit inverts a d x d matrix per layer (d weights per channel): at d = 4,096 that took
 # most of a minute on two cores (5M-parameter bench model), so wider layers fall back.
 MAX_ROW = 2048
+# Up to this many weights per channel, pruning removes one weight at a time with exact
+# updates (OBC); wider layers choose their mask per block (SparseGPT's shortcut).
+OBC_MAX = 256
 DEPTHWISE_NOT_PRUNED = (
     "with data, depthwise kernels are not pruned (a few taps each: too few to lose)"
 )
@@ -217,7 +220,15 @@ def _fit(step, model, op, w, opts, source, original, reference, data) -> dict:
     targets = [rows_orig[g] for g in range(rows_orig.shape[0])]
     zeros = rows_now == 0
     choose = None
-    if step == "prune":  # one group: depthwise kernels are not pruned with data
+    if step == "prune" and _obc_fits(opts, rows_orig.shape[2]):
+        # one group (depthwise kernels are not pruned with data); exact greedy OBS
+        k = np.full(
+            rows_orig.shape[1], prune_kernels.prune_count(rows_orig.shape[2], opts.sparsity)
+        )
+        targets = [kernels.obc_prune_rows(targets[0], stats.h[0], zeros[0], k)]
+        pruned = targets[0][None] == 0
+        codes = [None]
+    elif step == "prune":
         pruned = zeros
         codes = [None]
         choose = _chooser(zeros[0], opts)
@@ -366,6 +377,12 @@ def _stored(t: Tensor, values: np.ndarray) -> np.ndarray:
     return np.clip(codes, -127, 127).astype(np.int8)
 
 
+def _obc_fits(opts, d: int) -> bool:
+    """Whether pruning takes the exact greedy path: unstructured, per channel, and narrow
+    enough for its O(k d^2) per channel."""
+    return not (opts.n_of_m or opts.block) and opts.scope == "channel" and d <= OBC_MAX
+
+
 def _chooser(zeros: np.ndarray, opts):
     """The mask choice for kernels.reconstruct.solve: in each block of columns, the
     positions of least OBS cost, with the pass's pattern, so that each unit (row, or the
@@ -453,7 +470,7 @@ def _correct_bias(model, op, source, original, new_rows, rows_orig, stats) -> No
         stored = real.astype(np.float32)
     else:
         return
-    b.buffer = model.add_buffer(stored.reshape(b.shape))
+    replace_data(model, Weight(0, b, op.type, 0, None), stored.reshape(b.shape))
 
 
 def _bias_tensor(model: Model, t: Tensor) -> Tensor:

@@ -44,7 +44,9 @@ def float_tflite(model) -> bytes:
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
-def tflrewrite_run(float_path: Path, calibration: Path, method: str, out: Path) -> float:
+def tflrewrite_run(
+    float_path: Path, calibration: Path, count: int, method: str, out: Path
+) -> float:
     """Seconds the whole command took (start-up and report included)."""
     import subprocess
 
@@ -104,7 +106,7 @@ def main() -> int:
         rows.append(("float (Keras-trained)", float_path.read_bytes(), None))
         for method in ("magnitude", "data"):
             out = d / f"{method}.tflite"
-            seconds = tflrewrite_run(float_path, calibration, method, out)
+            seconds = tflrewrite_run(float_path, calibration, args.calibration, method, out)
             rows.append((f"tflrewrite {method}", out.read_bytes(), seconds))
         if not args.no_tfmot:
             epochs = [int(e) for e in args.tfmot_epochs.split(",")]
