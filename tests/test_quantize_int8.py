@@ -293,6 +293,45 @@ def test_clipping_methods_run(example_model, method, tmp_path):
     assert min_sqnr(example_model, out, samples) > 25
 
 
+def test_calibration_from_a_folder_of_images(example_model, tmp_path):
+    """Digits saved as PNG files calibrate as well as the same digits in an .npz."""
+    from PIL import Image
+
+    values = np.load(ROOT / "examples" / "digits_samples.npz")["serving_default_image:0"]
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for i, image in enumerate(values[:100]):
+        pixels = np.round(image[:, :, 0] * 255).astype(np.uint8)
+        Image.fromarray(pixels, "L").save(folder / f"{i:03d}.png")
+    from_images = quantized(example_model, tmp_path / "img.tflite", str(folder))
+    from_npz = quantized(
+        example_model, tmp_path / "npz.tflite", str(ROOT / "examples" / "digits_samples.npz")
+    )
+    test = verify.npz_inputs(
+        ROOT / "examples" / "digits_samples.npz", verify.Runner(example_model), None
+    )[100:]
+    assert min_sqnr(example_model, from_images, test) > min_sqnr(example_model, from_npz, test) - 1
+    (folder / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tflrewrite",
+            str(example_model),
+            "-o",
+            str(tmp_path / "o.tflite"),
+            "--quantize",
+            "int8",
+            "--calibration",
+            str(tmp_path / "empty"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "no images" in proc.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

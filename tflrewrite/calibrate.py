@@ -42,20 +42,63 @@ class Samples:
 
 def load(spec: str, runner: object, count: int, seed: int = 0) -> Samples:
     """Samples from an .npz (one array per input, keyed by input name, first axis =
-    samples), or `count` seeded random ones when `spec` is "random"."""
+    samples), a folder of images (see _images), or `count` seeded random ones when `spec`
+    is "random"."""
     from tflrewrite.reports import verify
 
     if spec == RANDOM:
         values = verify.random_inputs([runner], count, seed)
         return Samples(values, f"random inputs (seed {seed}): no real data, ranges are guesses")
     if os.path.isdir(spec):
-        raise TflRewriteError(f"{spec}: a folder; calibration data must be an .npz file")
+        return Samples(_images(spec, runner, count), f"{os.path.basename(spec.rstrip('/'))}/")
     if not os.path.exists(spec):
         raise TflRewriteError(f"{spec}: no such calibration file")
     values = verify.npz_inputs(spec, runner, None)
     if not values:
         raise TflRewriteError(f"{spec}: holds no samples")
     return Samples(values, os.path.basename(spec))
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def _images(folder: str, runner: object, count: int) -> list[list[np.ndarray]]:
+    """The first `count` images of `folder` (by name), each resized (bilinear) to the
+    model's one image input (1 x H x W x 1 or 3) and scaled from 0..255 to [0, 1] for a
+    float input, or to the whole real range a quantized input represents."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise TflRewriteError(
+            f"{folder}: reading images needs Pillow (pip install 'tflrewrite[images]')"
+        ) from None
+    if len(runner.inputs) != 1 or len(runner.inputs[0]["shape"]) != 4:
+        raise TflRewriteError(f"{folder}: image folders need a model with one NHWC input")
+    detail = runner.inputs[0]
+    _, height, width, channels = (int(d) for d in detail["shape"])
+    if channels not in (1, 3):
+        raise TflRewriteError(f"{folder}: the model's input has {channels} channels, not 1 or 3")
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES))
+    if not names:
+        raise TflRewriteError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    lo, hi = 0.0, 1.0
+    scale, zero = detail["quantization"]
+    if scale:
+        info = np.iinfo(detail["dtype"])
+        lo, hi = scale * (info.min - zero), scale * (info.max - zero)
+    samples = []
+    for name in names[:count]:
+        try:
+            with Image.open(os.path.join(folder, name)) as image:
+                image = image.convert("L" if channels == 1 else "RGB")
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
+                pixels = np.asarray(image, np.float32).reshape(1, height, width, channels)
+        except OSError as e:
+            raise TflRewriteError(
+                f"{os.path.join(folder, name)}: not a readable image ({e})"
+            ) from None
+        samples.append([(lo + pixels / 255.0 * (hi - lo)).astype(np.float32)])
+    return samples
 
 
 def for_model(

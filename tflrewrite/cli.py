@@ -189,9 +189,11 @@ def rewrite_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("calibration data (makes compression data-aware)")
     g.add_argument(
         "--calibration",
-        metavar="NPZ|random",
+        metavar="NPZ|DIR|random",
         help="sample inputs: an .npz with one array per model input (keyed by input "
-        "name; first axis = samples), or `random` for seeded random inputs (ranges and "
+        "name; first axis = samples), a folder of images (resized to an image model's "
+        "input; pixels scaled to [0, 1], or to the range of a quantized input), or "
+        "`random` for seeded random inputs (ranges and "
         "fits are then guesses, and the report says so). Needed by --quantize int8; with "
         "it, --prune and --cluster fit each layer to the original model's outputs",
     )
