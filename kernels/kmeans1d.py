@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from tflrewrite.kernels._jit import jit
+from tflrewrite.kernels.stats import int8_histogram
 
 _INF = np.inf
 _STACK = 70  # the divide-and-conquer stack holds at most log2(m) + 2 entries
@@ -396,6 +397,40 @@ def _round_mean_int(s1, s0):
 
 
 @jit
+def _int8_lut(hist, k, keep_zero, x, w, level, lut, f, arg, stack, starts):
+    """Into lut (256 int8, indexed by value + 128): the centroid each int8 value of a unit
+    with histogram `hist` goes to. The other arguments are scratch."""
+    zero_alone = keep_zero and hist[128] > 0
+    m = 0
+    for b in range(256):
+        if hist[b] > 0 and not (zero_alone and b == 128):
+            x[m] = b - 128
+            w[m] = hist[b]
+            level[m] = b - 128
+            m += 1
+    kr = k - 1 if zero_alone else k
+    lut[128] = 0
+    if m > 0 and kr == 0:
+        for t in range(m):  # k == 1 with zeros kept: the zero cluster is the only one
+            lut[level[t] + 128] = 0
+    elif m > 0:
+        kk, _ = _dp_core(x, w, m, kr, f, arg, stack, starts)
+        for c in range(kk):
+            a = starts[c]
+            b = starts[c + 1] if c + 1 < kk else m
+            s0 = 0
+            s1 = 0
+            for t in range(a, b):
+                s0 += hist[level[t] + 128]
+                s1 += hist[level[t] + 128] * level[t]
+            cent = min(max(_round_mean_int(s1, s0), -128), 127)
+            if keep_zero and cent == 0:
+                cent = 1 if s1 >= 0 else -1  # the nearer of +-1: zeros stay exactly as many
+            for t in range(a, b):
+                lut[level[t] + 128] = cent
+
+
+@jit
 def _cluster_int8_rows_kernel(q, k, keep_zero, out):
     rows, n = q.shape
     hist = np.zeros(256, np.int64)
@@ -404,40 +439,59 @@ def _cluster_int8_rows_kernel(q, k, keep_zero, out):
     level = np.empty(256, np.int64)
     lut = np.empty(256, np.int8)
     f, arg, stack, starts = _workspace(256, k)
+    sub = np.empty((4, 256), np.int32)
     for r in range(rows):
-        hist[:] = 0
-        for t in range(n):
-            hist[np.int64(q[r, t]) + 128] += 1
-        zero_alone = keep_zero and hist[128] > 0
-        m = 0
-        for b in range(256):
-            if hist[b] > 0 and not (zero_alone and b == 128):
-                x[m] = b - 128
-                w[m] = hist[b]
-                level[m] = b - 128
-                m += 1
-        kr = k - 1 if zero_alone else k
-        lut[128] = 0
-        if m > 0 and kr == 0:
-            for t in range(m):  # k == 1 with zeros kept: the zero cluster is the only one
-                lut[level[t] + 128] = 0
-        elif m > 0:
-            kk, _ = _dp_core(x, w, m, kr, f, arg, stack, starts)
-            for c in range(kk):
-                a = starts[c]
-                b = starts[c + 1] if c + 1 < kk else m
-                s0 = 0
-                s1 = 0
-                for t in range(a, b):
-                    s0 += hist[level[t] + 128]
-                    s1 += hist[level[t] + 128] * level[t]
-                cent = min(max(_round_mean_int(s1, s0), -128), 127)
-                if keep_zero and cent == 0:
-                    cent = 1 if s1 >= 0 else -1  # the nearer of +-1: zeros stay exactly as many
-                for t in range(a, b):
-                    lut[level[t] + 128] = cent
+        int8_histogram(q[r], sub, hist)
+        _int8_lut(hist, k, keep_zero, x, w, level, lut, f, arg, stack, starts)
         for t in range(n):
             out[r, t] = lut[np.int64(q[r, t]) + 128]
+
+
+@jit
+def _cluster_int8_kernel(q, k, keep_zero, per_row, out, sq, zeros, distinct, seen):
+    rows, n = q.shape
+    hists = np.empty((rows, 256), np.int64)
+    sub = np.empty((4, 256), np.int32)
+    for r in range(rows):
+        int8_histogram(q[r], sub, hists[r])
+    x = np.empty(256)
+    w = np.empty(256)
+    level = np.empty(256, np.int64)
+    lut = np.empty(256, np.int8)
+    f, arg, stack, starts = _workspace(256, k)
+    if not per_row:  # one unit: the histogram of every row together
+        total = np.zeros(256, np.int64)
+        for r in range(rows):
+            for b in range(256):
+                total[b] += hists[r, b]
+        _int8_lut(total, k, keep_zero, x, w, level, lut, f, arg, stack, starts)
+    used = np.empty(256, np.bool_)
+    for r in range(rows):
+        if per_row:
+            _int8_lut(hists[r], k, keep_zero, x, w, level, lut, f, arg, stack, starts)
+        for t in range(n):
+            out[r, t] = lut[np.int64(q[r, t]) + 128]
+        # The row's statistics after clustering, from its histogram: lut maps every
+        # value in it, so (value - centroid)^2 summed over the histogram is the squared
+        # error (integers, exact in float64 in any order).
+        used[:] = False
+        z = 0
+        e = 0
+        for b in range(256):
+            h = hists[r, b]
+            if h > 0:
+                c = np.int64(lut[b])
+                used[c + 128] = True
+                z += h if c == 0 else 0
+                e += h * (b - 128 - c) * (b - 128 - c)
+        d = 0
+        for b in range(256):
+            if used[b]:
+                d += 1
+                seen[b] = True
+        zeros[r] = z
+        distinct[r] = d
+        sq[r] = np.float64(e)
 
 
 def _check_rows(a, kind: str) -> None:
@@ -468,6 +522,42 @@ def cluster_int8_rows(q: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
     out = np.empty(q.shape, np.int8)
     _cluster_int8_rows_kernel(np.ascontiguousarray(q), k, bool(keep_zero), out)
     return out
+
+
+def cluster_int8(
+    q: np.ndarray, k: int, keep_zero: bool, per_row: bool
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, int]]:
+    """`cluster_int8_rows` of each row (per_row) or of all of q as one unit, with what the
+    report wants of the result, from histograms rather than more passes over the values.
+
+    Returns:
+        (clustered int8 rows, per row the sum of squared differences from q, and
+        stats.int8_counts of the result).
+    """
+    _check_rows(q, "int8")
+    if q.dtype != np.int8:
+        raise ValueError(f"q must be int8, got {q.dtype}")
+    k = _check_k(k)
+    rows = q.shape[0]
+    out = np.empty(q.shape, np.int8)
+    sq = np.empty(rows)
+    zeros, distinct = np.empty(rows, np.int64), np.empty(rows, np.int64)
+    seen = np.zeros(256, np.bool_)
+    _cluster_int8_kernel(
+        np.ascontiguousarray(q), k, bool(keep_zero), bool(per_row), out, sq, zeros, distinct, seen
+    )
+    return out, sq, (zeros, distinct, int(seen.sum()))
+
+
+def cluster_int8_numpy(
+    q: np.ndarray, k: int, keep_zero: bool, per_row: bool
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, int]]:
+    """Plain numpy twin of `cluster_int8`."""
+    units = q if per_row else q.reshape(1, -1)
+    out = cluster_int8_rows_numpy(units, k, keep_zero).reshape(q.shape)
+    sq = np.sum((q.astype(np.float64) - out.astype(np.float64)) ** 2, axis=1)
+    distinct = np.array([np.unique(r).size for r in out], np.int64)
+    return out, sq, (np.count_nonzero(out == 0, axis=1), distinct, int(np.unique(out).size))
 
 
 def _round_half_away(s1: int, s0: int) -> int:

@@ -22,11 +22,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from tflrewrite.kernels._jit import jit
+from tflrewrite.kernels.stats import sum4
 
 # Rows or groups up to this length are ranked by counting (O(g^2), vectorises, no buffers);
 # longer ones by radix selection. Both give the same answer; this only picks the faster.
 _COUNTING_MAX = 64
-_DIGIT_BITS = 11  # radix-select digit: a 2048-bin histogram, 3 passes for float32 keys
+_BINS = 1024  # radix selection: bins per round over the candidates' range of keys
 
 # --- validation ---------------------------------------------------------------------------
 
@@ -48,7 +49,7 @@ def _as_magnitudes(mag: np.ndarray, name: str = "mag", ndim: int | None = 2) -> 
 
 
 def _keys(a: np.ndarray) -> np.ndarray:
-    """The unsigned-integer view the selection kernels order by (see _kth_smallest_key)."""
+    """The unsigned-integer view the selection kernels order by (see _select_key)."""
     return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
 
 
@@ -89,53 +90,80 @@ def _absmask(keys):
 
 
 @jit
-def _kth_smallest_key(keys, rank, cand, hist):
-    """The key at 0-based ``rank`` in ascending order, by MSD radix selection.
+def _rank_among(cand, m, rank):
+    """_select_key for few candidates: the one with `rank` of them below or tied before it,
+    found by counting (O(m^2), no scratch)."""
+    for i in range(m):
+        c = cand[i]
+        less = 0
+        same = 0
+        for j in range(m):
+            less += cand[j] < c
+            same += cand[j] == c
+        if less <= rank < less + same:
+            return c, rank - less
+    return cand[0], rank  # not reached: some candidate holds every rank below m
+
+
+@jit
+def _select_key(keys, rank, cand, hist):
+    """(t, r): the key at 0-based ``rank`` in ascending order, and how many keys equal to t
+    come before it in that order (so the ``rank + 1`` smallest are the keys below t and the
+    first r + 1 keys equal to t).
 
     ``keys`` are unsigned integer views of non-negative floats; with the sign bit cleared
-    (which also folds -0.0 onto 0.0) their integer order is their float order. Each pass
-    histograms one digit of the candidates left, picks the bin holding ``rank`` and keeps only
-    that bin's candidates (in ``cand``): at most ceil(bits / 11) passes, no worst case.
+    (which also folds -0.0 onto 0.0) their integer order is their float order. Radix
+    selection over the keys' own range: each round spreads the candidates' range [lo, hi]
+    over at most _BINS bins, keeps the bin that holds ``rank`` (a branch-free copy into
+    ``cand``) and narrows the range to it, until few candidates are left or all are equal.
     """
-    nbits = keys.itemsize * 8
     absmask = _absmask(keys)
-    m = keys.shape[0]
-    shift = nbits
+    n = keys.shape[0]
+    lo = absmask
+    hi = absmask - absmask
+    for i in range(n):
+        c = keys[i] & absmask
+        lo = min(lo, c)
+        hi = max(hi, c)
+    m = n
     first = True
-    while shift > 0:
-        low = max(shift - _DIGIT_BITS, 0)
-        dmask = (1 << (shift - low)) - 1
-        shift = low
-        hist[: dmask + 1] = 0
+    while True:
+        shift = 0
+        while ((hi - lo) >> shift) >= _BINS:
+            shift += 1
+        hist[:] = 0
         if first:
-            for i in range(m):
-                hist[((keys[i] & absmask) >> shift) & dmask] += 1
+            for i in range(n):
+                hist[((keys[i] & absmask) - lo) >> shift] += 1
         else:
             for i in range(m):
-                hist[(cand[i] >> shift) & dmask] += 1
+                hist[((cand[i] & absmask) - lo) >> shift] += 1
         b = 0
         while hist[b] <= rank:
             rank -= hist[b]
             b += 1
-        m2 = 0  # keep only bin b's candidates (nothing to do when every one is in it)
+        m2 = 0
         if first:
-            for i in range(m):
+            for i in range(n):
                 c = keys[i] & absmask
-                if ((c >> shift) & dmask) == b:
-                    cand[m2] = c
-                    m2 += 1
-            m = m2
-        elif hist[b] < m:
+                cand[m2] = c
+                m2 += ((c - lo) >> shift) == b
+        else:
             for i in range(m):
-                c = cand[i]
-                if ((c >> shift) & dmask) == b:
-                    cand[m2] = c
-                    m2 += 1
-            m = m2
+                c = cand[i] & absmask
+                cand[m2] = c
+                m2 += ((c - lo) >> shift) == b
+        m = m2
         first = False
-        if m == 1:
-            break
-    return cand[0] & absmask
+        # Keys are compared as int64 (& absmask): a uint64 against an int64 would be compared
+        # as float64, which cannot tell neighbouring float64 keys apart.
+        if shift == 0:  # one key per bin: every candidate equals it
+            return cand[0] & absmask, rank
+        if m <= _COUNTING_MAX:
+            t, r = _rank_among(cand, m, rank)
+            return t & absmask, r
+        lo = lo + (b << shift)
+        hi = lo + (1 << shift) - 1
 
 
 @jit
@@ -168,13 +196,10 @@ def _prune_smallest(keys, k, out, cand, hist):
     if n <= _COUNTING_MAX:
         _prune_smallest_short(keys, n - n, n, k, out, cand)  # n - n: no Literal[0] variant
         return
-    t = _kth_smallest_key(keys, k - 1, cand, hist)
-    below = 0
+    t, r = _select_key(keys, k - 1, cand, hist)
     for i in range(n):
-        p = (keys[i] & absmask) < t
-        out[i] = p
-        below += p
-    ties = k - below  # >= 1: how many keys equal to t are pruned, lowest index first
+        out[i] = (keys[i] & absmask) < t
+    ties = r + 1  # how many keys equal to t are pruned, lowest index first
     for i in range(n):
         if ties == 0:
             break
@@ -188,7 +213,7 @@ def _smallest_k_mask(keys, k):
     rows, n = keys.shape
     mask = np.zeros(keys.shape, np.bool_)
     cand = np.empty(n, keys.dtype)
-    hist = np.empty(1 << _DIGIT_BITS, np.int64)
+    hist = np.empty(_BINS, np.int64)
     for r in range(rows):
         _prune_smallest(keys[r], k[r], mask[r], cand, hist)
     return mask
@@ -199,7 +224,7 @@ def _n_of_m_mask(keys, n_keep, m):
     rows, n = keys.shape
     mask = np.zeros(keys.shape, np.bool_)
     cand = np.empty(m, keys.dtype)
-    hist = np.empty(1 << _DIGIT_BITS, np.int64)
+    hist = np.empty(_BINS, np.int64)
     for r in range(rows):
         row, out = keys[r], mask[r]
         for start in range(0, n, m):
@@ -413,23 +438,26 @@ def global_smallest_k_masks_numpy(mags: Sequence[np.ndarray], k_total: int) -> l
 
 
 @jit
-def _zero_masked(values, mask, out):
-    """out = values with masked elements zeroed (1-D); returns the sum of their squares."""
-    acc = 0.0
-    for t in range(values.shape[0]):
-        if mask[t]:
-            v = np.float64(values[t])
-            acc += v * v
-            out[t] = 0
-        else:
-            out[t] = values[t]
-    return acc
+def _zero_where(values, mask, out, sq):
+    """out = values (1-D) with masked elements zeroed. Returns (the sum of their squares, the
+    zeros in out); `sq` is scratch. Branch-free, so that the loop vectorises."""
+    n = values.shape[0]
+    zeros = 0
+    for t in range(n):
+        v = values[t]
+        p = mask[t]
+        out[t] = 0 if p else v
+        f = np.float64(v)
+        sq[t] = f * f if p else 0.0
+        zeros += p | (v == 0)
+    return sum4(sq, n), zeros
 
 
 @jit
 def _apply_mask(values, mask, out, sq):
+    scratch = np.empty(values.shape[1])
     for r in range(values.shape[0]):
-        sq[r] = _zero_masked(values[r], mask[r], out[r])
+        sq[r], _ = _zero_where(values[r], mask[r], out[r], scratch)
 
 
 def apply_mask(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -460,15 +488,32 @@ def apply_mask_numpy(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
 
 
 @jit
-def _prune_rows(keys, values, k, out, sq):
+def _prune_rows(keys, values, k, out, sq, zeros):
     rows, n = keys.shape
-    mask = np.zeros(n, np.bool_)
+    absmask = _absmask(keys)
+    mask = np.empty(n, np.bool_)
     cand = np.empty(n, keys.dtype)
-    hist = np.empty(1 << _DIGIT_BITS, np.int64)
+    hist = np.empty(_BINS, np.int64)
+    scratch = np.empty(n)
     for r in range(rows):
-        mask[:] = False
-        _prune_smallest(keys[r], k[r], mask, cand, hist)
-        sq[r] = _zero_masked(values[r], mask, out[r])
+        row = keys[r]
+        if k[r] <= 0:
+            t, cut = absmask - absmask, -1  # prunes nothing: no key is below 0
+        elif k[r] >= n:
+            t, cut = absmask, n  # prunes everything
+        else:
+            t, ties = _select_key(row, k[r] - 1, cand, hist)
+            ties += 1  # keys equal to t that are pruned, lowest index first
+            cut = 0
+            for i in range(n):
+                ties -= (row[i] & absmask) == t
+                if ties == 0:
+                    cut = i
+                    break
+        for i in range(n):
+            key = row[i] & absmask
+            mask[i] = (key < t) | ((key == t) & (i <= cut))
+        sq[r], zeros[r] = _zero_where(values[r], mask, out[r], scratch)
 
 
 def _row_keys(values: np.ndarray) -> np.ndarray:
@@ -479,9 +524,12 @@ def _row_keys(values: np.ndarray) -> np.ndarray:
     return np.abs(values.astype(np.int64)).astype(np.uint64)
 
 
-def prune_rows(values: np.ndarray, k: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+def prune_rows(
+    values: np.ndarray, k: np.ndarray | int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Zero the k[r] smallest-magnitude elements of each row r (ties: lower index first):
-    (pruned values of the input dtype, per row the sum of squares of what was zeroed).
+    (pruned values of the input dtype, per row the sum of squares of what was zeroed, per
+    row the zeros in the result).
 
     The same choice as ``smallest_k_mask(|values|, k)`` followed by ``apply_mask``, in one
     pass per row and without magnitude or mask arrays the size of the weight."""
@@ -491,19 +539,23 @@ def prune_rows(values: np.ndarray, k: np.ndarray | int) -> tuple[np.ndarray, np.
             f"{getattr(values, 'dtype', type(values))} {getattr(values, 'shape', '')}"
         )
     if values.dtype == np.float16:  # Numba has no float16; float32 holds it exactly
-        out, sq = prune_rows(values.astype(np.float32), k)
-        return out.astype(np.float16), sq
+        out, sq, zeros = prune_rows(values.astype(np.float32), k)
+        return out.astype(np.float16), sq, zeros
     values = np.ascontiguousarray(values)
     if values.dtype.kind == "f" and values.dtype.itemsize not in (4, 8):
         raise ValueError(f"unsupported float dtype {values.dtype}")
     k = _as_counts(k, values.shape[0], values.shape[1], "k")
     out = np.empty_like(values)
     sq = np.empty(values.shape[0])
-    _prune_rows(_row_keys(values), values, k, out, sq)
-    return out, sq
+    zeros = np.empty(values.shape[0], np.int64)
+    _prune_rows(_row_keys(values), values, k, out, sq, zeros)
+    return out, sq, zeros
 
 
-def prune_rows_numpy(values: np.ndarray, k: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+def prune_rows_numpy(
+    values: np.ndarray, k: np.ndarray | int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Twin of :func:`prune_rows`: the mask twin, then the apply twin."""
     mask = smallest_k_mask_numpy(np.abs(values.astype(np.float64)), k)
-    return apply_mask_numpy(values, mask)
+    out, sq = apply_mask_numpy(values, mask)
+    return out, sq, np.count_nonzero(out == 0, axis=1).astype(np.int64)

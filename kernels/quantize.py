@@ -11,56 +11,81 @@ from __future__ import annotations
 import numpy as np
 
 from tflrewrite.kernels._jit import jit
-from tflrewrite.kernels.stats import all_finite
+from tflrewrite.kernels.stats import int8_row_counts, sum4
 
 # The smallest normal float32: a scale that underflowed would divide by zero.
 _TINY = np.float32(np.finfo(np.float32).tiny)
 
 
 @jit
-def _symmetric_int8_rows(x, q, scales, sq_err):
+def _magnitude_of_key(keys, key):
+    """The float whose bits (sign cleared) are `key`, for keys of x's width, as float64."""
+    if keys.itemsize == 4:
+        return np.float64(np.uint32(key).view(np.float32))
+    return np.uint64(key).view(np.float64)
+
+
+@jit
+def _symmetric_int8_rows(x, keys, q, scales, sq_err, zeros, distinct, seen):
+    """The kernel of `symmetric_int8_rows`: False, with the outputs unfinished, when x holds
+    NaN or infinity. `keys` are x's bits as unsigned integers: with the sign bit cleared
+    they order like |x|, so a row's peak is an integer maximum (a loop that vectorises) and
+    any key above that of infinity is a NaN."""
     rows, n = x.shape
+    absmask = ((1 << (keys.itemsize * 8 - 2)) - 1) * 2 + 1
+    inf_key = 0x7F800000 if keys.itemsize == 4 else 0x7FF0000000000000
+    d2 = np.empty(n)
+    sub, hist = np.empty((4, 256), np.int32), np.empty(256, np.int64)
     for r in range(rows):
-        peak = 0.0
+        top = absmask - absmask
         for t in range(n):
-            v = abs(np.float64(x[r, t]))
-            if v > peak:
-                peak = v
+            top = max(top, keys[r, t] & absmask)
+        if top >= inf_key:
+            return False
+        peak = _magnitude_of_key(keys, top)
         scale = np.float32(peak / 127.0) if peak > 0.0 else np.float32(1.0)
         if scale < _TINY:
             scale = _TINY
         scales[r] = scale
         s = np.float64(scale)
-        acc = 0.0
-        for t in range(n):
+        for t in range(n):  # branch-free, so that it vectorises
             v = np.float64(x[r, t]) / s
-            m = np.floor(abs(v) + 0.5)
-            if m > 127.0:
-                m = 127.0
-            if v < 0.0:
-                m = -m
+            m = min(np.floor(abs(v) + 0.5), 127.0)
+            m = -m if v < 0.0 else m
             q[r, t] = np.int8(m)
             d = np.float64(x[r, t]) - m * s
-            acc += d * d
-        sq_err[r] = acc
+            d2[t] = d * d
+        sq_err[r] = sum4(d2, n)
+        int8_row_counts(q[r], sub, hist, r, zeros, distinct, seen)
+    return True
 
 
 def symmetric_int8_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(q int8 of x's shape, scales float32 per row, squared error of q * scale per row)
     for a 2-D float array."""
+    return symmetric_int8_rows_counted(x)[:3]
+
+
+def symmetric_int8_rows_counted(
+    x: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, int]]:
+    """`symmetric_int8_rows`, and stats.int8_counts of q (counted while q is in cache)."""
     if not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype.kind != "f":
         raise ValueError(
             f"expected a 2-D float array, got {getattr(x, 'dtype', type(x))} "
             f"with shape {getattr(x, 'shape', None)}"
         )
-    if not all_finite(x):
-        raise ValueError("weights hold NaN or infinity")
     x = np.ascontiguousarray(x if x.dtype in (np.float32, np.float64) else x.astype(np.float32))
+    rows = x.shape[0]
     q = np.empty(x.shape, np.int8)
-    scales = np.empty(x.shape[0], np.float32)
-    sq_err = np.empty(x.shape[0])
-    _symmetric_int8_rows(x, q, scales, sq_err)
-    return q, scales, sq_err
+    scales = np.empty(rows, np.float32)
+    sq_err = np.empty(rows)
+    zeros, distinct = np.empty(rows, np.int64), np.empty(rows, np.int64)
+    seen = np.zeros(256, np.bool_)
+    keys = x.view(np.uint32 if x.dtype == np.float32 else np.uint64)
+    if not _symmetric_int8_rows(x, keys, q, scales, sq_err, zeros, distinct, seen):
+        raise ValueError("weights hold NaN or infinity")
+    return q, scales, sq_err, (zeros, distinct, int(seen.sum()))
 
 
 def symmetric_int8_rows_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

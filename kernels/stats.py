@@ -12,20 +12,62 @@ from tflrewrite.kernels._jit import jit
 
 
 @jit
+def int8_histogram(row, sub, hist):
+    """hist[v + 128] = how many times each int8 value v occurs in `row` (1-D). The counts go
+    to four sub-histograms (`sub`, 4 x 256 int32 of scratch) in turn, so that a run of equal
+    values does not make every increment wait for the one before."""
+    sub[:] = 0
+    n = row.shape[0]
+    n4 = n - n % 4
+    for t in range(0, n4, 4):
+        sub[0, np.int64(row[t]) + 128] += 1
+        sub[1, np.int64(row[t + 1]) + 128] += 1
+        sub[2, np.int64(row[t + 2]) + 128] += 1
+        sub[3, np.int64(row[t + 3]) + 128] += 1
+    for t in range(n4, n):
+        sub[0, np.int64(row[t]) + 128] += 1
+    for b in range(256):
+        hist[b] = np.int64(sub[0, b]) + sub[1, b] + sub[2, b] + sub[3, b]
+
+
+@jit
+def int8_row_counts(row, sub, hist, r, zeros, distinct, seen):
+    """Zeros and distinct values of one int8 row into zeros[r] and distinct[r]; marks the
+    values seen (offset by 128) in `seen`. `sub` and `hist` are scratch for int8_histogram."""
+    int8_histogram(row, sub, hist)
+    zeros[r] = hist[128]
+    d = 0
+    for b in range(256):
+        if hist[b] > 0:
+            d += 1
+            seen[b] = True
+    distinct[r] = d
+
+
+@jit
 def _int8_counts(q, zeros, distinct, seen):
-    hist = np.zeros(256, np.int64)
-    rows, n = q.shape
-    for r in range(rows):
-        hist[:] = 0
-        for t in range(n):
-            hist[np.int64(q[r, t]) + 128] += 1
-        zeros[r] = hist[128]
-        d = 0
-        for b in range(256):
-            if hist[b] > 0:
-                d += 1
-                seen[b] = True
-        distinct[r] = d
+    sub, hist = np.empty((4, 256), np.int32), np.empty(256, np.int64)
+    for r in range(q.shape[0]):
+        int8_row_counts(q[r], sub, hist, r, zeros, distinct, seen)
+
+
+@jit
+def sum4(x, n):
+    """Sum of x[:n] in float64, in four interleaved partial sums: four additions in flight
+    rather than one (the last bits differ from a sum in index order)."""
+    a0 = 0.0
+    a1 = 0.0
+    a2 = 0.0
+    a3 = 0.0
+    n4 = n - n % 4
+    for t in range(0, n4, 4):
+        a0 += x[t]
+        a1 += x[t + 1]
+        a2 += x[t + 2]
+        a3 += x[t + 3]
+    for t in range(n4, n):
+        a0 += x[t]
+    return (a0 + a1) + (a2 + a3)
 
 
 @jit
@@ -51,19 +93,27 @@ def _sq_diff(a, b, out):
 
 
 @jit
-def _all_finite(x):
-    for v in x:
-        if not np.isfinite(v):
-            return False
-    return True
+def _max_magnitude_key(keys):
+    """The largest of the keys (unsigned views of floats) with the sign bit cleared: the bits
+    of the largest |x|, or of a NaN. An integer maximum, so the loop vectorises."""
+    absmask = ((1 << (keys.itemsize * 8 - 2)) - 1) * 2 + 1
+    top = absmask - absmask
+    for v in keys:
+        top = max(top, v & absmask)
+    return top
+
+
+# Unsigned views of each float width, and the bits of its infinity: larger keys are NaNs.
+_FLOAT_KEYS = {2: (np.uint16, 0x7C00), 4: (np.uint32, 0x7F800000), 8: (np.uint64, 0x7FF << 52)}
 
 
 def all_finite(x: np.ndarray) -> bool:
     """Whether a float array holds no NaN or infinity (one pass, no temporary array)."""
-    flat = x.reshape(-1)
-    if flat.dtype == np.float16:  # Numba has no float16
-        return bool(np.isfinite(flat).all())
-    return bool(_all_finite(np.ascontiguousarray(flat)))
+    if x.dtype.kind != "f":
+        return True
+    flat = np.ascontiguousarray(x.reshape(-1))
+    uint, inf_key = _FLOAT_KEYS[flat.dtype.itemsize]
+    return flat.size == 0 or int(_max_magnitude_key(flat.view(uint))) < inf_key
 
 
 def int8_counts(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

@@ -198,6 +198,22 @@ def test_int8_rows_equal_numpy_twin_and_keep_their_promises(k, keep_zero):
             assert np.all(np.diff(new[moved][order].astype(int)) >= 0)
 
 
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("keep_zero", [False, True])
+@pytest.mark.parametrize("k", [1, 3, 16])
+def test_int8_with_counts_equals_twin_and_the_rows_kernel(k, keep_zero, per_row):
+    for q in int8_cases():
+        out, sq, counts = km.cluster_int8(q, k, keep_zero, per_row)
+        want = km.cluster_int8_numpy(q, k, keep_zero, per_row)
+        np.testing.assert_array_equal(out, want[0])
+        np.testing.assert_array_equal(sq, want[1])  # integers: exact
+        for got, expected in zip(counts, want[2], strict=True):
+            np.testing.assert_array_equal(got, expected)
+        units = q if per_row else q.reshape(1, -1)
+        rows = km.cluster_int8_rows(units, k, keep_zero).reshape(q.shape)
+        np.testing.assert_array_equal(out, rows)
+
+
 def test_int8_centroids_are_rounded_means_half_away_from_zero():
     q = np.array(
         [[-3, -2, 10, 11], [1, 2, 9, 9], [-128, -127, 126, 127], [1, 1, 2, 60], [-2, -1, -1, 50]],

@@ -92,6 +92,29 @@ def test_smallest_k_long_tied_rows(rng, n, dtype):
     np.testing.assert_array_equal(mask.sum(axis=1), k)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_smallest_k_crowded_range(rng, dtype):
+    """Thousands of neighbouring floats among values spread over decades: the selection's
+    first rounds leave more candidates than counting takes, so it narrows several times."""
+    dense = np.nextafter(dtype(1), dtype(2)) - dtype(1)
+    row = np.concatenate(
+        [
+            dtype(1) + dense * np.arange(4000, dtype=dtype),
+            np.abs(rng.standard_normal(1000)) * 10.0 ** rng.integers(-30, 30, 1000),
+        ]
+    ).astype(dtype)
+    mag = np.stack([rng.permutation(row) for _ in range(4)])
+    mag[3, ::7] = 1  # ties inside the crowd
+    k = np.array([1200, 2500, 4999, 3001], np.int64)
+    mask = prune.smallest_k_mask(mag, k)
+    np.testing.assert_array_equal(mask, prune.smallest_k_mask_numpy(mag, k))
+    out, sq, zeros = prune.prune_rows(mag, k)
+    out2, sq2, zeros2 = prune.prune_rows_numpy(mag, k)
+    np.testing.assert_array_equal(out, out2)
+    np.testing.assert_allclose(sq, sq2, rtol=1e-12)
+    np.testing.assert_array_equal(zeros, zeros2)
+
+
 def test_smallest_k_ties_go_to_lower_index():
     mag = np.array([[2, 1, 1, 0, 1, 1]], np.float32)
     np.testing.assert_array_equal(prune.smallest_k_mask(mag, 3)[0], [0, 1, 1, 1, 0, 0])
@@ -292,9 +315,10 @@ def test_prune_rows_equals_twin(dtype, seed):
     values = rng.choice([0.0, -0.0, 1.0, -1.0, 2.5, -3.0, 0.25], size=(7, 40))
     values = (values * (100 if dtype == np.int8 else 1)).astype(dtype)
     k = rng.integers(0, 41, 7)
-    out, sq = prune.prune_rows(values, k)
-    out2, sq2 = prune.prune_rows_numpy(values, k)
+    out, sq, zeros = prune.prune_rows(values, k)
+    out2, sq2, zeros2 = prune.prune_rows_numpy(values, k)
     np.testing.assert_array_equal(out, out2)
     np.testing.assert_allclose(sq, sq2, rtol=1e-12)
+    np.testing.assert_array_equal(zeros, zeros2)
     assert out.dtype == values.dtype
     assert np.all(np.count_nonzero(out == 0, axis=1) >= k)

@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tflrewrite.kernels.quantize import symmetric_int8_rows, symmetric_int8_rows_numpy
+from tflrewrite.kernels.quantize import (
+    symmetric_int8_rows,
+    symmetric_int8_rows_counted,
+    symmetric_int8_rows_numpy,
+)
+from tflrewrite.kernels.stats import int8_counts_numpy
 
 floats = st.one_of(
     st.sampled_from([0.0, -0.0, 0.5, -0.5, 1e-30, 3.0]),
@@ -33,6 +38,19 @@ def test_kernel_equals_twin(x):
     assert np.all(err <= s[:, None].astype(np.float64) * 0.5 * (1 + 1e-6) + 1e-30)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_counted_variant_counts_what_it_quantizes(dtype):
+    rng = np.random.default_rng(1)
+    x = np.where(rng.random((9, 301)) < 0.4, 0, rng.normal(0, 3, (9, 301))).astype(dtype)
+    q, s, e, counts = symmetric_int8_rows_counted(x)
+    q2, s2, e2 = symmetric_int8_rows(x)
+    np.testing.assert_array_equal(q, q2)
+    np.testing.assert_array_equal(s, s2)
+    np.testing.assert_array_equal(e, e2)
+    for got, want in zip(counts, int8_counts_numpy(q), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_clusters_stay_clusters():
     rng = np.random.default_rng(0)
     x = rng.choice(np.linspace(-1, 1, 7).astype(np.float32), size=(8, 100))
@@ -41,7 +59,14 @@ def test_clusters_stay_clusters():
 
 
 @pytest.mark.parametrize(
-    "bad", [np.zeros(3, np.float32), np.array([[np.nan]], np.float32), np.zeros((2, 2), np.int8)]
+    "bad",
+    [
+        np.zeros(3, np.float32),
+        np.array([[np.nan]], np.float32),
+        np.array([[1.0, 2.0], [3.0, -np.inf]]),
+        np.array([[np.inf, 1.0]], np.float16),
+        np.zeros((2, 2), np.int8),
+    ],
 )
 def test_bad_input(bad):
     with pytest.raises(ValueError):

@@ -22,6 +22,17 @@ def test_stats_equal_twins(seed):
     )
 
 
+def test_histogram_and_sum4():
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 5, 4096):
+        row = np.where(rng.random(n) < 0.5, 0, rng.integers(-128, 128, n)).astype(np.int8)
+        hist = np.empty(256, np.int64)
+        stats.int8_histogram(row, np.empty((4, 256), np.int32), hist)
+        np.testing.assert_array_equal(hist, np.bincount(row.astype(np.int64) + 128, minlength=256))
+        x = rng.random(n)
+        np.testing.assert_allclose(stats.sum4(x, n), x.sum(), rtol=1e-12)
+
+
 def test_shapes_are_checked():
     with pytest.raises(ValueError):
         stats.sq_diff_per_row(np.zeros((2, 3)), np.zeros((3, 2)))
@@ -33,6 +44,10 @@ def test_shapes_are_checked():
 def test_all_finite(dtype):
     x = np.ones((3, 5), dtype)
     assert stats.all_finite(x)
+    assert stats.all_finite(np.zeros((0, 3), dtype))
+    big = np.finfo(dtype).max
+    assert stats.all_finite(np.array([-0.0, big, -big, np.finfo(dtype).smallest_subnormal], dtype))
+    assert stats.all_finite(x.T)  # not contiguous
     for bad in (np.nan, np.inf, -np.inf):
         y = x.copy()
         y[2, 4] = bad

@@ -4,7 +4,9 @@ stored form (int8, float32, float16 behind DEQUANTIZE) and real values."""
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +24,35 @@ WEIGHT_OPS: dict[str, tuple[int, int, int | None]] = {
 }
 
 STORED_DTYPES = ("INT8", "FLOAT32", "FLOAT16")
+
+
+class BufferMemo:
+    """Facts about a buffer's bytes (its statistics, that they are finite), remembered for
+    as long as the array holding them lives. Passes never write into a buffer's array and
+    model copies share them, so the array object stands for its content."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[int, Any], tuple[weakref.ref, Any]] = {}
+
+    def get(self, raw: np.ndarray, key: Any = None) -> Any:
+        hit = self._items.get((id(raw), key))
+        return hit[1] if hit is not None and hit[0]() is raw else None
+
+    def put(self, raw: np.ndarray, value: Any, key: Any = None) -> Any:
+        k = (id(raw), key)
+        items = self._items
+        self._items[k] = (weakref.ref(raw, lambda _, k=k: items.pop(k, None)), value)
+        return value
+
+
+_FINITE = BufferMemo()
+
+
+def is_finite(t: Tensor) -> bool:
+    """Whether a float tensor's values hold no NaN or infinity (checked once per buffer)."""
+    raw = t.buffer.data
+    known = _FINITE.get(raw)
+    return known if known is not None else _FINITE.put(raw, stats.all_finite(t.data))
 
 
 @dataclass(eq=False)
@@ -116,7 +147,7 @@ def _unusable(
         return "already sparse-encoded"
     if t.shape is None or t.data is None or t.data.size != int(np.prod(t.shape)):
         return "no dense data of its shape"
-    if t.dtype != "INT8" and not stats.all_finite(t.data):
+    if t.dtype != "INT8" and not is_finite(t):
         return "holds NaN or infinity"
     if any(id(u) not in weight_tensors for u in users):
         return "its buffer is shared with a tensor that is not a weight"
@@ -157,11 +188,15 @@ def replace_data(
     values: np.ndarray,
     dtype: str | None = None,
     quantization: object = "keep",
+    finite: bool = False,
 ) -> None:
     """Give the weight (and every alias on its buffer) new stored values in a new buffer,
-    which takes the old one's place in the buffer list when nothing else uses the old one."""
+    which takes the old one's place in the buffer list when nothing else uses the old one.
+    `finite` says that the values are known to hold no NaN or infinity."""
     old = w.tensor.buffer
     new = Buffer(np.ascontiguousarray(values).reshape(-1).view(np.uint8))
+    if finite:
+        _FINITE.put(new.data, True)
     for t in [w.tensor, *w.aliases]:
         t.buffer = new
         if dtype is not None:

@@ -20,10 +20,12 @@ from tflrewrite.model import Model
 from tflrewrite.passes.common import (
     PassResult,
     Rule,
+    channel_sq_to_mse,
     check_regex,
     commit,
     map_weights,
     select,
+    stats_from_counts,
     stats_of,
     stored_mse,
     weight_stats,
@@ -78,6 +80,8 @@ def _edit(item: tuple) -> tuple[np.ndarray, float, dict, dict]:
     """(clustered values, weight MSE, statistics before, statistics after) of one weight."""
     w, opts = item
     stored = w.tensor.data
+    if opts.init == "optimal" and w.tensor.dtype == "INT8":
+        return _edit_int8(w, opts)
     rows = np.ascontiguousarray(units(w, stored, opts.granularity))
     if opts.init != "optimal":
         clustered = _lloyd_rows(rows, opts)
@@ -90,6 +94,24 @@ def _edit(item: tuple) -> tuple[np.ndarray, float, dict, dict]:
         clustered = values.astype(stored.dtype)
     after = from_units(w, clustered, opts.granularity)
     return after, stored_mse(w, stored, after), stats_of(w), weight_stats(w.channels(after))
+
+
+def _edit_int8(w: Weight, opts: Options) -> tuple[np.ndarray, float, dict, dict]:
+    """_edit of int8 weights by the optimal clustering, which also counts what the report
+    wants from the histograms it clusters."""
+    stored = w.tensor.data
+    rows = w.channels(stored)
+    clustered, sq, counts = kmeans1d.cluster_int8(
+        rows, opts.clusters, opts.preserve_sparsity, per_row=opts.granularity == "channel"
+    )
+    after = w.from_channels(clustered)
+    q = w.tensor.quantization
+    if q.per_axis and q.axis != w.out_axis:
+        error = stored_mse(w, stored, after)
+    else:
+        error = channel_sq_to_mse(w, sq)
+    now = stats_from_counts(*counts, rows.shape[1]) if rows.size else weight_stats(clustered)
+    return after, error, stats_of(w), now
 
 
 def _lloyd_rows(rows: np.ndarray, opts: Options) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 from tflrewrite.errors import UsageError
 from tflrewrite.kernels import stats
 from tflrewrite.model import Model
-from tflrewrite.weights import Weight, find_weights, record, replace_data
+from tflrewrite.weights import BufferMemo, Weight, find_weights, record, replace_data
 
 
 @dataclass
@@ -91,10 +91,11 @@ def commit(
     model: Model, weights: list[Weight], edits: list[tuple], action: str, fields: list[dict]
 ) -> list[dict]:
     """Give each weight its edited values, in order, and record what was done. An edit is
-    (values, weight MSE, statistics before, statistics after)."""
+    (values, weight MSE, statistics before, statistics after). Pruning and clustering keep
+    finite values finite (zeros, and means of values), so the new values need no check."""
     records = []
     for w, (after, error, before, now), extra in zip(weights, edits, fields, strict=True):
-        replace_data(model, w, after)
+        replace_data(model, w, after, finite=True)
         records.append(
             record(w, action, **extra, before=before, after=remember_stats(w, now), mse=error)
         )
@@ -106,21 +107,31 @@ def commit(
 DISTINCT_FLOAT_LIMIT = 2**20
 
 
-def weight_stats(rows: np.ndarray) -> dict[str, Any]:
-    """Sparsity and distinct values of a weight given as rows (one per output channel)."""
+def weight_stats(rows: np.ndarray, zeros: np.ndarray | None = None) -> dict[str, Any]:
+    """Sparsity and distinct values of a weight given as rows (one per output channel);
+    `zeros`, the zeros per row when the caller has counted them already."""
     if rows.size == 0:
         return {"sparsity": 0.0, "channel_sparsity": [0.0, 0.0], "unique": 0, "channel_unique": 0}
     if rows.dtype == np.int8:
-        zeros, distinct, total = stats.int8_counts(rows)
-    else:
-        zeros, distinct, total = stats.zeros_per_row(rows), None, None
-        if rows.size <= DISTINCT_FLOAT_LIMIT:
-            s = np.sort(rows, axis=1)
-            distinct = 1 + np.count_nonzero(s[:, 1:] != s[:, :-1], axis=1)
-            total = int(np.unique(s).size)
-    per_row = zeros / rows.shape[1]
+        return stats_from_counts(*stats.int8_counts(rows), rows.shape[1])
+    if zeros is None:
+        zeros = stats.zeros_per_row(rows)
+    distinct, total = None, None
+    if rows.size <= DISTINCT_FLOAT_LIMIT:
+        s = np.sort(rows, axis=1)
+        distinct = 1 + np.count_nonzero(s[:, 1:] != s[:, :-1], axis=1)
+        total = int(np.unique(s).size)
+    return stats_from_counts(zeros, distinct, total, rows.shape[1])
+
+
+def stats_from_counts(
+    zeros: np.ndarray, distinct: np.ndarray | None, total: int | None, n: int
+) -> dict[str, Any]:
+    """weight_stats from zeros and distinct values per row (None: not counted), distinct
+    values overall, and the row length n (> 0)."""
+    per_row = zeros / n
     return {
-        "sparsity": float(zeros.sum()) / rows.size,
+        "sparsity": float(zeros.sum()) / (zeros.size * n),
         "channel_sparsity": [float(per_row.min()), float(per_row.max())],
         "unique": total,
         "channel_unique": None if distinct is None else int(distinct.max()),
@@ -128,26 +139,21 @@ def weight_stats(rows: np.ndarray) -> dict[str, Any]:
 
 
 # Statistics of the weights a pass was given, which the pass before it has just computed as
-# its "after": keyed by the buffer's bytes (the array object, which passes never write into
-# and which model copies share), holding the array so that its id cannot be reused.
-_STATS: dict[tuple[int, int], tuple[np.ndarray, dict]] = {}
+# its "after", remembered for each buffer's bytes.
+_STATS = BufferMemo()
 
 
 def stats_of(w: Weight) -> dict[str, Any]:
     """weight_stats of a weight by output channel, computed once per buffer content."""
-    raw = w.tensor.buffer.data
-    hit = _STATS.get((id(raw), w.out_axis))
-    if hit is not None and hit[0] is raw:
-        return hit[1]
+    hit = _STATS.get(w.tensor.buffer.data, w.out_axis)
+    if hit is not None:
+        return hit
     return remember_stats(w, weight_stats(w.channels(w.tensor.data)))
 
 
 def remember_stats(w: Weight, result: dict[str, Any]) -> dict[str, Any]:
     """Record `result` as the statistics of the weight's current buffer."""
-    if len(_STATS) >= 64:
-        _STATS.pop(next(iter(_STATS)), None)
-    _STATS[(id(w.tensor.buffer.data), w.out_axis)] = (w.tensor.buffer.data, result)
-    return result
+    return _STATS.put(w.tensor.buffer.data, result, w.out_axis)
 
 
 # Below this many weight elements in a pass, threads cost more than they save.

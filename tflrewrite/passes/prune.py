@@ -151,8 +151,9 @@ def _edit(item: tuple) -> tuple[np.ndarray, float, dict, dict]:
         # order like real ones.
         rows = np.ascontiguousarray(w.channels(w.tensor.data))
         k = np.full(rows.shape[0], kernels.prune_count(rows.shape[1], opts.sparsity), np.int64)
-        rows, sq = kernels.prune_rows(rows, k)
-        return w.from_channels(rows), channel_sq_to_mse(w, sq), before, weight_stats(rows)
+        rows, sq, zeros = kernels.prune_rows(rows, k)
+        after = weight_stats(rows, zeros)
+        return w.from_channels(rows), channel_sq_to_mse(w, sq), before, after
     if mask is None:
         mask = _mask(w, opts)
     if not one_scale_per_row:
