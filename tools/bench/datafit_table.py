@@ -42,12 +42,18 @@ def grid_inputs(int8_model: Path, count: int, seed: int) -> list[list[np.ndarray
     grids = []
     for t in sg.inputs:
         q = t if t.dtype != "FLOAT32" else next(o for o in sg.operators if t in o.inputs).outputs[0]
-        info = np.iinfo(q.dtype.lower())
-        grids.append((float(q.quantization.scale[0]), int(q.quantization.zero_point[0]), info, t))
+        if q.dtype in ("INT8", "UINT8", "INT16"):
+            info = np.iinfo(q.dtype.lower())
+            scale, zero = float(q.quantization.scale[0]), int(q.quantization.zero_point[0])
+            grids.append((scale, zero, info, t))
+        else:  # a float input read by a float op: uniform in [-1, 1]
+            grids.append((None, None, None, t))
     rng = np.random.default_rng(seed)
     return [
         [
-            ((rng.integers(i.min, i.max + 1, size=t.shape) - z) * s).astype(np.float32)
+            rng.uniform(-1, 1, size=t.shape).astype(np.float32)
+            if s is None
+            else ((rng.integers(i.min, i.max + 1, size=t.shape) - z) * s).astype(np.float32)
             for s, z, i, t in grids
         ]
         for _ in range(count)
