@@ -37,6 +37,8 @@ never imports TensorFlow.
      tflrewrite recipes (the command's start-up, all passes imported), for reference
      python -c pass (the interpreter's own start-up), for reference
    Target: (c) no slower than the AEQ script.
+   Both tables also give median CPU seconds (all threads; user + system for a command) and
+   CPU ratios, for information: on a shared machine they move far less than wall times.
 4. Checks: output sizes of (a), (b), (c) with `tflrewrite audit` figures (bytes, zipped
    bytes, bytes by dtype, weight sparsity and most distinct values in a channel), and LiteRT
    runs the float model and every output on one seeded random input (max |diff| vs float).
@@ -56,6 +58,7 @@ import io
 import json
 import os
 import pstats
+import resource
 import shutil
 import statistics
 import subprocess
@@ -216,20 +219,28 @@ def tflrewrite_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "tflrewrite"]
 
 
-def run_command(cmd: list[str], out: str | None) -> float:
-    """Wall seconds of one fresh process; its output is deleted untimed."""
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_command(cmd: list[str], out: str | None) -> tuple[float, dict]:
+    """Wall seconds of one fresh process, and its CPU seconds (user + system, all threads)
+    as extra "cpu"; its output is deleted untimed."""
     if out:
         remove(out)
+    c0 = children_cpu()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
+    cpu = children_cpu() - c0
     if proc.returncode != 0:
         raise SystemExit(
             f"compress.py: {' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
         )
     if out:
         remove(out)
-    return elapsed
+    return elapsed, {"cpu": cpu}
 
 
 # ---------------------------------------------------------------- timing helpers
@@ -257,12 +268,14 @@ def interleaved(
 
 
 def timed(fn: Callable[[], dict | None], out: str) -> tuple[float, dict]:
-    """Times fn(), then deletes `out` untimed."""
-    t0 = time.perf_counter()
+    """Times fn() (wall, and CPU of every thread of this process as extra "cpu"), then
+    deletes `out` untimed."""
+    c0, t0 = time.process_time(), time.perf_counter()
     extra = fn()
     elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     remove(out)
-    return elapsed, extra or {}
+    return elapsed, {**(extra or {}), "cpu": cpu}
 
 
 def med(rows: list[dict[str, float]], key: str) -> float:
@@ -478,6 +491,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  med.   {m['rw']:8.3f}  {m['a']:8.3f}  {m['a2']:8.3f}  {m['b']:8.3f}  {m['c']:8.3f}"
         f"  {rb:7.2f}x {rc:7.2f}x   (ratios: medians of per-round ratios)"
     )
+    mc = {k: med(rows, k + ".cpu") for k in ("rw", "a", "a2", "b", "c")}
+    print(
+        f"  cpu    {mc['rw']:8.3f}  {mc['a']:8.3f}  {mc['a2']:8.3f}  {mc['b']:8.3f}  {mc['c']:8.3f}"
+        f"  {med_ratio(rows, 'b.cpu', 'a.cpu'):7.2f}x {med_ratio(rows, 'c.cpu', 'a.cpu'):7.2f}x"
+        "   (CPU s of all threads, for information: less noisy on a shared machine)"
+    )
     for name in ("b", "c"):
         print(
             f"  ({name}) phases, medians: read {med(rows, name + '.read'):.3f} s, "
@@ -513,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                 "py": [sys.executable, "-c", "pass"],
             }
             crow = interleaved(
-                {k: (lambda k=k: (run_command(commands[k], cmd_out.get(k)), {})) for k in commands},
+                {k: (lambda k=k: run_command(commands[k], cmd_out.get(k))) for k in commands},
                 args.cmd_repeats,
             )
         print()
@@ -534,6 +553,11 @@ def main(argv: list[str] | None = None) -> int:
             print("  " + "".join(f"{r[k]:9.3f}" for k in labels))
         cm = {k: med(crow, k) for k in labels}
         print("  " + "".join(f"{cm[k]:9.3f}" for k in labels) + "   medians, s")
+        print(
+            "  "
+            + "".join(f"{med(crow, k + '.cpu'):9.3f}" for k in labels)
+            + "   CPU s (user + system), medians, for information"
+        )
         for k, label in labels.items():
             ratio_s = (
                 ""
@@ -546,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         ok_cmd = r_cmd <= 1.0
         print(
             f"  target: whole (c) <= AEQ script: {r_cmd:.2f}x {'met' if ok_cmd else 'MISSED'} "
-            f"(with the default report + verify: {r_cmd_v:.2f}x)"
+            f"(with the default report + verify: {r_cmd_v:.2f}x; CPU "
+            f"{med_ratio(crow, 'c.cpu', 'aeq.cpu'):.2f}x)"
         )
         cmd_summary = (
             f"whole (c) {cm['c']:.2f} s vs AEQ script {cm['aeq']:.2f} s = {r_cmd:.2f}x "
