@@ -73,7 +73,7 @@ def run(step: str, model: Model, options, rules: tuple[Rule, ...], data, origina
     refuse = prune._not_prunable if step == "prune" else _no_reason
     model, chosen, records = select(model, options, rules, refuse)
     sg = model.subgraphs[0]
-    readers = _readers(sg)
+    readers = sg.consumers()
     fitted, fallback = [], {}
     for w, opts in chosen:
         reason = _not_fittable(w, readers, step)
@@ -92,7 +92,7 @@ def run(step: str, model: Model, options, rules: tuple[Rule, ...], data, origina
             for name, (_, why) in fallback.items()
         ]
     sg = model.subgraphs[0]
-    readers = _readers(sg)
+    readers = sg.consumers()
     weights = {w.name: w for w in find_weights(model)[0]}
     order = {id(op): i for i, op in enumerate(sg.operators)}
     fitted.sort(key=lambda item: order[id(readers[id(weights[item[0]].tensor)][0])])
@@ -113,15 +113,6 @@ def run(step: str, model: Model, options, rules: tuple[Rule, ...], data, origina
 
 def _no_reason(w: Weight, opts) -> None:
     return None
-
-
-def _readers(sg) -> dict[int, list[Operator]]:
-    out: dict[int, list[Operator]] = {}
-    for op in sg.operators:
-        for t in op.inputs:
-            if t is not None:
-                out.setdefault(id(t), []).append(op)
-    return out
 
 
 def _not_fittable(w: Weight, readers: dict, step: str) -> str | None:

@@ -445,9 +445,7 @@ class _Rewriter:
             rest = [d for i, d in enumerate(values.shape) if i != axis]
             stored = np.moveaxis(q_rows.reshape([values.shape[axis], *rest]), 0, axis)
         quant = Quantization(scales, np.zeros(scales.size, np.int64), axis=axis or 0)
-        q = Tensor(w.name, "INT8", w.shape, self.model.add_buffer(stored), quantization=quant)
-        self.sg.tensors.append(q)
-        self.constants[key] = q
+        q = self._new_constant(key, w, np.ascontiguousarray(stored), quant)
         self.records.append(
             {
                 "subgraph": 0,
@@ -475,16 +473,7 @@ class _Rewriter:
             raise TflRewriteError(f"{b.name}: {values.size} biases for {scales.size} channels")
         stored = np.clip(np.round(values / scales.astype(np.float64)), -INT32_MAX, INT32_MAX)
         quant = Quantization(scales, np.zeros(scales.size, np.int64), axis=0)
-        q = Tensor(
-            b.name,
-            "INT32",
-            b.shape,
-            self.model.add_buffer(stored.astype(np.int32)),
-            quantization=quant,
-        )
-        self.sg.tensors.append(q)
-        self.constants[key] = q
-        return q
+        return self._new_constant(key, b, stored.astype(np.int32).reshape(b.shape), quant)
 
     def _constant(self, t: Tensor) -> Tensor:
         scale, zero = self.params[id(t)]
@@ -493,13 +482,13 @@ class _Rewriter:
             return self.constants[key]
         stored = np.clip(np.round(t.data.astype(np.float64) / scale) + zero, -128, 127)
         quant = Quantization(np.array([scale], np.float32), np.array([zero], np.int64))
-        q = Tensor(
-            t.name,
-            "INT8",
-            t.shape,
-            self.model.add_buffer(stored.astype(np.int8)),
-            quantization=quant,
-        )
+        return self._new_constant(key, t, stored.astype(np.int8), quant)
+
+    def _new_constant(self, key: tuple, like: Tensor, stored: np.ndarray, quant) -> Tensor:
+        """A constant holding `stored`, named and shaped as the float tensor it replaces,
+        shared by every op that asks with the same key."""
+        dtype = {np.dtype(np.int8): "INT8", np.dtype(np.int32): "INT32"}[stored.dtype]
+        q = Tensor(like.name, dtype, like.shape, self.model.add_buffer(stored), quantization=quant)
         self.sg.tensors.append(q)
         self.constants[key] = q
         return q
