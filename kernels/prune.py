@@ -91,8 +91,7 @@ def _absmask(keys):
 
 @jit
 def _rank_among(cand, m, rank):
-    """_select_key for few candidates: the one with `rank` of them below or tied before it,
-    found by counting (O(m^2), no scratch)."""
+    """_select_key for few candidates, by counting (O(m^2), no scratch)."""
     for i in range(m):
         c = cand[i]
         less = 0
@@ -101,15 +100,15 @@ def _rank_among(cand, m, rank):
             less += cand[j] < c
             same += cand[j] == c
         if less <= rank < less + same:
-            return c, rank - less
-    return cand[0], rank  # not reached: some candidate holds every rank below m
+            return c, rank - less, same
+    return cand[0], rank, m  # not reached: some candidate holds every rank below m
 
 
 @jit
 def _select_key(keys, rank, cand, hist):
-    """(t, r): the key at 0-based ``rank`` in ascending order, and how many keys equal to t
+    """(t, r, e): the key at 0-based ``rank`` in ascending order, how many keys equal to t
     come before it in that order (so the ``rank + 1`` smallest are the keys below t and the
-    first r + 1 keys equal to t).
+    first r + 1 keys equal to t), and how many keys equal t.
 
     ``keys`` are unsigned integer views of non-negative floats; with the sign bit cleared
     (which also folds -0.0 onto 0.0) their integer order is their float order. Radix
@@ -158,10 +157,10 @@ def _select_key(keys, rank, cand, hist):
         # Keys are compared as int64 (& absmask): a uint64 against an int64 would be compared
         # as float64, which cannot tell neighbouring float64 keys apart.
         if shift == 0:  # one key per bin: every candidate equals it
-            return cand[0] & absmask, rank
-        if m <= _COUNTING_MAX:
-            t, r = _rank_among(cand, m, rank)
-            return t & absmask, r
+            return cand[0] & absmask, rank, m
+        if m <= _COUNTING_MAX:  # (every key equal to t is a candidate)
+            t, r, e = _rank_among(cand, m, rank)
+            return t & absmask, r, e
         lo = lo + (b << shift)
         hi = lo + (1 << shift) - 1
 
@@ -196,10 +195,14 @@ def _prune_smallest(keys, k, out, cand, hist):
     if n <= _COUNTING_MAX:
         _prune_smallest_short(keys, n - n, n, k, out, cand)  # n - n: no Literal[0] variant
         return
-    t, r = _select_key(keys, k - 1, cand, hist)
+    t, r, e = _select_key(keys, k - 1, cand, hist)
+    ties = r + 1  # how many keys equal to t are pruned, lowest index first
+    if ties == e:  # all of them
+        for i in range(n):
+            out[i] = (keys[i] & absmask) <= t
+        return
     for i in range(n):
         out[i] = (keys[i] & absmask) < t
-    ties = r + 1  # how many keys equal to t are pruned, lowest index first
     for i in range(n):
         if ties == 0:
             break
@@ -454,6 +457,24 @@ def _zero_where(values, mask, out, sq):
 
 
 @jit
+def _zero_up_to(values, keys, t, cut, out, sq):
+    """_zero_where with the mask of _prune_rows: keys below t, and keys equal to t up to
+    index `cut`."""
+    absmask = _absmask(keys)
+    n = values.shape[0]
+    zeros = 0
+    for i in range(n):
+        key = keys[i] & absmask
+        p = (key < t) | ((key == t) & (i <= cut))
+        v = values[i]
+        out[i] = 0 if p else v
+        f = np.float64(v)
+        sq[i] = f * f if p else 0.0
+        zeros += p | (v == 0)
+    return sum4(sq, n), zeros
+
+
+@jit
 def _apply_mask(values, mask, out, sq):
     scratch = np.empty(values.shape[1])
     for r in range(values.shape[0]):
@@ -491,7 +512,6 @@ def apply_mask_numpy(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
 def _prune_rows(keys, values, k, out, sq, zeros):
     rows, n = keys.shape
     absmask = _absmask(keys)
-    mask = np.empty(n, np.bool_)
     cand = np.empty(n, keys.dtype)
     hist = np.empty(_BINS, np.int64)
     scratch = np.empty(n)
@@ -502,18 +522,16 @@ def _prune_rows(keys, values, k, out, sq, zeros):
         elif k[r] >= n:
             t, cut = absmask, n  # prunes everything
         else:
-            t, ties = _select_key(row, k[r] - 1, cand, hist)
+            t, ties, equal = _select_key(row, k[r] - 1, cand, hist)
             ties += 1  # keys equal to t that are pruned, lowest index first
-            cut = 0
-            for i in range(n):
-                ties -= (row[i] & absmask) == t
-                if ties == 0:
-                    cut = i
-                    break
-        for i in range(n):
-            key = row[i] & absmask
-            mask[i] = (key < t) | ((key == t) & (i <= cut))
-        sq[r], zeros[r] = _zero_where(values[r], mask, out[r], scratch)
+            cut = n  # all of them (the usual case: t is one value)
+            if ties < equal:
+                for i in range(n):
+                    ties -= (row[i] & absmask) == t
+                    if ties == 0:
+                        cut = i
+                        break
+        sq[r], zeros[r] = _zero_up_to(values[r], row, t, cut, out[r], scratch)
 
 
 def _row_keys(values: np.ndarray) -> np.ndarray:
