@@ -309,6 +309,35 @@ def test_other_layers_and_a_subclassed_one(digits):
     _check(model, result, 0.5, K)
 
 
+def test_subclassed_model(digits):
+    """No layer graph: its batch norm cannot be folded before training, the converter folds
+    it after, and the cluster pass restores K values per tensor in the int8 kernel."""
+    keras = pytest.importorskip("keras")
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = keras.layers.Conv2D(16, 3, padding="same", use_bias=False)
+            self.bn = keras.layers.BatchNormalization()
+            self.fc = keras.layers.Dense(10)
+
+        def call(self, x, training=False):
+            h = keras.activations.relu(self.bn(self.conv(x), training=training))
+            return self.fc(keras.ops.reshape(h, (-1, 8 * 8 * 16)))
+
+    keras.utils.set_random_seed(0)
+    model = Net()
+    model(digits[0][:1])
+    result = _run(model, digits)
+    r = result.report
+    assert r["ok"] and not r["batchnorm"]["folded"]
+    assert "no layer graph" in r["batchnorm"]["not_folded"][0]
+    conv = next(c for c in r["layers"] if c["kind"] == "Conv2D")
+    assert conv["changed_by_rewrite"] > 0 and conv["tensor_unique"] <= K
+    for w in _int8_weights(result.tflite):
+        assert np.unique(w.tensor.data).size <= K
+
+
 def test_pcqat_tf_keras(digits):
     tf_keras = pytest.importorskip("tf_keras", reason="tf_keras is not installed")
     model = _tiny(tf_keras, digits[0], digits[2])

@@ -15,13 +15,19 @@ from tflrewrite.errors import TflRewriteError
 
 EPILOG = """\
 stages:
-  qat    every weight trains; the int8 model is PTQ of the result
+  qat    every weight trains
   pqat   the pruning mask is fixed: pruned weights stay exactly zero
   cqat   each weight keeps its cluster; the centroids train
   pcqat  both (zero is a cluster of its own)
-The mask and the starting clusters are the post-training passes' own (magnitude pruning
-per output channel, optimal 1-D k-means), computed on the kernels with batch norms folded
-in, as the converter will store them.
+The mask and the clusters come from the post-training passes' kernels (magnitude pruning,
+exact 1-D k-means), on the kernels as the .tflite will store them, batch norms folded in.
+pqat and pcqat first train under the mask with the batch norms still unfolded (--prune-
+epochs, default half of --epochs); then the batch norms are folded, pcqat forms its
+clusters, and the rest trains on int8-snapped kernels. Kernels with channels of fewer
+than 16 weights are clustered, not pruned, unless --prune-all. Then: TFLiteConverter
+full-integer int8 (float input and output, activation ranges from 256 training samples)
+and the rewriter's prune and cluster passes, which re-impose zeros and clusters and say
+if they had to change anything.
 
 TRAIN.npz holds `x` and `y`, or one array per model input (keyed by its name) and `y`.
 The loss is inferred for classifiers (sparse categorical for class ids, categorical for
@@ -32,8 +38,9 @@ examples:
       --prune 0.5 --cluster 16 -o model.int8.tflite
   tflrewrite finetune model.h5 --data train.npz --stage qat --epochs 1 -o qat.tflite
 
-Needs TensorFlow: pip install 'tflrewrite[keras]'. exit codes: 0 done, 1 a promised
-property (zeros, clusters) does not hold in the output, 2 bad usage or bad input.
+Needs TensorFlow: pip install 'tflrewrite[keras]'; tf_keras models also tf-keras. exit
+codes: 0 done, 1 a promised property (zeros, clusters) does not hold in the output, 2 bad
+usage or bad input.
 """
 
 
@@ -65,6 +72,12 @@ def parser() -> argparse.ArgumentParser:
         choices=["tensor", "channel"],
         default="tensor",
         help="the unit that reaches S (default: tensor)",
+    )
+    g.add_argument(
+        "--prune-all",
+        action="store_true",
+        help="also prune kernels whose channels hold fewer than 16 weights (3x3 depthwise, "
+        "a first 3x3 conv): by default they are clustered but not pruned",
     )
     g.add_argument(
         "--cluster", metavar="K", type=int, default=16, help="clusters per unit (default: 16)"
@@ -139,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         clusters=args.cluster,
         granularity=args.granularity,
         prune_scope=args.prune_scope,
+        prune_all=args.prune_all,
         epochs=args.epochs,
         prune_epochs=args.prune_epochs,
         lr=args.lr,
@@ -198,6 +212,8 @@ def print_report(source: str, output: str, report: dict, out: TextIO) -> None:
         out.write(f"  batch norms folded before training: {len(folded)}\n")
     for note in report["batchnorm"]["not_folded"]:
         out.write(f"  batch norm {note}\n")
+    for layer, reason in report.get("not_pruned", {}).items():
+        out.write(f"  not pruned: {layer}: {reason}\n")
     for item in report["left_alone"]:
         out.write(f"  left alone: {item['layer']}: {item['reason']}\n")
     for name in report["unmatched"]:
