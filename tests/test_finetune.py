@@ -258,6 +258,22 @@ def test_pqat_prune_all_channel_quantization(keras3_model, digits):
         assert np.all(w.channels(w.tensor.data)[masks[c["layer"]]] == 0), c["layer"]
 
 
+def test_dataset_input(keras3_model, digits):
+    """A tf.data.Dataset, unbatched or batched, trains as arrays do (without distillation:
+    the soft targets are computed for arrays only)."""
+    import tensorflow as tf
+
+    from tflrewrite.finetune import Options, finetune
+
+    x_train, _, y_train, _ = digits
+    ds = tf.data.Dataset.from_tensor_slices((x_train, y_train))
+    for data in (ds, ds.batch(64)):
+        result = finetune(keras3_model, data, options=Options(stage="pqat", epochs=1))
+        r = result.report
+        assert r["ok"] and r["loss"]["distill"] == 0.0
+        assert len(r["epochs"]) == 1 and r["epochs"][0]["accuracy"] is not None
+
+
 def test_cqat_per_channel_clusters(keras3_model, digits):
     result = _run(keras3_model, digits, stage="cqat", granularity="channel", clusters=4)
     assert result.report["ok"] and result.report["int8_weights"] == "channel"

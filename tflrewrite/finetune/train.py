@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import tensorflow as tf  # noqa: TID251 (the fine-tune hook is where TensorFlow lives)
@@ -245,22 +245,28 @@ class Epoch:
     seconds: float
 
 
-Batches = Callable[[int], Iterator[tuple[Any, Any]]]  # epoch -> (x, y) batches
+class Source(Protocol):
+    def batches(self, epoch: int) -> Iterator[tuple[Any, Any]]:
+        """The (x, y) batches of an epoch."""
 
 
 class Trainer:
+    """Trains `model` through the constrained kernels' parameters and every other trainable
+    weight (plus `extra` variables of layers in inference mode); evaluates it."""
+
     def __init__(
         self,
         model: Any,
         constrained: list[Constrained],
         extra: list[Any],
         loss: Loss,
-        lr: float,
+        lr: float = 1e-3,
         steps: int | None = None,
     ):
         self.model = model
         self.constrained = constrained
         self.loss = loss
+        self.lr, self.steps = lr, steps
         kernel_ids = {id(c.var) for c in constrained}
         free, seen = [], set()
         for v in [raw(v) for v in model.trainable_weights] + [raw(v) for v in extra]:
@@ -269,7 +275,7 @@ class Trainer:
                 free.append(v)
         self.free = free
         self.watched = [c.var for c in constrained] + free
-        self.adam = Adam([c.param for c in constrained] + free, lr, steps)
+        self.adam: Adam | None = None  # made when training starts: evaluation needs none
         self._step: Any = None
         self._eval: Any = None
         self._materialize = tf.function(self._materialize_all)
@@ -304,9 +310,10 @@ class Trainer:
         """Put every constrained kernel at its starting point (pruned, clustered, snapped)."""
         self._materialize()
 
-    def evaluate(self, batches: Iterator[tuple[Any, Any]]) -> tuple[float, float | None]:
+    def evaluate(self, source: Source) -> tuple[float, float | None]:
+        """(mean loss, accuracy or None) over one pass of `source`."""
         total = correct = count = 0.0
-        for x, y in batches:
+        for x, y in source.batches(0):
             if self._eval is None:
                 self._eval = _compile(self._eval_step, x, y)
             loss, hits = self._eval(x, y)
@@ -319,18 +326,22 @@ class Trainer:
 
     def fit(
         self,
-        batches: Batches,
+        source: Source,
         epochs: int,
-        val: Batches | None,
+        val: Source | None,
         progress: Callable[[Epoch], None] | None,
         first: int = 1,
         stage: str = "",
     ) -> list[Epoch]:
+        """Trains `epochs` epochs, numbered from `first`; one record per epoch."""
+        if self.adam is None:
+            params = [c.param for c in self.constrained] + self.free
+            self.adam = Adam(params, self.lr, self.steps)
         history = []
         for epoch in range(first, first + epochs):
             start = time.perf_counter()
             total = correct = count = 0.0
-            for x, y in batches(epoch):
+            for x, y in source.batches(epoch):
                 if self._step is None:
                     self._step = _compile(self._train_step, x, y)
                 loss, hits = self._step(x, y)
@@ -340,7 +351,7 @@ class Trainer:
             seconds = time.perf_counter() - start
             val_loss = val_acc = None
             if val is not None:
-                val_loss, val_acc = self.evaluate(val(0))
+                val_loss, val_acc = self.evaluate(val)
             record = Epoch(
                 epoch,
                 stage,
