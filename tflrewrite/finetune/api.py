@@ -144,6 +144,14 @@ def finetune(
     from tflrewrite.finetune import keras_layers
 
     flavour = keras_layers.flavour(model)
+    if flavour == "keras3":
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            raise UsageError(
+                f"Keras 3 runs on {keras.backend.backend()}: fine-tuning needs its TensorFlow "
+                "backend (KERAS_BACKEND=tensorflow)"
+            )
     _seed(tf, flavour, options.seed)
     snapshot = [(v, v.numpy()) for v in model.weights]
     flags = [(layer, layer.trainable) for layer in keras_layers.sublayers(model)]

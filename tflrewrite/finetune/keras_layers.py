@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from tflrewrite.errors import UsageError
+
 # class name -> (attribute names the kernel may have, output axis, depthwise)
 SUPPORTED: dict[str, tuple[tuple[str, ...], int, bool]] = {
     "Dense": (("kernel",), -1, False),
@@ -91,17 +93,14 @@ def is_keras_class(layer: Any) -> bool:
 
 
 def flavour(model: Any) -> str:
-    """'keras3' or 'tf_keras'."""
-    root = type(model).__module__.split(".")[0]
+    """'keras3' or 'tf_keras': whose Model the model's class derives from."""
     for cls in type(model).__mro__:
         root = cls.__module__.split(".")[0]
-        if root in KERAS_PACKAGES:
-            break
-    if root == "tf_keras":
-        return "tf_keras"
-    if root == "keras":
-        return "keras3"
-    raise TypeError(f"not a Keras model: {type(model).__name__}")
+        if root == "tf_keras":
+            return "tf_keras"
+        if root == "keras":
+            return "keras3"
+    raise UsageError(f"not a Keras model: a {type(model).__name__}")
 
 
 def sublayers(layer: Any) -> list:
