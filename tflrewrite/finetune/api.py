@@ -211,7 +211,10 @@ def _loss(model: Any, train_data: _Source, options: Options) -> Any:
     from tflrewrite.finetune import train
 
     x0, y0 = next(iter(train_data.batches(0)))
-    out0 = _numpy(model(x0, training=False))
+    out0 = model(x0, training=False)
+    if isinstance(out0, list | tuple | dict):
+        raise UsageError("the model has several outputs: finetune trains one-output models")
+    out0 = _numpy(out0)
     loss = train.infer_loss(np.asarray(y0), out0, options.loss, train.ends_in_probabilities(model))
     if options.distill > 0 and train_data.array_data is not None:
         loss = dataclasses.replace(loss, distill=options.distill)
