@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tflrewrite.kernels import stats
 from tflrewrite.kernels._jit import jit
-from tflrewrite.kernels.stats import int8_histogram
 
 _INF = np.inf
 _STACK = 70  # the divide-and-conquer stack holds at most log2(m) + 2 entries
@@ -431,29 +431,22 @@ def _int8_lut(hist, k, keep_zero, x, w, level, lut, f, arg, stack, starts):
 
 
 @jit
-def _cluster_int8_rows_kernel(q, k, keep_zero, out):
+def _cluster_int8_rows_kernel(q, hists, k, keep_zero, out):
     rows, n = q.shape
-    hist = np.zeros(256, np.int64)
     x = np.empty(256)
     w = np.empty(256)
     level = np.empty(256, np.int64)
     lut = np.empty(256, np.int8)
     f, arg, stack, starts = _workspace(256, k)
-    sub = np.empty((4, 256), np.int32)
     for r in range(rows):
-        int8_histogram(q[r], sub, hist)
-        _int8_lut(hist, k, keep_zero, x, w, level, lut, f, arg, stack, starts)
+        _int8_lut(hists[r], k, keep_zero, x, w, level, lut, f, arg, stack, starts)
         for t in range(n):
             out[r, t] = lut[np.int64(q[r, t]) + 128]
 
 
 @jit
-def _cluster_int8_kernel(q, k, keep_zero, per_row, out, sq, zeros, distinct, seen):
+def _cluster_int8_kernel(q, hists, k, keep_zero, per_row, out, sq, zeros, distinct, seen):
     rows, n = q.shape
-    hists = np.empty((rows, 256), np.int64)
-    sub = np.empty((4, 256), np.int32)
-    for r in range(rows):
-        int8_histogram(q[r], sub, hists[r])
     x = np.empty(256)
     w = np.empty(256)
     level = np.empty(256, np.int64)
@@ -519,8 +512,9 @@ def cluster_int8_rows(q: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
     if q.dtype != np.int8:
         raise ValueError(f"q must be int8, got {q.dtype}")
     k = _check_k(k)
+    q = np.ascontiguousarray(q)
     out = np.empty(q.shape, np.int8)
-    _cluster_int8_rows_kernel(np.ascontiguousarray(q), k, bool(keep_zero), out)
+    _cluster_int8_rows_kernel(q, stats.int8_histograms(q), k, bool(keep_zero), out)
     return out
 
 
@@ -543,8 +537,10 @@ def cluster_int8(
     sq = np.empty(rows)
     zeros, distinct = np.empty(rows, np.int64), np.empty(rows, np.int64)
     seen = np.zeros(256, np.bool_)
+    q = np.ascontiguousarray(q)
+    hists = stats.int8_histograms(q)
     _cluster_int8_kernel(
-        np.ascontiguousarray(q), k, bool(keep_zero), bool(per_row), out, sq, zeros, distinct, seen
+        q, hists, k, bool(keep_zero), bool(per_row), out, sq, zeros, distinct, seen
     )
     return out, sq, (zeros, distinct, int(seen.sum()))
 

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from tflrewrite.kernels._jit import jit
-from tflrewrite.kernels.stats import sum4
 
 # Rows or groups up to this length are ranked by counting (O(g^2), vectorises, no buffers);
 # longer ones by radix selection. Both give the same answer; this only picks the faster.
@@ -441,6 +440,27 @@ def global_smallest_k_masks_numpy(mags: Sequence[np.ndarray], k_total: int) -> l
 
 
 @jit
+def _sum4(x, n):
+    """Sum of x[:n] in float64, in four interleaved partial sums: four additions in flight
+    rather than one (the last bits differ from a sum in index order). Kept in each module that
+    uses it: Numba's cache notices changes to a kernel's own file only, not to another
+    module's Numba function that it calls."""
+    a0 = 0.0
+    a1 = 0.0
+    a2 = 0.0
+    a3 = 0.0
+    n4 = n - n % 4
+    for t in range(0, n4, 4):
+        a0 += x[t]
+        a1 += x[t + 1]
+        a2 += x[t + 2]
+        a3 += x[t + 3]
+    for t in range(n4, n):
+        a0 += x[t]
+    return (a0 + a1) + (a2 + a3)
+
+
+@jit
 def _zero_where(values, mask, out, sq):
     """out = values (1-D) with masked elements zeroed. Returns (the sum of their squares, the
     zeros in out); `sq` is scratch. Branch-free, so that the loop vectorises."""
@@ -453,7 +473,7 @@ def _zero_where(values, mask, out, sq):
         f = np.float64(v)
         sq[t] = f * f if p else 0.0
         zeros += p | (v == 0)
-    return sum4(sq, n), zeros
+    return _sum4(sq, n), zeros
 
 
 @jit
@@ -471,7 +491,7 @@ def _zero_up_to(values, keys, t, cut, out, sq):
         f = np.float64(v)
         sq[i] = f * f if p else 0.0
         zeros += p | (v == 0)
-    return sum4(sq, n), zeros
+    return _sum4(sq, n), zeros
 
 
 @jit

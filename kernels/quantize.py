@@ -11,10 +11,30 @@ from __future__ import annotations
 import numpy as np
 
 from tflrewrite.kernels._jit import jit
-from tflrewrite.kernels.stats import int8_row_counts, sum4
 
 # The smallest normal float32: a scale that underflowed would divide by zero.
 _TINY = np.float32(np.finfo(np.float32).tiny)
+
+
+@jit
+def _sum4(x, n):
+    """Sum of x[:n] in float64, in four interleaved partial sums: four additions in flight
+    rather than one (the last bits differ from a sum in index order). Kept in each module that
+    uses it: Numba's cache notices changes to a kernel's own file only, not to another
+    module's Numba function that it calls."""
+    a0 = 0.0
+    a1 = 0.0
+    a2 = 0.0
+    a3 = 0.0
+    n4 = n - n % 4
+    for t in range(0, n4, 4):
+        a0 += x[t]
+        a1 += x[t + 1]
+        a2 += x[t + 2]
+        a3 += x[t + 3]
+    for t in range(n4, n):
+        a0 += x[t]
+    return (a0 + a1) + (a2 + a3)
 
 
 @jit
@@ -26,7 +46,7 @@ def _magnitude_of_key(keys, key):
 
 
 @jit
-def _symmetric_int8_rows(x, keys, q, scales, sq_err, zeros, distinct, seen):
+def _symmetric_int8_rows(x, keys, q, scales, sq_err):
     """The kernel of `symmetric_int8_rows`: False, with the outputs unfinished, when x holds
     NaN or infinity. `keys` are x's bits as unsigned integers: with the sign bit cleared
     they order like |x|, so a row's peak is an integer maximum (a loop that vectorises) and
@@ -35,7 +55,6 @@ def _symmetric_int8_rows(x, keys, q, scales, sq_err, zeros, distinct, seen):
     absmask = ((1 << (keys.itemsize * 8 - 2)) - 1) * 2 + 1
     inf_key = 0x7F800000 if keys.itemsize == 4 else 0x7FF0000000000000
     d2 = np.empty(n)
-    sub, hist = np.empty((4, 256), np.int32), np.empty(256, np.int64)
     for r in range(rows):
         top = absmask - absmask
         for t in range(n):
@@ -55,37 +74,26 @@ def _symmetric_int8_rows(x, keys, q, scales, sq_err, zeros, distinct, seen):
             q[r, t] = np.int8(m)
             d = np.float64(x[r, t]) - m * s
             d2[t] = d * d
-        sq_err[r] = sum4(d2, n)
-        int8_row_counts(q[r], sub, hist, r, zeros, distinct, seen)
+        sq_err[r] = _sum4(d2, n)
     return True
 
 
 def symmetric_int8_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(q int8 of x's shape, scales float32 per row, squared error of q * scale per row)
     for a 2-D float array."""
-    return symmetric_int8_rows_counted(x)[:3]
-
-
-def symmetric_int8_rows_counted(
-    x: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, int]]:
-    """`symmetric_int8_rows`, and stats.int8_counts of q (counted while q is in cache)."""
     if not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype.kind != "f":
         raise ValueError(
             f"expected a 2-D float array, got {getattr(x, 'dtype', type(x))} "
             f"with shape {getattr(x, 'shape', None)}"
         )
     x = np.ascontiguousarray(x if x.dtype in (np.float32, np.float64) else x.astype(np.float32))
-    rows = x.shape[0]
     q = np.empty(x.shape, np.int8)
-    scales = np.empty(rows, np.float32)
-    sq_err = np.empty(rows)
-    zeros, distinct = np.empty(rows, np.int64), np.empty(rows, np.int64)
-    seen = np.zeros(256, np.bool_)
+    scales = np.empty(x.shape[0], np.float32)
+    sq_err = np.empty(x.shape[0])
     keys = x.view(np.uint32 if x.dtype == np.float32 else np.uint64)
-    if not _symmetric_int8_rows(x, keys, q, scales, sq_err, zeros, distinct, seen):
+    if not _symmetric_int8_rows(x, keys, q, scales, sq_err):
         raise ValueError("weights hold NaN or infinity")
-    return q, scales, sq_err, (zeros, distinct, int(seen.sum()))
+    return q, scales, sq_err
 
 
 def symmetric_int8_rows_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

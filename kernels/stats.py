@@ -52,22 +52,10 @@ def _int8_counts(q, zeros, distinct, seen):
 
 
 @jit
-def sum4(x, n):
-    """Sum of x[:n] in float64, in four interleaved partial sums: four additions in flight
-    rather than one (the last bits differ from a sum in index order)."""
-    a0 = 0.0
-    a1 = 0.0
-    a2 = 0.0
-    a3 = 0.0
-    n4 = n - n % 4
-    for t in range(0, n4, 4):
-        a0 += x[t]
-        a1 += x[t + 1]
-        a2 += x[t + 2]
-        a3 += x[t + 3]
-    for t in range(n4, n):
-        a0 += x[t]
-    return (a0 + a1) + (a2 + a3)
+def _int8_histograms(q, hists):
+    sub = np.empty((4, 256), np.int32)
+    for r in range(q.shape[0]):
+        int8_histogram(q[r], sub, hists[r])
 
 
 @jit
@@ -125,6 +113,16 @@ def int8_counts(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     return zeros, distinct, int(seen.sum())
 
 
+def int8_histograms(q: np.ndarray) -> np.ndarray:
+    """(rows, 256) int64: how many times each value v occurs in each row of int8 q, at v + 128."""
+    q = np.ascontiguousarray(_rows(q, "q"))
+    if q.dtype != np.int8:
+        raise ValueError(f"q must be int8, not {q.dtype}")
+    hists = np.empty((q.shape[0], 256), np.int64)
+    _int8_histograms(q, hists)
+    return hists
+
+
 def zeros_per_row(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(_rows(x, "x"))
     out = np.empty(x.shape[0], np.int64)
@@ -154,6 +152,10 @@ def _rows(a: np.ndarray, name: str) -> np.ndarray:
 def int8_counts_numpy(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     distinct = np.array([np.unique(r).size for r in q], np.int64)
     return np.count_nonzero(q == 0, axis=1), distinct, int(np.unique(q).size)
+
+
+def int8_histograms_numpy(q: np.ndarray) -> np.ndarray:
+    return np.array([np.bincount(r.astype(np.int64) + 128, minlength=256) for r in q], np.int64)
 
 
 def zeros_per_row_numpy(x: np.ndarray) -> np.ndarray:

@@ -8,12 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tflrewrite.kernels.quantize import (
-    symmetric_int8_rows,
-    symmetric_int8_rows_counted,
-    symmetric_int8_rows_numpy,
-)
-from tflrewrite.kernels.stats import int8_counts_numpy
+from tflrewrite.kernels.quantize import symmetric_int8_rows, symmetric_int8_rows_numpy
 
 floats = st.one_of(
     st.sampled_from([0.0, -0.0, 0.5, -0.5, 1e-30, 3.0]),
@@ -39,16 +34,15 @@ def test_kernel_equals_twin(x):
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-def test_counted_variant_counts_what_it_quantizes(dtype):
+def test_kernel_equals_twin_on_every_float_width(dtype):
     rng = np.random.default_rng(1)
     x = np.where(rng.random((9, 301)) < 0.4, 0, rng.normal(0, 3, (9, 301))).astype(dtype)
-    q, s, e, counts = symmetric_int8_rows_counted(x)
-    q2, s2, e2 = symmetric_int8_rows(x)
+    x[3] = 0
+    q, s, e = symmetric_int8_rows(x)
+    q2, s2, e2 = symmetric_int8_rows_numpy(x)
     np.testing.assert_array_equal(q, q2)
     np.testing.assert_array_equal(s, s2)
-    np.testing.assert_array_equal(e, e2)
-    for got, want in zip(counts, int8_counts_numpy(q), strict=True):
-        np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(e, e2, rtol=1e-9, atol=1e-300)
 
 
 def test_clusters_stay_clusters():

@@ -30,7 +30,6 @@ from tflrewrite.passes.common import (
     map_weights,
     remember_stats,
     select,
-    stats_from_counts,
     stats_of,
     weight_stats,
 )
@@ -107,7 +106,7 @@ def _edit(item: tuple) -> tuple:
     rows = np.ascontiguousarray(w.channels(w.tensor.data))
     before = stats_of(w)
     if opts.mode == "int8-weights":
-        q_rows, scales, sq_err, counts = kernels.symmetric_int8_rows_counted(rows)
+        q_rows, scales, sq_err = kernels.symmetric_int8_rows(rows)
         quant = Quantization(
             scale=scales, zero_point=np.zeros(scales.size, np.int64), axis=w.out_axis
         )
@@ -119,7 +118,7 @@ def _edit(item: tuple) -> tuple:
             version,
             float(sq_err.sum()) / max(rows.size, 1),
             before,
-            stats_from_counts(*counts, rows.shape[1]) if rows.size else weight_stats(q_rows),
+            weight_stats(q_rows),
         )
     stored = w.tensor.data.astype(np.float16)
     error = float(stats.sq_diff_per_row(rows, w.channels(stored)).sum()) / max(rows.size, 1)
