@@ -205,3 +205,30 @@ def _parse_probe(found: list[str]) -> dict:
         out["arch_flags"] = (before, after)
     out["switched"] = out["nchw"] > 0
     return out
+
+
+def grid_inputs(int8_model, count: int, seed: int) -> list[list[np.ndarray]]:
+    """Seeded inputs on the int8 input grid of `int8_model` (behind a float input: the
+    grid of the QUANTIZE that reads it)."""
+    from tflrewrite import reader
+
+    sg = reader.read(int8_model).subgraphs[0]
+    grids = []
+    for t in sg.inputs:
+        q = t if t.dtype != "FLOAT32" else next(o for o in sg.operators if t in o.inputs).outputs[0]
+        if q.dtype in ("INT8", "UINT8", "INT16"):
+            info = np.iinfo(q.dtype.lower())
+            scale, zero = float(q.quantization.scale[0]), int(q.quantization.zero_point[0])
+            grids.append((scale, zero, info, t))
+        else:  # a float input read by a float op: uniform in [-1, 1]
+            grids.append((None, None, None, t))
+    rng = np.random.default_rng(seed)
+    return [
+        [
+            rng.uniform(-1, 1, size=t.shape).astype(np.float32)
+            if s is None
+            else ((rng.integers(i.min, i.max + 1, size=t.shape) - z) * s).astype(np.float32)
+            for s, z, i, t in grids
+        ]
+        for _ in range(count)
+    ]

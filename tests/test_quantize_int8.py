@@ -12,6 +12,7 @@ from pathlib import Path
 import corpus
 import numpy as np
 import pytest
+from litert import grid_inputs
 
 from tflrewrite import calibrate, reader, recipes, rewrite, writer
 from tflrewrite.cli import main
@@ -28,27 +29,6 @@ def quantized(path: Path, out: Path, calibration: str, samples: int = 100, **opt
     result = quantize.run(reader.read(path), quantize.Options(mode="int8", **options), data=data)
     writer.write(result.model, out)
     return out
-
-
-def grid_inputs(model_path: Path, count: int, seed: int) -> list[list[np.ndarray]]:
-    """Seeded inputs that the int8 model at `model_path` represents exactly: uniform over
-    its input quantization grid (that of the QUANTIZE behind a float input)."""
-    sg = reader.read(model_path).subgraphs[0]
-    grids = []
-    for t in sg.inputs:
-        q = t
-        if t.dtype == "FLOAT32":
-            q = next(op for op in sg.operators if t in op.inputs).outputs[0]
-        info = np.iinfo(q.dtype.lower())
-        grids.append((float(q.quantization.scale[0]), int(q.quantization.zero_point[0]), info, t))
-    rng = np.random.default_rng(seed)
-    return [
-        [
-            ((rng.integers(info.min, info.max + 1, size=t.shape) - zero) * scale).astype(np.float32)
-            for scale, zero, info, t in grids
-        ]
-        for _ in range(count)
-    ]
 
 
 def save_samples(path: Path, runner: verify.Runner, samples: list) -> str:

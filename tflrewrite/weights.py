@@ -166,6 +166,20 @@ def _unusable(
     return None
 
 
+def real_values(t: Tensor) -> np.ndarray:
+    """A constant's values as real numbers (float64): quantized ones with their scales and
+    zero points, per tensor or along their axis; float ones as they are."""
+    values = t.data.astype(np.float64)
+    q = t.quantization
+    if t.dtype.startswith("FLOAT") or q is None or not q.is_affine:
+        return values
+    shape = [1] * values.ndim
+    if q.per_axis:
+        shape[q.axis] = q.scale.size
+    zero = 0 if q.zero_point is None else q.zero_point.reshape(shape)
+    return (values - zero) * q.scale.astype(np.float64).reshape(shape)
+
+
 def record(w: Weight, action: str, reason: str | None = None, **stats: object) -> dict:
     """A per-tensor record of what a pass did (or why it did nothing)."""
     out = {

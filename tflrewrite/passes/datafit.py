@@ -39,7 +39,7 @@ from tflrewrite.model import Model, Operator, Tensor
 from tflrewrite.passes import cluster, prune
 from tflrewrite.passes.common import PassResult, Rule, select, weight_stats
 from tflrewrite.progress import Progress
-from tflrewrite.weights import Weight, find_weights, record, replace_data
+from tflrewrite.weights import Weight, find_weights, real_values, record, replace_data
 
 STEPS = ("prune", "cluster")
 LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -204,9 +204,11 @@ class _Stats:
 def _fit(step, model, op, w, opts, source, original, reference, data) -> dict:
     current = _Activations(model)
     stats = _collect(op, source, current, reference, data.values)
-    w_orig = _real(_weight_tensor(original, source))  # original real weights, weight shape
+    w_orig = real_values(
+        _constant_source(original, source.inputs[1])
+    )  # original real weights, weight shape
     rows_orig = _rows(op.type, w_orig)  # groups x rows x d
-    rows_now = _rows(op.type, _real(w.tensor))
+    rows_now = _rows(op.type, real_values(w.tensor))
     scales = _row_scales(op.type, w.tensor)  # groups x rows, or None for float
     factors = [kernels.inverse_cholesky(h) for h in stats.h]
     targets = [_target(step, rows_orig[g], stats.h[g], stats.g[g]) for g in range(len(factors))]
@@ -240,7 +242,7 @@ def _fit(step, model, op, w, opts, source, original, reference, data) -> dict:
     _correct_bias(model, op, source, original, new_rows, rows_orig, stats)
     action = {"prune": "pruned", "cluster": "clustered", "refine": "rounded"}[step]
     after = weight_stats(w.channels(stored))
-    mse = float(np.mean((_real(w.tensor) - w_orig) ** 2))
+    mse = float(np.mean((real_values(w.tensor) - w_orig) ** 2))
     return record(
         w, action, method="data", before=before, after=after, mse=mse, samples=len(data.values)
     )
@@ -329,24 +331,13 @@ def _window(size: int, k: int, stride: int, dilation: int, padding: int) -> tupl
     return out, total // 2, total - total // 2
 
 
-def _weight_tensor(model: Model, op: Operator) -> Tensor:
-    """The op's weights as a constant (behind a DEQUANTIZE of a constant, that constant)."""
-    t = op.inputs[1]
+def _constant_source(model: Model, t: Tensor) -> Tensor:
+    """`t` if it is a constant; else the constant a DEQUANTIZE turns into it (float16 or
+    int8 weights of the original model)."""
     if t.is_constant:
         return t
     producer = next(p for p in model.subgraphs[0].operators if t in p.outputs)
     return producer.inputs[0]
-
-
-def _real(t: Tensor) -> np.ndarray:
-    values = t.data.astype(np.float64)
-    q = t.quantization
-    if t.dtype not in ("INT8", "INT32") or q is None or not q.is_affine:
-        return values
-    shape = [1] * values.ndim
-    if q.per_axis:
-        shape[q.axis] = q.scale.size
-    return values * q.scale.astype(np.float64).reshape(shape if q.per_axis else -1)
 
 
 def _rows(op_type: str, w: np.ndarray) -> np.ndarray:
@@ -466,7 +457,9 @@ def _correct_bias(model, op, source, original, new_rows, rows_orig, stats) -> No
         return
     b = op.inputs[2]
     b_orig = source.inputs[2] if len(source.inputs) > 2 and source.inputs[2] is not None else None
-    base = _real(_bias_tensor(original, b_orig)).reshape(-1) if b_orig is not None else 0.0
+    base = (
+        real_values(_constant_source(original, b_orig)).reshape(-1) if b_orig is not None else 0.0
+    )
     shift_o = np.einsum("grd,gd->gr", rows_orig, stats.mean_o).reshape(-1)
     shift_c = np.einsum("grd,gd->gr", new_rows, stats.mean_c).reshape(-1)
     real = base + shift_o - shift_c
@@ -478,10 +471,3 @@ def _correct_bias(model, op, source, original, new_rows, rows_orig, stats) -> No
     else:
         return
     replace_data(model, Weight(0, b, op.type, 0, None), stored.reshape(b.shape))
-
-
-def _bias_tensor(model: Model, t: Tensor) -> Tensor:
-    if t.is_constant:
-        return t
-    producer = next(p for p in model.subgraphs[0].operators if t in p.outputs)
-    return producer.inputs[0]

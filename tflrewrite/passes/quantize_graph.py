@@ -32,6 +32,7 @@ from tflrewrite.kernels import quantize as kernels
 from tflrewrite.model import Model, Operator, Quantization, Subgraph, Tensor
 from tflrewrite.passes.common import PassResult, Rule, options_for, weight_stats
 from tflrewrite.progress import Progress
+from tflrewrite.weights import real_values
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def _fold_constants(model: Model) -> None:
         for op in list(sg.operators):
             if op.type == "DEQUANTIZE" and op.inputs[0] is not None and op.inputs[0].is_constant:
                 source, out = op.inputs[0], op.outputs[0]
-                out.buffer = model.add_buffer(_real(source).astype(np.float32))
+                out.buffer = model.add_buffer(real_values(source).astype(np.float32))
                 out.quantization = None
                 sg.operators.remove(op)
         for op in sg.operators:
@@ -163,7 +164,7 @@ def _fold_constants(model: Model) -> None:
             for i, t in enumerate(op.inputs):
                 if t is not None and t.is_constant and t.dtype == "INT8" and _affine(t):
                     if id(t) not in dequantized:
-                        real = model.add_buffer(_real(t).astype(np.float32))
+                        real = model.add_buffer(real_values(t).astype(np.float32))
                         dequantized[id(t)] = Tensor(t.name, "FLOAT32", t.shape, real)
                         sg.tensors.append(dequantized[id(t)])
                     op.inputs[i] = dequantized[id(t)]
@@ -171,18 +172,6 @@ def _fold_constants(model: Model) -> None:
 
 def _affine(t: Tensor) -> bool:
     return t.quantization is not None and t.quantization.is_affine
-
-
-def _real(t: Tensor) -> np.ndarray:
-    values = t.data.astype(np.float64)
-    q = t.quantization
-    if q is None or not q.is_affine:
-        return values
-    shape = [1] * values.ndim
-    if q.per_axis:
-        shape[q.axis] = q.scale.size
-    zero = 0 if q.zero_point is None else q.zero_point.reshape(shape if q.per_axis else -1)
-    return (values - zero) * q.scale.astype(np.float64).reshape(shape if q.per_axis else -1)
 
 
 # ------------------------------------------------------------------ which ops go int8
