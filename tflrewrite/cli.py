@@ -126,6 +126,15 @@ def rewrite_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace OUT if it exists (the input is never replaced)",
     )
+    g = p.add_argument_group("cross-layer equalization (the model computes the same)")
+    g.add_argument(
+        "--equalize",
+        action="store_true",
+        help="first rescale the channels of consecutive float layers (conv, depthwise, "
+        "fully connected; ReLU, pooling or nothing between) to equal weight ranges, as in "
+        "DFQ, so that per-tensor scales and codebooks lose less; pairs joined by ReLU6 are "
+        "left alone. Measure it: it does not help every model",
+    )
     g = p.add_argument_group("pruning (zeros stay zeros in every later step)")
     g.add_argument(
         "--prune",
@@ -263,7 +272,12 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
             clusters=args.cluster, granularity=args.granularity, init=args.cluster_init
         ),
     }
-    recipe = recipes.load(args.recipe).with_options(overrides)
+    recipe = recipes.load(args.recipe)
+    if args.equalize and all(s.name != "equalize" for s in recipe.steps):
+        from tflrewrite.passes import equalize
+
+        overrides["equalize"] = {"iterations": equalize.Options().iterations}
+    recipe = recipe.with_options(overrides)
     common = _given(skip=args.skip, min_size=args.min_size)
     if common:
         recipe = recipe.with_options({s.name: common for s in recipe.steps})
@@ -311,10 +325,21 @@ def _calibration(args: argparse.Namespace, recipe: Any) -> tuple[Any, Any]:
         if args.method == "data":
             raise TflRewriteError("--method data needs --calibration samples")
         return None, None
-    uses = [s.name for s in recipe.steps if s.name != "quantize" or s.options.mode == "int8"]
+    uses = [
+        s.name
+        for s in recipe.steps
+        if s.name != "equalize" and (s.name != "quantize" or s.options.mode == "int8")
+    ]
     if not uses:
         raise TflRewriteError(
             "--calibration: nothing uses it (it serves --quantize int8, --prune and --cluster)"
+        )
+    if args.method != "magnitude" and any(s.name == "equalize" for s in recipe.steps):
+        # The fit aims each layer at the input model's, whose channels are not scaled as
+        # the equalized model's are (tflrewrite.rewrite would have to aim it at the latter).
+        raise TflRewriteError(
+            "--equalize with --calibration: the data-aware fit does not follow equalized "
+            "layers yet; add --method magnitude"
         )
     data, held_out = calibrate.for_model(args.model, args.calibration, args.calibration_samples)
     if args.calibration == calibrate.RANDOM:

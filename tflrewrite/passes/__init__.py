@@ -9,9 +9,10 @@ every channel its own copy of the codebook).
 
 from __future__ import annotations
 
-from tflrewrite.passes import cluster, prune, quantize
+from tflrewrite.passes import cluster, equalize, prune, quantize
 
 PASSES = {
+    "equalize": equalize,  # function-preserving: first, so every later pass sees its ranges
     "prune": prune,
     "quantize": quantize,
     "cluster": cluster,
