@@ -3,14 +3,15 @@ channels of one layer and the matching input channels of the next so that both h
 same weight range per channel, without changing what the model computes.
 
 For a chain layer1 -> f -> layer2, where f is positively homogeneous channel by channel
-(f(s x) = s f(x) for s > 0: no activation, ReLU, leaky ReLU, max or average pooling, zero
-padding, a reshape that keeps channels last), dividing layer1's output channel i (weights
-and bias) by s_i and multiplying layer2's input channel i by s_i leaves layer2's output as
-it was. With r1_i and r2_i the two ranges (max |w|), s_i = sqrt(r1_i / r2_i) gives both
-sqrt(r1_i r2_i). Pairs overlap (a depthwise layer is layer2 of one pair and layer1 of the
-next), so the pass sweeps every pair in graph order, `iterations` times, as DFQ iterates to
-convergence. Per-tensor codebooks and per-tensor scales gain the most: after it, no channel
-spans a small part of its tensor's range.
+(f(s x) = s f(x) for s > 0: no activation, ReLU, leaky ReLU, max or average pooling, a
+spatial MEAN, zero padding, a reshape that keeps channels last), dividing layer1's output
+channel i (weights and bias) by s_i and multiplying layer2's input channel i by s_i leaves
+layer2's output as it was. With r1_i and r2_i the two ranges (max |w|), s_i =
+sqrt(r1_i / r2_i) gives both sqrt(r1_i r2_i). Pairs overlap (a depthwise layer is layer2 of
+one pair and layer1 of the next), so the pass sweeps every pair in graph order until the
+scales settle (at most `iterations` sweeps), as DFQ iterates to convergence. Per-tensor
+codebooks and per-tensor scales should gain the most: after it, fewer channels span a small
+part of their tensor's range (tools/bench/equalize.py measures whether that helps).
 
 RELU6, RELU_N1_TO_1, TANH and the other clipping or saturating activations are not
 scale-equivariant: DFQ replaces ReLU6 by ReLU, which changes the model, so those pairs are
@@ -43,7 +44,7 @@ LAYERS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 FUSED = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6", 4: "TANH", 5: "SIGN_BIT"}
 HOMOGENEOUS_FUSED = (0, 1)
 # Ops between the two layers that act channel by channel and commute with positive scales.
-THROUGH = ("RELU", "LEAKY_RELU", "MAX_POOL_2D", "AVERAGE_POOL_2D", "PAD")
+THROUGH = ("RELU", "LEAKY_RELU", "MAX_POOL_2D", "AVERAGE_POOL_2D", "PAD", "MEAN")
 NOT_EQUIVARIANT = "is not scale-equivariant (DFQ would replace it by RELU, which changes the model)"
 # Sweeps stop when every scale of a sweep is within this of 1 (relative).
 SETTLED = 1e-5
@@ -227,12 +228,21 @@ def _not_through(op: Operator, t: Tensor, channels: int) -> str | None:
         return None
     if op.type not in THROUGH:
         return f"{t.name} goes to {op.type}, not to a layer (through ReLU or pooling at most)"
+    if op.type == "MEAN" and _reduces_channels(op, len(t.shape)):
+        return "a MEAN over the channels"
     fused = getattr(op.options, "fusedActivationFunction", 0)
     if fused not in HOMOGENEOUS_FUSED:
         return f"{op.type}'s fused {FUSED.get(fused, fused)} {NOT_EQUIVARIANT}"
     if out.shape[-1] != channels:
         return f"{op.type} changes the channel count"
     return None
+
+
+def _reduces_channels(op: Operator, rank: int) -> bool:
+    axes = op.inputs[1] if len(op.inputs) > 1 else None
+    if axes is None or not axes.is_constant or axes.data is None:
+        return True
+    return bool(np.any(np.asarray(axes.data).reshape(-1) % rank == rank - 1))
 
 
 def _second(op2: Operator, t: Tensor, channels: int, width: int, usable: dict, readers: dict):
