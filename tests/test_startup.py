@@ -1,0 +1,106 @@
+"""What a fresh `tflrewrite` process does besides the rewrite: how it loads the Numba kernels
+and how it exits. Each test runs commands in new interpreters; none of them times anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+# Modules that only Numba's preparation to compile imports (its target context's refresh).
+REFRESH_ONLY = ("numba.misc.gdb_hook", "numba.np.polynomial.polynomial_functions")
+
+KERNEL = textwrap.dedent("""
+    import numpy as np
+
+    from tflrewrite.kernels._jit import jit
+
+
+    @jit
+    def running_total(x):
+        return np.cumsum(x)  # code from numba.np.arraymath, whose import probes for BLAS
+""")
+
+PROBE = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    import numpy as np
+    import probe_kernel
+
+    total = probe_kernel.running_total(np.arange(5.0))
+    stats = probe_kernel.running_total.stats
+    arraymath = sys.modules.get("numba.np.arraymath")
+    print(json.dumps({
+        "total": total.tolist(),
+        "hits": sum(stats.cache_hits.values()),
+        "misses": sum(stats.cache_misses.values()),
+        "modules": sorted(m for m in sys.modules if m in json.loads(sys.argv[2])),
+        "have_blas": getattr(arraymath, "_HAVE_BLAS", None),
+    }))
+""")
+
+
+def _probe(folder, modules: list[str]) -> dict:
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(folder / "numba-cache"))
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, str(folder), json.dumps(modules)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="kernels run as Python")
+def test_kernels_compile_on_a_miss_and_load_without_compiler_on_a_hit(tmp_path):
+    (tmp_path / "probe_kernel.py").write_text(KERNEL)
+    watched = [*REFRESH_ONLY, "scipy.linalg"]
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401
+
+        blas = True
+    except ImportError:
+        blas = False
+    compiled = _probe(tmp_path, watched)
+    loaded = _probe(tmp_path, watched)
+    assert compiled["total"] == loaded["total"] == [0.0, 1.0, 3.0, 6.0, 10.0]
+    assert (compiled["misses"], compiled["hits"]) == (1, 0)
+    assert (loaded["misses"], loaded["hits"]) == (0, 1)
+    # Compiling prepares Numba's whole target context; loading from the cache does not.
+    assert set(REFRESH_ONLY) <= set(compiled["modules"])
+    assert loaded["modules"] == []
+    # Neither imports SciPy's BLAS for arraymath's probe, and both leave its flag as the
+    # probe would have set it.
+    assert compiled["have_blas"] is loaded["have_blas"] is blas
+
+
+def _tflrewrite(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tflrewrite", *argv], capture_output=True, text=True
+    )
+
+
+def test_command_keeps_exit_status_and_output_through_its_quick_exit(example_model, tmp_path):
+    out = tmp_path / "out.tflite"
+    flags = ["--prune", "0.5", "--cluster", "16", "--quantize", "int8-weights"]
+    done = _tflrewrite(str(example_model), "-o", str(out), *flags, "--json", "-")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)  # all of it reached the pipe
+    assert report["output_bytes"] == out.stat().st_size
+    assert [p["pass"] for p in report["passes"]] == ["prune", "quantize", "cluster"]
+
+    refused = _tflrewrite(str(example_model), "-o", str(out), "--prune", "2")
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "tflrewrite" in refused.stderr
+
+    failed = _tflrewrite(
+        "verify", str(example_model), str(out), "--samples", "2", "--min-sqnr", "999"
+    )
+    assert failed.returncode == 1
+    assert "below --min-sqnr" in failed.stderr
+    assert "reference:" in failed.stdout
