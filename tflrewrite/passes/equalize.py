@@ -218,16 +218,16 @@ def _follow(op: Operator, readers: dict, outputs: set, usable: dict) -> tuple:
 def _not_through(op: Operator, t: Tensor, channels: int) -> str | None:
     """Why the values cannot pass `op` scaled channel by channel, or None."""
     out = op.outputs[0] if op.outputs else None
-    if out is None or not out.shape or op.inputs[0] is not t:
-        return f"{op.type} reads it in an unexpected way"
     if op.type in ("RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "TANH", "LOGISTIC", "HARD_SWISH"):
         return f"{op.type} {NOT_EQUIVARIANT}"
+    if op.type not in (*THROUGH, "RESHAPE"):
+        return f"{t.name} goes to {op.type}, not to a layer (through ReLU or pooling at most)"
+    if out is None or not out.shape or op.inputs[0] is not t:
+        return f"{op.type} reads it in an unexpected way"
     if op.type == "RESHAPE":
         if t.shape[-1] != channels or out.shape[-1] % channels:
             return "a RESHAPE that does not keep channels last"
         return None
-    if op.type not in THROUGH:
-        return f"{t.name} goes to {op.type}, not to a layer (through ReLU or pooling at most)"
     if op.type == "MEAN" and _reduces_channels(op, len(t.shape)):
         return "a MEAN over the channels"
     fused = getattr(op.options, "fusedActivationFunction", 0)

