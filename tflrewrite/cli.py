@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from tflrewrite import __version__
-from tflrewrite.errors import TflRewriteError
+from tflrewrite.errors import TflRewriteError, UsageError
 from tflrewrite.reports.text import clip, db, fmt, print_table, ratio
 from tflrewrite.targets import TARGETS
 
@@ -220,6 +220,36 @@ def rewrite_parser() -> argparse.ArgumentParser:
         "for each removed weight, clusters with error feedback, and corrects biases, "
         "layer by layer; magnitude ignores the data (the data-free path)",
     )
+    g = p.add_argument_group(
+        "size budget (per-layer --prune / --cluster settings chosen to fit it with "
+        "the least estimated output error; one at a time)"
+    )
+    budget = g.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--max-zip-bytes",
+        metavar="N",
+        type=_size,
+        help="the zipped output at most N bytes (what a download or an OTA update costs)",
+    )
+    budget.add_argument(
+        "--max-bytes",
+        metavar="N",
+        type=_size,
+        help="the output file at most N bytes (only what is stored shrinks: lookup "
+        "tables with --target tflm, sparse blocks with --target cpu)",
+    )
+    budget.add_argument(
+        "--max-vela-bytes",
+        metavar="N",
+        type=_size,
+        help="Vela's encoded weights at most N bytes (runs the ethos-u-vela package; "
+        "with --target ethos-u)",
+    )
+    g.add_argument(
+        "--accelerator",
+        metavar="NAME",
+        help="the Ethos-U configuration for --max-vela-bytes (default: ethos-u55-128)",
+    )
     g = p.add_argument_group("which weights")
     g.add_argument("--skip", metavar="REGEX", help="leave tensors whose name matches alone")
     g.add_argument(
@@ -299,7 +329,23 @@ def run_rewrite(args: argparse.Namespace) -> int:
     data, held_out = _calibration(args, recipe)
     model = reader.read(args.model)
     method = args.method or "data"
-    result = rewrite.apply(model, recipe, _step_note, args.target, data=data, method=method)
+    budget = _budget(args)
+    if budget is None:
+        result = rewrite.apply(model, recipe, _step_note, args.target, data=data, method=method)
+    else:
+        from tflrewrite import budget as budgets
+
+        result = budgets.apply(
+            model,
+            recipe,
+            budget,
+            _step_note,
+            args.target,
+            data,
+            method,
+            args.accelerator,
+            os.path.basename(output),
+        )
     large = {"auto": None, "yes": True, "no": False}[args.large]
     writer.write(result.model, output, large=large)
     report = summary.build(
@@ -315,6 +361,21 @@ def run_rewrite(args: argparse.Namespace) -> int:
     if args.json != "-":
         summary.print_report(report, sys.stdout, verbose=args.verbose)
     return 0
+
+
+def _budget(args: argparse.Namespace) -> Any:
+    from tflrewrite.budget import Budget
+
+    for metric, value in (
+        ("zip", args.max_zip_bytes),
+        ("bytes", args.max_bytes),
+        ("vela", args.max_vela_bytes),
+    ):
+        if value is not None:
+            return Budget(metric, value)
+    if args.accelerator:
+        raise UsageError("--accelerator is for --max-vela-bytes")
+    return None
 
 
 def _calibration(args: argparse.Namespace, recipe: Any) -> tuple[Any, Any]:

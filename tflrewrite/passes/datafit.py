@@ -210,31 +210,10 @@ def _fit(step, model, op, w, opts, source, original, reference, data) -> dict:
     rows_orig = _rows(op.type, w_orig)  # groups x rows x d
     rows_now = _rows(op.type, real_values(w.tensor))
     scales = _row_scales(op.type, w.tensor)  # groups x rows, or None for float
-    factors = [kernels.inverse_cholesky(h) for h in stats.h]
-    targets = [_target(step, rows_orig[g], stats.h[g], stats.g[g]) for g in range(len(factors))]
-    zeros = rows_now == 0
-    choose = None
-    if step == "prune" and _obc_fits(opts, rows_orig.shape[2]):
-        # one group (depthwise kernels are not pruned with data); exact greedy OBS
-        k = np.full(
-            rows_orig.shape[1], prune_kernels.prune_count(rows_orig.shape[2], opts.sparsity)
-        )
-        targets = [kernels.obc_prune_rows(targets[0], stats.h[0], zeros[0], k)]
-        pruned = targets[0][None] == 0
-        codes = [None]
-    elif step == "prune":
-        pruned = zeros
-        codes = [None]
-        choose = _chooser(zeros[0], opts)
-    else:
-        pruned = zeros
-        codes = _codebooks(np.stack(targets), pruned, scales, opts, step)
-    new_rows = np.empty_like(rows_orig)
-    for g, (u, w_star) in enumerate(zip(factors, targets)):
-        s = None if scales is None else scales[g]
-        if s is None and codes[g] is not None:
-            s = np.ones(w_star.shape[0])
-        new_rows[g] = kernels.solve(w_star, u, pruned[g], s, codes[g], choose=choose)
+    targets = np.stack(
+        [_target(step, rows_orig[g], stats.h[g], stats.g[g]) for g in range(len(stats.h))]
+    )
+    new_rows = compress_rows(step, targets, stats.h, rows_now == 0, scales, opts)
     values = _from_rows(op.type, new_rows, w_orig.shape)
     before = weight_stats(w.channels(w.tensor.data))
     stored = _stored(w.tensor, values)
@@ -246,6 +225,35 @@ def _fit(step, model, op, w, opts, source, original, reference, data) -> dict:
     return record(
         w, action, method="data", before=before, after=after, mse=mse, samples=len(data.values)
     )
+
+
+def compress_rows(step, targets, h, zeros, scales, opts) -> np.ndarray:
+    """groups x rows x d: the `step` ("prune", "cluster" or "refine", with the pass's
+    `opts`) of weight rows that should be `targets`, on inputs whose X X^T is `h` (one per
+    group); existing `zeros` stay zero. `scales` (groups x rows) are int8 weights' per-row
+    scales, None for float weights."""
+    factors = [kernels.inverse_cholesky(x) for x in h]
+    choose = None
+    if step == "prune" and _obc_fits(opts, targets.shape[2]):
+        # one group (depthwise kernels are not pruned with data); exact greedy OBS
+        k = np.full(targets.shape[1], prune_kernels.prune_count(targets.shape[2], opts.sparsity))
+        targets = kernels.obc_prune_rows(targets[0], h[0], zeros[0], k)[None]
+        pruned = targets == 0
+        codes = [None]
+    elif step == "prune":
+        pruned = zeros
+        codes = [None]
+        choose = _chooser(zeros[0], opts)
+    else:
+        pruned = zeros
+        codes = _codebooks(targets, pruned, scales, opts, step)
+    new_rows = np.empty_like(targets)
+    for g, (u, w_star) in enumerate(zip(factors, targets)):
+        s = None if scales is None else scales[g]
+        if s is None and codes[g] is not None:
+            s = np.ones(w_star.shape[0])
+        new_rows[g] = kernels.solve(w_star, u, pruned[g], s, codes[g], choose=choose)
+    return new_rows
 
 
 def _target(step: str, w: np.ndarray, h: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -286,6 +294,24 @@ def _collect(op, source, current, reference, samples) -> _Stats:
     acc.mean_c /= max(acc.count, 1)
     acc.mean_o /= max(acc.count, 1)
     return acc
+
+
+def layer_hessians(model: Model, ops: list[Operator], samples: list) -> list[np.ndarray]:
+    """X X^T (groups x d x d) of each op's input over `samples`, in `model` as it is: one
+    LiteRT run per sample serves every layer."""
+    run = _Activations(model)
+    h = [None] * len(ops)
+    for start in range(0, len(samples), BATCH):
+        inputs = [[] for _ in ops]
+        for sample in samples[start : start + BATCH]:
+            run.run(sample)
+            for got, op in zip(inputs, ops):
+                got.append(_patches(op, run.get(op.inputs[0].name)))
+        for i, got in enumerate(inputs):
+            p = np.concatenate(got, axis=1)
+            x = np.matmul(p.transpose(0, 2, 1), p)
+            h[i] = x if h[i] is None else h[i] + x
+    return h
 
 
 def _patches(op: Operator, x: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from tflrewrite.errors import TflRewriteError
 from tflrewrite.reports.audit import zip_size
-from tflrewrite.reports.text import clip, fmt, print_table, ratio
+from tflrewrite.reports.text import clip, db, fmt, print_table, ratio
 
 # Zipping costs about a second per 20 MB; past this the report leaves it to `audit`.
 ZIP_LIMIT = 64 * 2**20
@@ -126,6 +126,9 @@ def print_report(report: dict, out: TextIO, verbose: bool = False) -> None:
         )
     print_table(rows, out, right={1, 2, 3})
     for step in report["passes"]:
+        if step["pass"] == "budget":
+            _print_budget(step, out)
+            continue
         done = [t for t in step["tensors"] if "before" in t]
         skipped = [t for t in step["tensors"] if t["action"] == "skipped"]
         notes = [t for t in step["tensors"] if t["action"] in NOTES]
@@ -181,3 +184,23 @@ def print_report(report: dict, out: TextIO, verbose: bool = False) -> None:
             db = "inf" if x["sqnr_db"] is None else f"{x['sqnr_db']:.2f}"
             table.append((clip(x["tensor"], 44), x["op"], db))
         print_table(table, out, right={2})
+
+
+def _print_budget(step: dict, out: TextIO) -> None:
+    out.write(
+        f"\nbudget: {step['measure']} at most {step['limit']:,}: {step['got']:,} after "
+        f"{step['runs']} run(s); per layer, the least estimated error that fits:\n"
+    )
+    table = [("tensor", "sparsity", "clusters", "est. dB", "est. bytes", "chosen over")]
+    for t in step["tensors"]:
+        table.append(
+            (
+                clip(t["tensor"], 36),
+                f"{t['sparsity']:.3f}",
+                str(t["clusters"] or "-"),
+                db(t["estimated_sqnr_db"]),
+                f"{t['estimated_bytes']:,}",
+                t["reason"],
+            )
+        )
+    print_table(table, out, right={1, 2, 3, 4})

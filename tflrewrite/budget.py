@@ -1,0 +1,420 @@
+"""Size budgets: per-layer settings of the recipe's pruning and clustering, chosen so that
+the output meets `--max-bytes`, `--max-zip-bytes` or `--max-vela-bytes` with the least
+estimated output error.
+
+1. Sensitivity. For every weight layer the data-aware passes can fit, and every candidate
+   setting (sparsity from SPARSITIES where the recipe prunes, cluster count from CLUSTERS
+   where it clusters, 0 meaning "not done"), the layer's weights are compressed as the
+   recipe's steps would compress them (datafit.compress_rows: pruning with weight updates,
+   int8 scales where the recipe quantizes, clustering with error feedback) and scored:
+     error: tr(dW H dW^T) / tr(W H W^T), the layer's output error relative to its output,
+            with H = X X^T of its inputs in the original model over the calibration
+            samples (the identity without data: plain weight error);
+     size:  the stored weights' share of the budget's measure (deflated bytes for zip;
+            dense or lookup-table bytes for bytes; Vela's weight codec, by the rate model of
+            kernels.palette, for vela).
+2. Choice. Every layer starts at its least-error setting; then, while the estimate is over
+   the budget, the layer whose next step down its lower convex hull of (size, error) costs
+   the least error per byte saved takes it (the greedy answer to the multiple-choice
+   knapsack, exact on the hulls). Summing per-layer relative errors is the proxy: each
+   layer's relative noise is assumed to reach the output alike.
+3. Check. The recipe runs with the choice as per-tensor rules and the output is measured
+   for real (zip archive, file bytes, or Vela's own report). What the estimate leaves out
+   (the rest of the file, and how deflate spans tensors) is that measure minus the sum of
+   the chosen estimates; the choice is made again against the budget less that, until the
+   output fits (ATTEMPTS runs at most).
+
+The choice goes into the report, one record per layer: the setting, its estimated error (as
+dB) and bytes, and the setting it was chosen over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import re
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tflrewrite import rewrite, writer
+from tflrewrite.errors import TflRewriteError, UsageError
+from tflrewrite.model import Model
+from tflrewrite.passes import datafit
+from tflrewrite.passes.common import Rule, select
+from tflrewrite.progress import Progress
+from tflrewrite.recipes import Recipe, Step
+from tflrewrite.weights import Weight, real_values, record
+
+# What a budget bounds: the flag's name on the command line, and what it measures.
+METRICS = {
+    "bytes": ("--max-bytes", "file bytes"),
+    "zip": ("--max-zip-bytes", "zipped bytes"),
+    "vela": ("--max-vela-bytes", "Vela's encoded weight bytes"),
+}
+SPARSITIES = (0.0, 0.25, 0.5, 0.625, 0.75, 0.875)
+CLUSTERS = (0, 64, 32, 16, 8, 4)  # 0: not clustered
+ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class Budget:
+    metric: str  # a key of METRICS
+    limit: int
+
+    @property
+    def flag(self) -> str:
+        return METRICS[self.metric][0]
+
+
+@dataclass
+class _Layer:
+    weight: Weight
+    settings: list[tuple[float, int]]  # (sparsity, clusters) candidates
+    sizes: np.ndarray
+    errors: np.ndarray  # relative output error of each candidate
+
+
+def apply(
+    model: Model,
+    recipe: Recipe,
+    budget: Budget,
+    progress: Callable[[str], None] | None = None,
+    target: str = "generic",
+    data: Any = None,
+    method: str = "data",
+    accelerator: str | None = None,
+    name: str = "model.tflite",
+) -> rewrite.Result:
+    """rewrite.apply with per-layer settings of `recipe`'s pruning and clustering chosen to
+    meet `budget` (see the module's notes). `name` is the output's file name, which a zip
+    archive holds too."""
+    steps = {s.name: s for s in recipe.steps}
+    if "prune" not in steps and "cluster" not in steps:
+        raise UsageError(
+            f"{budget.flag} chooses --prune and --cluster settings per layer: give one"
+        )
+    measure = _measure(budget, accelerator, name)
+    layers = _sensitivity(model, steps, budget, target, data, method, progress)
+    if not layers:
+        raise TflRewriteError(f"{budget.flag}: no layer whose settings it could choose")
+    offset, result, chosen, runs = 0, None, None, 0
+    for _ in range(ATTEMPTS):
+        choice = _choose(layers, budget.limit - offset)
+        if choice == chosen:
+            break  # the same choice again would measure the same
+        chosen = choice
+        planned = _with_choice(recipe, layers, chosen)
+        result = rewrite.apply(model, planned, progress, target, data, method)
+        runs += 1
+        got = measure(result.model)
+        if got <= budget.limit:
+            break
+        offset = got - sum(int(layer.sizes[c]) for layer, c in zip(layers, chosen))
+    if got > budget.limit:
+        hint = ""
+        if budget.metric == "bytes" and target not in ("tflm", "cpu"):
+            hint = " (with this target pruning and clustering shrink zipped bytes, not bytes)"
+        raise TflRewriteError(
+            f"{budget.flag} {budget.limit:,}: the smallest settings found give "
+            f"{got:,} {METRICS[budget.metric][1]}{hint}"
+        )
+    step = {
+        "pass": "budget",
+        "measure": METRICS[budget.metric][1],
+        "limit": budget.limit,
+        "got": got,
+        "runs": runs,
+        "tensors": _records(layers, chosen),
+    }
+    result.records.insert(0, step)
+    return result
+
+
+# ------------------------------------------------------------------ sensitivity
+
+
+def _sensitivity(model, steps, budget, target, data, method, progress) -> list[_Layer]:
+    pruning, clustering = steps.get("prune"), steps.get("cluster")
+    quantize = steps.get("quantize")
+    mode = quantize.options.mode if quantize else None
+    base = (pruning or clustering).options
+    rules = (pruning or clustering).rules
+    model_copy, chosen, _ = select(model, base, rules, lambda w, o: None)
+    sg = model_copy.subgraphs[0]
+    readers = sg.consumers()
+    weights, ops = [], []
+    for w, _opts in chosen:
+        if datafit._not_fittable(w, readers, "cluster") is None:
+            weights.append(w)
+            ops.append(readers[id(w.tensor)][0])
+    if progress:
+        progress(f"budget: sensitivity of {len(weights)} layers")
+    use_data = data is not None
+    hessians = (
+        datafit.layer_hessians(model_copy, ops, data.values) if use_data else [None] * len(ops)
+    )
+    bar = Progress("budget: candidate settings", len(weights))
+    layers = []
+    for i, (w, op, h) in enumerate(zip(weights, ops, hessians)):
+        rows = datafit._rows(op.type, real_values(w.tensor))
+        if h is None:
+            h = np.broadcast_to(np.eye(rows.shape[2]), (rows.shape[0],) + (rows.shape[2],) * 2)
+        fit_h = (
+            h if method == "data" and use_data else np.broadcast_to(np.eye(rows.shape[2]), h.shape)
+        )
+        layers.append(_candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target))
+        bar(i + 1)
+    return layers
+
+
+def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target) -> _Layer:
+    d = rows.shape[2]
+    prunable = (
+        pruning is not None
+        and op.type != "DEPTHWISE_CONV_2D"
+        and d >= datafit.MIN_ROW
+        and _rule_options(pruning, w.name) is not None
+    )
+    sparsities = SPARSITIES if prunable else (0.0,)
+    counts = CLUSTERS if clustering and _rule_options(clustering, w.name) else (0,)
+    zeros = rows == 0
+    stored_scales = datafit._row_scales(op.type, w.tensor)
+    quantized = w.tensor.dtype == "INT8" or mode in ("int8", "int8-weights")
+    energy = _energy(rows, h)
+    settings, sizes, errors = [], [], []
+    for s in sparsities:
+        if s == 0.0:
+            pruned = rows
+        else:
+            opts = dataclasses.replace(_rule_options(pruning, w.name), sparsity=s)
+            pruned = datafit.compress_rows("prune", rows, fit_h, zeros, stored_scales, opts)
+        scales = stored_scales
+        if scales is None and quantized:
+            peak = np.abs(pruned).max(axis=2)
+            scales = np.where(peak > 0, peak / 127.0, 1.0)
+        for k in counts:
+            if k == 0:
+                new = pruned if scales is None else _round(pruned, scales)
+            else:
+                opts = dataclasses.replace(_rule_options(clustering, w.name), clusters=k)
+                new = datafit.compress_rows("cluster", rows, fit_h, pruned == 0, scales, opts)
+            stored = _stored(new, scales, w.tensor.np_dtype)
+            settings.append((s, k))
+            sizes.append(_size(budget.metric, stored, op.type, w.shape, target))
+            errors.append(_energy(new - rows, h) / max(energy, 1e-30))
+    return _Layer(w, settings, np.array(sizes, np.int64), np.array(errors))
+
+
+def _rule_options(step: Step, name: str):
+    from tflrewrite.passes.common import options_for
+
+    return options_for(step.options, step.rules, name)
+
+
+def _energy(rows: np.ndarray, h: np.ndarray) -> float:
+    """sum over groups of tr(R H R^T)."""
+    return float(np.einsum("grd,gde,gre->", rows, h, rows))
+
+
+def _round(rows: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    s = scales[:, :, None]
+    return np.clip(np.round(rows / s), -127, 127) * s
+
+
+def _stored(rows: np.ndarray, scales, dtype) -> np.ndarray:
+    """groups x rows x d as the file would hold them: int8 codes, or the weight's floats."""
+    if scales is None:
+        return rows.astype(dtype)
+    return np.clip(np.round(rows / scales[:, :, None]), -127, 127).astype(np.int8)
+
+
+def _size(metric: str, stored: np.ndarray, op_type: str, shape, target: str) -> int:
+    """The stored weight's estimated share of the budget's measure."""
+    if metric == "zip":
+        return len(zlib.compress(np.ascontiguousarray(stored).tobytes(), 6))
+    if metric == "vela":
+        return _vela_bytes(stored)
+    if target == "tflm":
+        return _lut_bytes(stored)
+    return stored.nbytes
+
+
+def _lut_bytes(stored: np.ndarray) -> int:
+    """TFLM lookup-table bytes (targets.tflm's smaller layout: one shared table, or a table
+    per channel), or the dense bytes when it needs more than 7 index bits."""
+    from tflrewrite.targets import tflm
+
+    channels = stored[0] if stored.shape[0] == 1 else stored[:, 0, :]
+    n = stored.size
+    shared = np.unique(stored).size
+    each = max(np.unique(row).size for row in channels)
+    best = stored.nbytes
+    for entries, tables in ((shared, 1), (each, channels.shape[0])):
+        bits = max(1, int(np.ceil(np.log2(max(entries, 2)))))
+        if bits <= tflm.MAX_BITS:
+            size = -(-n * bits // 8) + entries * tables * stored.itemsize + tflm.DCM_SIZE
+            best = min(best, size)
+    return best
+
+
+def _vela_bytes(stored: np.ndarray) -> int:
+    """Bytes of Vela's weight codec for int8 weights by kernels.palette's rate model (one
+    stream, one palette of the most frequent values); float weights do not reach the NPU."""
+    from tflrewrite.kernels import palette
+
+    if stored.dtype != np.int8:
+        return stored.nbytes
+    values, counts = np.unique(stored, return_counts=True)
+    zeros = float(counts[values == 0].sum())
+    nonzero = counts[values != 0].astype(np.float64)
+    _, bits = palette.index_bits(nonzero, zeros)
+    if zeros > palette.ZERO_RUN_FACTOR * nonzero.max(initial=0.0) and nonzero.size:
+        # zeros left for run lengths, which the rate model leaves out: about one
+        # Golomb-Rice code of the mean run per nonzero weight
+        bits += nonzero.sum() * (1 + np.log2(1 + zeros / nonzero.sum()))
+    return int(np.ceil(bits / 8))
+
+
+# ------------------------------------------------------------------ choice
+
+
+def _hull(layer: _Layer) -> list[int]:
+    """The candidates on the lower convex hull of (size, error), from the least error
+    (largest) to the smallest size."""
+    order = sorted(range(len(layer.sizes)), key=lambda i: (layer.sizes[i], layer.errors[i], i))
+    frontier = []  # increasing size, strictly decreasing error
+    for i in order:
+        if not frontier or layer.errors[i] < layer.errors[frontier[-1]]:
+            if frontier and layer.sizes[i] == layer.sizes[frontier[-1]]:
+                frontier[-1] = i
+            else:
+                frontier.append(i)
+    hull: list[int] = []
+    for i in frontier:
+        while len(hull) >= 2 and _cross(layer, hull[-2], hull[-1], i) <= 0:
+            hull.pop()
+        hull.append(i)
+    return hull[::-1]
+
+
+def _cross(layer: _Layer, a: int, b: int, c: int) -> float:
+    s, e = layer.sizes.astype(np.float64), layer.errors
+    return (s[b] - s[a]) * (e[c] - e[a]) - (e[b] - e[a]) * (s[c] - s[a])
+
+
+def _choose(layers: list[_Layer], limit: int) -> tuple[int, ...]:
+    """Per layer, the index of its setting: least summed error with estimated sizes
+    summing to `limit` or less, by greedy steps along each layer's hull (as small as each
+    can go when nothing fits)."""
+    hulls = [_hull(layer) for layer in layers]
+    at = [0] * len(layers)
+    total = sum(int(layer.sizes[h[0]]) for layer, h in zip(layers, hulls))
+    heap = []
+
+    def push(i: int) -> None:
+        h, layer = hulls[i], layers[i]
+        if at[i] + 1 < len(h):
+            a, b = h[at[i]], h[at[i] + 1]
+            saved = float(layer.sizes[a] - layer.sizes[b])
+            heapq.heappush(heap, ((layer.errors[b] - layer.errors[a]) / saved, i))
+
+    for i in range(len(layers)):
+        push(i)
+    while total > limit and heap:
+        _, i = heapq.heappop(heap)
+        h, layer = hulls[i], layers[i]
+        total -= int(layer.sizes[h[at[i]]] - layer.sizes[h[at[i] + 1]])
+        at[i] += 1
+        push(i)
+    return tuple(h[a] for h, a in zip(hulls, at))
+
+
+def _with_choice(recipe: Recipe, layers: list[_Layer], chosen: tuple[int, ...]) -> Recipe:
+    """`recipe` with one rule per planned layer in front of its own rules."""
+    prune_rules, cluster_rules = [], []
+    for layer, c in zip(layers, chosen):
+        s, k = layer.settings[c]
+        match = f"^{re.escape(layer.weight.name)}$"
+        prune_rules.append(Rule(match, {"sparsity": s} if s else None))
+        cluster_rules.append(Rule(match, {"clusters": k} if k else None))
+    steps = []
+    for step in recipe.steps:
+        extra = {"prune": prune_rules, "cluster": cluster_rules}.get(step.name, [])
+        steps.append(dataclasses.replace(step, rules=tuple(extra) + step.rules))
+    return dataclasses.replace(recipe, name=f"{recipe.name}+budget", steps=tuple(steps))
+
+
+def _records(layers, chosen) -> list[dict]:
+    out = []
+    for layer, c in zip(layers, chosen):
+        s, k = layer.settings[c]
+        w = layer.weight
+        out.append(
+            record(
+                w,
+                "planned",
+                _why(layer, c),
+                sparsity=s,
+                clusters=k,
+                estimated_bytes=int(layer.sizes[c]),
+                estimated_sqnr_db=_db(layer.errors[c]),
+            )
+        )
+    return out
+
+
+def _why(layer: _Layer, c: int) -> str:
+    """What the choice was made over: the next setting with less error, and what it would
+    have cost per dB."""
+    better = [i for i in range(len(layer.sizes)) if layer.errors[i] < layer.errors[c]]
+    if not better:
+        return "least error of its candidates"
+    i = min(better, key=lambda j: (layer.sizes[j], layer.errors[j]))
+    s, k = layer.settings[i]
+    return (
+        f"over {_setting(s, k)} ({_db(layer.errors[i]):.1f} dB for "
+        f"{int(layer.sizes[i] - layer.sizes[c]):+,} bytes)"
+    )
+
+
+def _setting(s: float, k: int) -> str:
+    parts = [f"{s:.0%} sparse" if s else "unpruned", f"{k} clusters" if k else "unclustered"]
+    return ", ".join(parts)
+
+
+def _db(error: float) -> float:
+    return float("inf") if error <= 0 else float(-10 * np.log10(error))
+
+
+# ------------------------------------------------------------------ measures
+
+
+def _measure(budget: Budget, accelerator: str | None, name: str) -> Callable[[Model], int]:
+    if budget.metric == "bytes":
+        return lambda m: len(writer.to_bytes(m))
+    if budget.metric == "zip":
+        from tflrewrite.reports.audit import zip_size
+
+        return lambda m: zip_size(writer.to_bytes(m), name)
+    from tflrewrite.reports import vela
+
+    accelerator = accelerator or vela.DEFAULT_ACCELERATOR
+    vela.require(accelerator)
+
+    def measure(m: Model) -> int:
+        import os
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "budget.tflite")
+            writer.write(m, path)
+            report = vela.compile_report(path, accelerator)
+        if report.error or report.npu_encoded_weights_bytes is None:
+            raise TflRewriteError(f"--max-vela-bytes: Vela did not compile it ({report.error})")
+        return int(report.npu_encoded_weights_bytes)
+
+    return measure
