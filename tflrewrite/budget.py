@@ -21,8 +21,9 @@ estimated output error.
 3. Check. The recipe runs with the choice as per-tensor rules and the output is measured
    for real (zip archive, file bytes, or Vela's own report). What the estimate leaves out
    (the rest of the file, and how deflate spans tensors) is that measure minus the sum of
-   the chosen estimates; the choice is made again against the budget less that, until the
-   output fits (ATTEMPTS runs at most).
+   the chosen estimates; the choice is made again against the budget less that, until an
+   output fits within SLACK of the budget, or ATTEMPTS runs. The fitting run of least
+   estimated error is kept.
 
 The choice goes into the report, one record per layer: the setting, its estimated error (as
 dB) and bytes, and the setting it was chosen over.
@@ -42,8 +43,9 @@ import numpy as np
 
 from tflrewrite import rewrite, writer
 from tflrewrite.errors import TflRewriteError, UsageError
+from tflrewrite.kernels import reconstruct as kernels
 from tflrewrite.model import Model
-from tflrewrite.passes import datafit
+from tflrewrite.passes import PASSES, datafit
 from tflrewrite.passes.common import Rule, select
 from tflrewrite.progress import Progress
 from tflrewrite.recipes import Recipe, Step
@@ -58,6 +60,7 @@ METRICS = {
 SPARSITIES = (0.0, 0.25, 0.5, 0.625, 0.75, 0.875)
 CLUSTERS = (0, 64, 32, 16, 8, 4)  # 0: not clustered
 ATTEMPTS = 4
+SLACK = 0.01  # a run this close under the budget is kept without trying to use the rest
 
 
 @dataclass(frozen=True)
@@ -98,36 +101,45 @@ def apply(
             f"{budget.flag} chooses --prune and --cluster settings per layer: give one"
         )
     measure = _measure(budget, accelerator, name)
-    layers = _sensitivity(model, steps, budget, target, data, method, progress)
+    scored = model
+    if "equalize" in steps:  # the recipe equalizes first: score the layers as it leaves them
+        step = steps["equalize"]
+        scored = PASSES["equalize"].run(model, step.options, step.rules).model
+    layers = _sensitivity(scored, steps, budget, target, data, method, progress)
     if not layers:
         raise TflRewriteError(f"{budget.flag}: no layer whose settings it could choose")
-    offset, result, chosen, runs = 0, None, None, 0
+    offset, tried, best, smallest = 0, set(), None, None
     for _ in range(ATTEMPTS):
-        choice = _choose(layers, budget.limit - offset)
-        if choice == chosen:
+        chosen = _choose(layers, budget.limit - offset)
+        if chosen in tried:
             break  # the same choice again would measure the same
-        chosen = choice
-        planned = _with_choice(recipe, layers, chosen)
-        result = rewrite.apply(model, planned, progress, target, data, method)
-        runs += 1
+        tried.add(chosen)
+        result = rewrite.apply(
+            model, _with_choice(recipe, layers, chosen), progress, target, data, method
+        )
         got = measure(result.model)
-        if got <= budget.limit:
+        error = sum(layer.errors[c] for layer, c in zip(layers, chosen))
+        if got <= budget.limit and (best is None or error < best[0]):
+            best = (error, result, chosen, got)
+        smallest = got if smallest is None else min(smallest, got)
+        if budget.limit - SLACK * budget.limit <= got <= budget.limit:
             break
         offset = got - sum(int(layer.sizes[c]) for layer, c in zip(layers, chosen))
-    if got > budget.limit:
+    if best is None:
         hint = ""
         if budget.metric == "bytes" and target not in ("tflm", "cpu"):
             hint = " (with this target pruning and clustering shrink zipped bytes, not bytes)"
         raise TflRewriteError(
             f"{budget.flag} {budget.limit:,}: the smallest settings found give "
-            f"{got:,} {METRICS[budget.metric][1]}{hint}"
+            f"{smallest:,} {METRICS[budget.metric][1]}{hint}"
         )
+    _, result, chosen, got = best
     step = {
         "pass": "budget",
         "measure": METRICS[budget.metric][1],
         "limit": budget.limit,
         "got": got,
-        "runs": runs,
+        "runs": len(tried),
         "tensors": _records(layers, chosen),
     }
     result.records.insert(0, step)
@@ -185,13 +197,16 @@ def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target
     stored_scales = datafit._row_scales(op.type, w.tensor)
     quantized = w.tensor.dtype == "INT8" or mode in ("int8", "int8-weights")
     energy = _energy(rows, h)
+    factors = [kernels.inverse_cholesky(x) for x in fit_h]
     settings, sizes, errors = [], [], []
     for s in sparsities:
         if s == 0.0:
             pruned = rows
         else:
             opts = dataclasses.replace(_rule_options(pruning, w.name), sparsity=s)
-            pruned = datafit.compress_rows("prune", rows, fit_h, zeros, stored_scales, opts)
+            pruned = datafit.compress_rows(
+                "prune", rows, fit_h, zeros, stored_scales, opts, factors
+            )
         scales = stored_scales
         if scales is None and quantized:
             peak = np.abs(pruned).max(axis=2)
@@ -201,7 +216,9 @@ def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target
                 new = pruned if scales is None else _round(pruned, scales)
             else:
                 opts = dataclasses.replace(_rule_options(clustering, w.name), clusters=k)
-                new = datafit.compress_rows("cluster", rows, fit_h, pruned == 0, scales, opts)
+                new = datafit.compress_rows(
+                    "cluster", rows, fit_h, pruned == 0, scales, opts, factors
+                )
             stored = _stored(new, scales, w.tensor.np_dtype)
             settings.append((s, k))
             sizes.append(_size(budget.metric, stored, op.type, w.shape, target))

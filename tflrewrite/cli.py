@@ -395,13 +395,6 @@ def _calibration(args: argparse.Namespace, recipe: Any) -> tuple[Any, Any]:
         raise TflRewriteError(
             "--calibration: nothing uses it (it serves --quantize int8, --prune and --cluster)"
         )
-    if args.method != "magnitude" and any(s.name == "equalize" for s in recipe.steps):
-        # The fit aims each layer at the input model's, whose channels are not scaled as
-        # the equalized model's are (tflrewrite.rewrite would have to aim it at the latter).
-        raise TflRewriteError(
-            "--equalize with --calibration: the data-aware fit does not follow equalized "
-            "layers yet; add --method magnitude"
-        )
     data, held_out = calibrate.for_model(args.model, args.calibration, args.calibration_samples)
     if args.calibration == calibrate.RANDOM:
         return data, None

@@ -43,12 +43,13 @@ def apply(
     laid = targets.load(target) if target != "generic" else None
     own = getattr(laid, "STEPS", {})
     names = [s.name for s in recipe.steps]
+    reference = model  # what the data-aware fit aims each layer's outputs at
     for step in recipe.steps:
         if progress:
             progress(step.name)
         module = PASSES[step.name]
         if fit and step.name in datafit.STEPS:
-            out = datafit.run(step.name, result.model, step.options, step.rules, data, model)
+            out = datafit.run(step.name, result.model, step.options, step.rules, data, reference)
         elif step.name in own:
             out = own[step.name](result.model, step.options, step.rules)
         elif getattr(module, "USES_DATA", False):
@@ -57,9 +58,11 @@ def apply(
             out = module.run(result.model, step.options, step.rules)
         result.model = out.model
         result.records.append({"pass": step.name, "tensors": out.records})
+        if step.name == "equalize":  # the same function with rescaled channels: aim at it
+            reference = result.model
         if fit and step.name == "quantize" and step.options.mode == "int8":
             if "cluster" not in names:  # clustering would redo the rounding anyway
-                out = datafit.run("refine", result.model, None, step.rules, data, model)
+                out = datafit.run("refine", result.model, None, step.rules, data, reference)
                 result.model = out.model
                 result.records.append({"pass": "refine", "tensors": out.records})
     if laid is not None:

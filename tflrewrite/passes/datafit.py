@@ -227,12 +227,13 @@ def _fit(step, model, op, w, opts, source, original, reference, data) -> dict:
     )
 
 
-def compress_rows(step, targets, h, zeros, scales, opts) -> np.ndarray:
+def compress_rows(step, targets, h, zeros, scales, opts, factors=None) -> np.ndarray:
     """groups x rows x d: the `step` ("prune", "cluster" or "refine", with the pass's
     `opts`) of weight rows that should be `targets`, on inputs whose X X^T is `h` (one per
     group); existing `zeros` stay zero. `scales` (groups x rows) are int8 weights' per-row
-    scales, None for float weights."""
-    factors = [kernels.inverse_cholesky(x) for x in h]
+    scales, None for float weights. `factors`: h's inverse_cholesky, when already known."""
+    if factors is None:
+        factors = [kernels.inverse_cholesky(x) for x in h]
     choose = None
     if step == "prune" and _obc_fits(opts, targets.shape[2]):
         # one group (depthwise kernels are not pruned with data); exact greedy OBS
