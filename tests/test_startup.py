@@ -104,3 +104,14 @@ def test_command_keeps_exit_status_and_output_through_its_quick_exit(example_mod
     assert failed.returncode == 1
     assert "below --min-sqnr" in failed.stderr
     assert "reference:" in failed.stdout
+
+
+def test_profilers_still_get_the_usual_exit(tmp_path):
+    stats = tmp_path / "recipes.prof"
+    result = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(stats), "-m", "tflrewrite", "recipes"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert stats.stat().st_size > 0  # cProfile wrote its results after the command returned

@@ -19,11 +19,13 @@ def run() -> NoReturn:
     nobody waits for on purpose. Once main() has returned, every file it wrote is closed
     and renamed into place, so what is left to do is what an exit does that others can
     see: the atexit handlers (logging's flush among them) and flushing stdout and stderr.
-    Then os._exit ends the process with main()'s status. Where a thread main() started is
-    still running, the usual exit waits for it instead.
+    Then os._exit ends the process with main()'s status. The usual exit runs instead where
+    a thread main() started is still running, and where a profiler, tracer, debugger or
+    coverage tool, or Python's development mode, watches the process (they report after
+    the program returns).
     """
     code = main()
-    if threading.active_count() > 1:
+    if threading.active_count() > 1 or _watched():
         sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
@@ -32,6 +34,13 @@ def run() -> NoReturn:
         except (OSError, ValueError):  # a closed pipe (`| head`) or a closed stream
             pass
     os._exit(code)
+
+
+def _watched() -> bool:
+    if sys.getprofile() is not None or sys.gettrace() is not None or sys.flags.dev_mode:
+        return True
+    monitoring = getattr(sys, "monitoring", None)  # Python 3.12+
+    return monitoring is not None and any(monitoring.get_tool(i) for i in range(6))
 
 
 if __name__ == "__main__":
