@@ -36,6 +36,7 @@ from tflrewrite.passes.common import (
 from tflrewrite.weights import Weight, record, replace_data
 
 MODES = ("int8", "int8-weights", "float16")
+ROUNDINGS = ("feedback", "adaround")
 
 # DEQUANTIZE op versions by what it reads (TFLite's op_version.cc).
 DEQUANTIZE_INT8, DEQUANTIZE_INT8_PER_CHANNEL, DEQUANTIZE_FLOAT16 = 2, 5, 3
@@ -52,6 +53,9 @@ class Options:
     # and the dtype of the model's inputs and outputs.
     method: str = "minmax"
     io: str = "float"
+    # Mode "int8" with data-aware fitting: how the int8 weights are re-rounded
+    # (tflrewrite.passes.datafit's refine step): error feedback, or AdaRound.
+    rounding: str = "feedback"
 
     def __post_init__(self) -> None:
         check_regex(self.skip, "--skip")
@@ -60,11 +64,14 @@ class Options:
         for name, value, allowed in (
             ("method", self.method, calibrate.METHODS),
             ("io", self.io, tuple(quantize_graph.IO_TYPES)),
+            ("rounding", self.rounding, ROUNDINGS),
         ):
             if value not in allowed:
                 raise UsageError(f"quantize: {name} must be {', '.join(allowed)}, not {value!r}")
         if self.mode != "int8" and (self.method, self.io) != ("minmax", "float"):
             raise UsageError("quantize: method and io are options of mode int8 (--quantize int8)")
+        if self.mode != "int8" and self.rounding != "feedback":
+            raise UsageError("quantize: rounding is an option of mode int8 (--quantize int8)")
 
 
 # The pass reads calibration samples (rewrite.apply gives them as `data`).
