@@ -140,6 +140,83 @@ def output_error(w: np.ndarray, w_star: np.ndarray, h: np.ndarray) -> float:
     return float(np.einsum("ij,jk,ik->", diff, h, diff))
 
 
+# Refitting a codebook costs about rows x d^2 x K multiply-adds (K codes); past this many
+# per layer the assignment's codebook stays (a 1,024 x 1,024 layer at K = 16 is 1.7e10).
+REFIT_MAX_WORK = 2e9
+
+
+def refit_codebook(w, w_star, h, scales, shared: bool, integer: bool) -> np.ndarray:
+    """Clustered weights with their assignment kept and their codebook values moved to
+    least output error: groups x rows x d `w` (each row's nonzero values, divided by its
+    scale in `scales` (groups x rows), are codes of its codebook; zeros stay zero) against
+    `w_star`, with X X^T `h` per group. `shared`: one codebook for every row of every group,
+    else one per row. `integer`: codes stay nonzero integers within int8. A codebook is only
+    moved where that lowers the error, so the result is never worse than `w`."""
+    units = w / scales[:, :, None]
+    keys = np.unique(units[units != 0]) if shared else None
+    out = w.copy()
+    normal, rhs, onehots = [], [], []
+    for g in range(w.shape[0]):
+        per_row = keys if shared else None
+        labels, k = _labels(units[g], per_row)
+        onehot = (labels[:, :, None] == np.arange(k)).astype(np.float64)  # rows x d x k
+        hp = np.matmul(h[g], onehot)
+        normal.append(np.matmul(onehot.transpose(0, 2, 1), hp) * (scales[g] ** 2)[:, None, None])
+        rhs.append(np.einsum("rdk,rd->rk", hp, w_star[g]) * scales[g][:, None])
+        onehots.append(onehot)
+    if shared:
+        m = sum(x.sum(axis=0) for x in normal)
+        b = sum(x.sum(axis=0) for x in rhs)
+        codes = _codes(m, b, keys, integer)
+        for g in range(w.shape[0]):
+            out[g] = (onehots[g] @ codes) * scales[g][:, None]
+        before = sum(output_error(w[g], w_star[g], h[g]) for g in range(w.shape[0]))
+        after = sum(output_error(out[g], w_star[g], h[g]) for g in range(w.shape[0]))
+        return out if after < before else w
+    for g in range(w.shape[0]):
+        for r in range(w.shape[1]):
+            old_codes = np.unique(units[g, r][units[g, r] != 0])
+            if old_codes.size == 0:
+                continue
+            n = old_codes.size
+            codes = _codes(normal[g][r, :n, :n], rhs[g][r, :n], old_codes, integer)
+            fitted = onehots[g][r, :, : old_codes.size] @ codes * scales[g, r]
+            d_old, d_new = w[g, r] - w_star[g, r], fitted - w_star[g, r]
+            if d_new @ h[g] @ d_new < d_old @ h[g] @ d_old:
+                out[g, r] = fitted
+    return out
+
+
+def _labels(units: np.ndarray, keys: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """Per weight, the index of its code (-1 for zeros): in `keys`, or in its row's own
+    sorted codes; and the number of codes."""
+    if keys is not None:
+        labels = np.searchsorted(keys, units)
+        return np.where(units == 0, -1, labels), keys.size
+    labels = np.full(units.shape, -1)
+    k = 1
+    for r, row in enumerate(units):
+        codes = np.unique(row[row != 0])
+        labels[r] = np.where(row == 0, -1, np.searchsorted(codes, row))
+        k = max(k, codes.size)
+    return labels, k
+
+
+def _codes(m: np.ndarray, b: np.ndarray, old: np.ndarray, integer: bool) -> np.ndarray:
+    """The codebook solving m c = b (codes that no weight uses keep their value); rounded
+    to nonzero int8 integers when `integer`."""
+    used = np.diag(m) > 0
+    codes = old.astype(np.float64).copy()
+    if used.any():
+        sub = m[np.ix_(used, used)]
+        ridge = 1e-9 * np.trace(sub) / used.sum()
+        codes[used] = np.linalg.solve(sub + ridge * np.eye(used.sum()), b[used])
+    if integer:
+        codes = np.clip(np.sign(codes) * np.maximum(np.floor(np.abs(codes) + 0.5), 1), -127, 127)
+        codes = np.where(codes == 0, np.sign(old), codes)
+    return codes
+
+
 # ------------------------------------------------------------------ OBC pruning
 
 

@@ -149,3 +149,34 @@ def test_obc_kernel_equals_its_numpy_twin_and_beats_one_shot_masks(seed):
     assert reconstruct.output_error(fast, w, h) <= reconstruct.output_error(
         reconstruct.solve(w, u, one_shot), w, h
     ) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("integer", [False, True])
+def test_codebook_refit_keeps_the_assignment_and_never_loses(shared, integer):
+    gains = []
+    for seed in range(6):
+        w, h = problem(seed, rows=8, d=24)
+        u = reconstruct.inverse_cholesky(h)
+        pruned = np.random.default_rng(seed).random(w.shape) < 0.3
+        scales = np.abs(w).max(axis=1) / (20 if integer else 1)
+        step = 5.0 if integer else 0.25
+        codes = np.array([[c * step for c in range(-3, 4) if c]] * w.shape[0])
+        assigned = reconstruct.solve(w, u, pruned, scales, codes)
+        refit = reconstruct.refit_codebook(
+            assigned[None], w[None], h[None], scales[None], shared, integer
+        )[0]
+        before = reconstruct.output_error(assigned, w, h)
+        after = reconstruct.output_error(refit, w, h)
+        assert after <= before
+        gains.append(before - after)
+        assert np.array_equal(refit == 0, pruned)
+        units, old = refit / scales[:, None], assigned / scales[:, None]
+        if integer:
+            np.testing.assert_allclose(units, np.round(units), atol=1e-9)
+            assert np.abs(units).max() <= 127
+        # same assignment: weights that shared a code still share one
+        for r in range(w.shape[0]):
+            for value in np.unique(old[r][old[r] != 0]):
+                assert np.unique(units[r][old[r] == value]).size == 1
+    assert sum(gains) > 0

@@ -17,8 +17,12 @@ Steps:
   alone: with 9 taps, pruning them costs more accuracy than their bytes are worth.
 - cluster: codebook per unit (tensor or channel) by optimal 1-D k-means of W* in stored
   units (int8 codes for int8 weights: with per-channel scales a tensor codebook is one
-  normalised codebook scaled per channel), then assignment with error feedback; zeros
-  stay zero and no kept weight becomes zero.
+  normalised codebook scaled per channel), then assignment with error feedback, then
+  each codebook refitted to the least output error for that assignment (where a layer is
+  small enough: kernels.reconstruct.REFIT_MAX_WORK); zeros stay zero and no kept weight
+  becomes zero. The refit measured +0.9 dB output SQNR on the MNIST bench model and +4.0
+  dB on examples/digits_cnn.tflite with per-channel codebooks (prune 0.5, 16 clusters,
+  full int8); with one tensor codebook, +0.0 and -0.05 dB.
 - refine: full-integer int8 weights re-rounded with error feedback (no clustering).
 Layers it cannot handle (TRANSPOSE_CONV, BATCH_MATMUL, weights shared between ops, other
 subgraphs) fall back to the magnitude pass, and the records say so.
@@ -59,6 +63,9 @@ REFIT_DAMP = 0.1
 # Up to this many weights per channel, pruning removes one weight at a time with exact
 # updates (OBC); wider layers choose their mask per block (SparseGPT's shortcut).
 OBC_MAX = 256
+# After clustering, each codebook moves to the values of least output error for the
+# assignment made (kernels.reconstruct.refit_codebook).
+REFIT = True
 DEPTHWISE_NOT_PRUNED = (
     "with data, depthwise kernels are not pruned (a few taps each: too few to lose)"
 )
@@ -254,7 +261,16 @@ def compress_rows(step, targets, h, zeros, scales, opts, factors=None) -> np.nda
         if s is None and codes[g] is not None:
             s = np.ones(w_star.shape[0])
         new_rows[g] = kernels.solve(w_star, u, pruned[g], s, codes[g], choose=choose)
+    if step == "cluster" and REFIT and _refit_fits(targets.shape, opts.clusters):
+        s = np.ones(targets.shape[:2]) if scales is None else scales
+        shared = opts.granularity == "tensor"
+        new_rows = kernels.refit_codebook(new_rows, targets, h, s, shared, scales is not None)
     return new_rows
+
+
+def _refit_fits(shape: tuple, clusters: int) -> bool:
+    groups, rows, d = shape
+    return groups * rows * d * d * clusters <= kernels.REFIT_MAX_WORK
 
 
 def _target(step: str, w: np.ndarray, h: np.ndarray, g: np.ndarray) -> np.ndarray:
