@@ -127,7 +127,7 @@ def apply(
         offset = got - sum(int(layer.sizes[c]) for layer, c in zip(layers, chosen))
     if best is None:
         hint = ""
-        if budget.metric == "bytes" and target not in ("tflm", "cpu"):
+        if budget.metric == "bytes" and target != "tflm":
             hint = " (with this target pruning and clustering shrink zipped bytes, not bytes)"
         raise TflRewriteError(
             f"{budget.flag} {budget.limit:,}: the smallest settings found give "
