@@ -11,6 +11,9 @@ import textwrap
 
 import pytest
 
+from tflrewrite.reports.audit import zip_size
+from tflrewrite.reports.summary import zip_size_soon
+
 # Modules that only Numba's preparation to compile imports (its target context's refresh).
 REFRESH_ONLY = ("numba.misc.gdb_hook", "numba.np.polynomial.polynomial_functions")
 
@@ -92,6 +95,9 @@ def test_command_keeps_exit_status_and_output_through_its_quick_exit(example_mod
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)  # all of it reached the pipe
     assert report["output_bytes"] == out.stat().st_size
+    # The input's zipped size is measured in a thread from the start; the same figure.
+    assert report["input_zip_bytes"] == zip_size(example_model.read_bytes(), example_model.name)
+    assert report["output_zip_bytes"] == zip_size(out.read_bytes(), out.name)
     assert [p["pass"] for p in report["passes"]] == ["prune", "quantize", "cluster"]
 
     refused = _tflrewrite(str(example_model), "-o", str(out), "--prune", "2")
@@ -115,3 +121,10 @@ def test_profilers_still_get_the_usual_exit(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert stats.stat().st_size > 0  # cProfile wrote its results after the command returned
+
+
+def test_zip_size_soon_gives_zip_size_or_none(example_model, tmp_path):
+    pending = zip_size_soon(str(example_model))
+    assert pending.result() == zip_size(example_model.read_bytes(), example_model.name)
+    assert zip_size_soon(str(tmp_path / "missing.tflite")) is None
+    assert zip_size_soon(str(tmp_path)) is None  # not a file

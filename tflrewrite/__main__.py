@@ -19,13 +19,14 @@ def run() -> NoReturn:
     nobody waits for on purpose. Once main() has returned, every file it wrote is closed
     and renamed into place, so what is left to do is what an exit does that others can
     see: the atexit handlers (logging's flush among them) and flushing stdout and stderr.
-    Then os._exit ends the process with main()'s status. The usual exit runs instead where
-    a thread main() started is still running, and where a profiler, tracer, debugger or
+    Then os._exit ends the process with main()'s status (a daemon thread still running
+    ends with it, as it would anyway). The usual exit runs instead where a thread main()
+    started is still running and is not a daemon, and where a profiler, tracer, debugger or
     coverage tool, or Python's development mode, watches the process (they report after
     the program returns).
     """
     code = main()
-    if threading.active_count() > 1 or _watched():
+    if _working() or _watched():
         sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
@@ -34,6 +35,12 @@ def run() -> NoReturn:
         except (OSError, ValueError):  # a closed pipe (`| head`) or a closed stream
             pass
     os._exit(code)
+
+
+def _working() -> bool:
+    """Whether a thread other than this one is running that the usual exit would wait for."""
+    me = threading.current_thread()
+    return any(t is not me and not t.daemon and t.is_alive() for t in threading.enumerate())
 
 
 def _watched() -> bool:

@@ -319,9 +319,11 @@ def _given(**values: Any) -> dict[str, Any]:
 
 
 def run_rewrite(args: argparse.Namespace) -> int:
+    from tflrewrite.reports import summary
+
+    input_zip = summary.zip_size_soon(args.model)  # the report's figure, beside the work
     from tflrewrite import reader, rewrite, writer
     from tflrewrite.fileio import check_output_path
-    from tflrewrite.reports import summary
 
     output = args.output or default_output(args.model)
     recipe = recipe_from_args(args)
@@ -355,6 +357,7 @@ def run_rewrite(args: argparse.Namespace) -> int:
         result.records,
         verify_samples=0 if args.no_verify else args.samples,
         data=None if args.no_verify else held_out,
+        input_zip=input_zip,
     )
     if args.json:
         _write_json(args.json, report)

@@ -5,14 +5,45 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from concurrent.futures import Future
 from typing import Any, TextIO
 
 from tflrewrite.errors import TflRewriteError
 from tflrewrite.reports.audit import zip_size
 from tflrewrite.reports.text import clip, db, fmt, print_table, ratio
 
-# Zipping costs about a second per 20 MB; past this the report leaves it to `audit`.
+# Zipping costs about a second of CPU per 20 MB; past this the report leaves it to `audit`.
 ZIP_LIMIT = 64 * 2**20
+
+
+def zip_size_soon(path: str) -> Future[int] | None:
+    """The zipped size of the file at `path` (audit.zip_size), measured from now on in a
+    background thread; None where the file is over ZIP_LIMIT. zlib lets go of the GIL
+    while it deflates, so a command that starts this before it rewrites the model gets the
+    input's figure while it imports, rewrites and verifies. The thread is a daemon: a
+    command that fails does not wait for it. None too where `path` is not a file it can
+    read now: the command says why, and the report would measure it itself."""
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) > ZIP_LIMIT:
+            return None
+    except OSError:
+        return None
+    future: Future[int] = Future()
+
+    def measure() -> None:
+        try:
+            future.set_result(_zip_file_size(path))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the figure
+            future.set_exception(e)
+
+    threading.Thread(target=measure, name="tflrewrite-zip-size", daemon=True).start()
+    return future
+
+
+def _zip_file_size(path: str) -> int:
+    with open(path, "rb") as f:
+        return zip_size(f.read(), os.path.basename(path))
 
 
 def build(
@@ -23,10 +54,13 @@ def build(
     verify_samples: int = 8,
     seed: int = 0,
     data: Any = None,
+    input_zip: Future[int] | None = None,
 ) -> dict:
     """The report of a rewrite. Verify runs on `data` (calibrate.Samples: real samples the
     calibration did not use, where there are some) or on `verify_samples` seeded random
-    inputs; with real samples it also measures each quantized activation (reports.layers)."""
+    inputs; with real samples it also measures each quantized activation (reports.layers).
+    `input_zip` is the input's zipped size from zip_size_soon(input_path), if the caller
+    started it; the output's is measured beside it either way."""
     report: dict[str, Any] = {
         "input": input_path,
         "output": output_path,
@@ -36,9 +70,10 @@ def build(
         "output_bytes": os.path.getsize(output_path),
     }
     if report["input_bytes"] <= ZIP_LIMIT and report["output_bytes"] <= ZIP_LIMIT:
-        for key, path in (("input", input_path), ("output", output_path)):
-            with open(path, "rb") as f:
-                report[f"{key}_zip_bytes"] = zip_size(f.read(), os.path.basename(path))
+        pending = input_zip or zip_size_soon(input_path)
+        output_zip_bytes = _zip_file_size(output_path)  # while the input's deflates
+        report["input_zip_bytes"] = pending.result()
+        report["output_zip_bytes"] = output_zip_bytes
     report["passes"] = records
     # LiteRT has no TFLM_DECODE kernel: a model laid down for TFLite Micro runs in its
     # interpreter, and the input with it so that both sides run the same kernels.
