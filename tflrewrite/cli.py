@@ -195,6 +195,13 @@ def rewrite_parser() -> argparse.ArgumentParser:
         help="dtype of the int8 model's inputs and outputs (default: float, with "
         "QUANTIZE/DEQUANTIZE at the edges)",
     )
+    g.add_argument(
+        "--rounding",
+        choices=["feedback", "adaround"],
+        help="with --quantize int8 and --calibration (data method, no --cluster): how "
+        "the int8 weights are re-rounded to keep each layer's outputs: feedback "
+        "(default; error feedback, as in GPTQ) or adaround (learned up-or-down rounding)",
+    )
     g = p.add_argument_group("calibration data (makes compression data-aware)")
     g.add_argument(
         "--calibration",
@@ -297,7 +304,9 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
 
     overrides = {
         "prune": _given(sparsity=args.prune, pattern=args.prune_pattern, scope=args.prune_scope),
-        "quantize": _given(mode=args.quantize, method=args.calibration_method, io=args.io),
+        "quantize": _given(
+            mode=args.quantize, method=args.calibration_method, io=args.io, rounding=args.rounding
+        ),
         "cluster": _given(
             clusters=args.cluster, granularity=args.granularity, init=args.cluster_init
         ),
@@ -385,6 +394,7 @@ def _calibration(args: argparse.Namespace, recipe: Any) -> tuple[Any, Any]:
     """(calibration samples, samples to verify on) from --calibration, or (None, None)."""
     from tflrewrite import calibrate
 
+    _check_rounding(args, recipe)
     if args.calibration is None:
         if args.method == "data":
             raise TflRewriteError("--method data needs --calibration samples")
@@ -405,6 +415,23 @@ def _calibration(args: argparse.Namespace, recipe: Any) -> tuple[Any, Any]:
         source = f"{data.source}, the calibration samples themselves (none held out)"
         held_out = calibrate.Samples(data.values[: max(args.samples, 32)], source)
     return data, held_out
+
+
+def _check_rounding(args: argparse.Namespace, recipe: Any) -> None:
+    """Rounding other than feedback is done by the data-aware fit of full int8 weights,
+    which clustering replaces: a usage error where it would not run."""
+    quantize = [s.options for s in recipe.steps if s.name == "quantize"]
+    if not quantize or quantize[0].rounding == "feedback":
+        return
+    if (
+        args.calibration is None
+        or args.method == "magnitude"
+        or any(s.name == "cluster" for s in recipe.steps)
+    ):
+        raise UsageError(
+            f"--rounding {quantize[0].rounding} needs --quantize int8 with --calibration, "
+            "the data method and no --cluster"
+        )
 
 
 def _step_note(name: str) -> None:
