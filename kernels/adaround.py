@@ -60,7 +60,7 @@ def adaround(
     free = ~zeros3 & (base >= -127) & (base <= 126) & (base != 0) & (base != -1)
     frac = np.where(free, x - base, 0.5)
     v = _inverse_h(frac)
-    h_weighted = h3 * (1.0 / _norm(s, h3))[:, None, None]
+    h_weighted = _factor(h3 * (1.0 / _norm(s, h3))[:, None, None])
     s2 = s * s
     schedule = (iterations, learning_rate, regularisation)
     v = _optimise(v, x, np.where(free, base, fixed), free, (s2, h_weighted), schedule)
@@ -86,7 +86,7 @@ def _optimise(v, x, base, free, quadratic, schedule):
         raw = sig * (ZETA - GAMMA) + GAMMA
         hv = np.clip(raw, 0.0, 1.0)
         dq = np.where(free, base + hv, base) - x
-        grad_h = 2.0 * s2 * np.matmul(dq, hw)
+        grad_h = 2.0 * s2 * (_times(dq, hw) if isinstance(hw, tuple) else np.matmul(dq, hw))
         if t >= warm:
             beta = _beta(t, warm, iterations)
             a = 2.0 * hv - 1.0
@@ -99,6 +99,24 @@ def _optimise(v, x, base, free, quadratic, schedule):
         step = (m / (1 - b1 ** (t + 1))) / (np.sqrt(m2 / (1 - b2 ** (t + 1))) + eps)
         v = v - lr * step
     return v
+
+
+def _factor(h):
+    """H itself, or where it is of low rank (fewer samples than inputs: a wide dense
+    layer), (L, L^T) with L L^T = H, which halves the work of dQ H or better."""
+    values, vectors = np.linalg.eigh(h)
+    keep = values > values[:, -1:] * 1e-12
+    rank = int(keep.sum(axis=1).max())
+    if 2 * rank >= h.shape[1]:
+        return h
+    top = slice(h.shape[1] - rank, None)  # eigh sorts values ascending
+    factor = vectors[:, :, top] * np.sqrt(np.maximum(values[:, None, top], 0.0))
+    return factor, np.ascontiguousarray(factor.transpose(0, 2, 1))
+
+
+def _times(dq, factors):
+    low, high = factors
+    return np.matmul(np.matmul(dq, low), high)
 
 
 def _row_errors(codes, x, s2, h):

@@ -8,8 +8,9 @@ against the original: SQNR of the output, SQNR of the logits (the input of a fin
 SOFTMAX, where there is one: softmax outputs saturate on random inputs and hide the
 difference), top-1 agreement.
 Part B, every float32 model with an int8 twin made by the TF converter: `--quantize int8`
-plain (`--method magnitude`: round to nearest) and with data (error-feedback rounding and
-bias correction), and the twin, each against the float model: logits SQNR.
+plain (`--method magnitude`: round to nearest), with data (error-feedback rounding and
+bias correction), with data and `--rounding adaround` (AdaRound and bias correction), and
+the twin, each against the float model: logits SQNR.
 
 Inputs are seeded and uniform over the int8 grid of the model's input (that of the twin
 for float models), calibration and test sets from different seeds. They are not the
@@ -72,8 +73,9 @@ class Logits:
         return out.sqnr_db, logits, out.top1_agreement
 
 
-def rewritten(path: Path, recipe: str, data, method: str, out: Path) -> Path:
-    model = rewrite.apply(reader.read(path), recipes.load(recipe), data=data, method=method).model
+def rewritten(path: Path, recipe: str, data, method: str, out: Path, options=None) -> Path:
+    steps = recipes.load(recipe).with_options(options or {})
+    model = rewrite.apply(reader.read(path), steps, data=data, method=method).model
     writer.write(model, out)
     return out
 
@@ -109,9 +111,15 @@ def part_a(args, tmp: Path) -> None:
         )
 
 
+ADAROUND = {"quantize": {"rounding": "adaround"}}
+
+
 def part_b(args, tmp: Path) -> None:
     print("\nB. --quantize int8 of the float models (logits SQNR against the float model, dB)")
-    print(f"{'model':34s} {'TF twin':>8s} {'plain':>8s} {'data':>8s} {'data-twin':>10s}")
+    print(
+        f"{'model':34s} {'TF twin':>8s} {'plain':>8s} {'data':>8s} {'adaround':>8s}"
+        f" {'data-twin':>10s} {'ada-twin':>9s} {'ada s':>6s}"
+    )
     for float_path, twin in corpus.mltk_float_int8_pairs():
         name = float_path.name.split("__")[0]
         if args.only and args.only not in name:
@@ -123,12 +131,18 @@ def part_b(args, tmp: Path) -> None:
         twin_db = Logits(twin, test).against(ref)[1]
         plain = rewritten(float_path, "full-int8", data, "magnitude", tmp / "plain.tflite")
         fitted = rewritten(float_path, "full-int8", data, "data", tmp / "data.tflite")
+        t0 = time.perf_counter()
+        ada = rewritten(float_path, "full-int8", data, "data", tmp / "ada.tflite", ADAROUND)
+        seconds = time.perf_counter() - t0
         plain_db = Logits(plain, test).against(ref)[1]
         data_db = Logits(fitted, test).against(ref)[1]
-        gain = None if twin_db is None or data_db is None else data_db - twin_db
+        ada_db = Logits(ada, test).against(ref)[1]
+        gain, ada_gain = (
+            None if twin_db is None or x is None else x - twin_db for x in (data_db, ada_db)
+        )
         print(
             f"{name[:34]:34s} {fmt(twin_db):>8s} {fmt(plain_db):>8s} {fmt(data_db):>8s}"
-            f" {fmt(gain):>10s}",
+            f" {fmt(ada_db):>8s} {fmt(gain):>10s} {fmt(ada_gain):>9s} {seconds:6.1f}",
             flush=True,
         )
 
