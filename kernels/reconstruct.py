@@ -137,7 +137,7 @@ def solve_numpy_reference(
 def output_error(w: np.ndarray, w_star: np.ndarray, h: np.ndarray) -> float:
     """tr((W - W*) H (W - W*)^T): the squared output error summed over the data."""
     diff = np.asarray(w, np.float64) - np.asarray(w_star, np.float64)
-    return float(np.einsum("ij,jk,ik->", diff, h, diff))
+    return float(np.sum((diff @ h) * diff))  # einsum's three-operand path does not use BLAS
 
 
 # Refitting a codebook costs about rows x d^2 x K multiply-adds (K codes); past this many
@@ -160,9 +160,11 @@ def refit_codebook(w, w_star, h, scales, shared: bool, integer: bool) -> np.ndar
         per_row = keys if shared else None
         labels, k = _labels(units[g], per_row)
         onehot = (labels[:, :, None] == np.arange(k)).astype(np.float64)  # rows x d x k
-        hp = np.matmul(h[g], onehot)
+        rows, d, _ = onehot.shape  # one product for all rows: numpy's stacked matmul is slow
+        hp = (h[g] @ onehot.transpose(1, 0, 2).reshape(d, rows * k)).reshape(d, rows, k)
+        hp = hp.transpose(1, 0, 2)
         normal.append(np.matmul(onehot.transpose(0, 2, 1), hp) * (scales[g] ** 2)[:, None, None])
-        rhs.append(np.einsum("rdk,rd->rk", hp, w_star[g]) * scales[g][:, None])
+        rhs.append(np.matmul(w_star[g][:, None, :], hp)[:, 0, :] * scales[g][:, None])
         onehots.append(onehot)
     if shared:
         m = sum(x.sum(axis=0) for x in normal)

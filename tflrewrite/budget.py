@@ -6,7 +6,9 @@ estimated output error.
    setting (sparsity from SPARSITIES where the recipe prunes, cluster count from CLUSTERS
    where it clusters, 0 meaning "not done"), the layer's weights are compressed as the
    recipe's steps would compress them (datafit.compress_rows: pruning with weight updates,
-   int8 scales where the recipe quantizes, clustering with error feedback) and scored:
+   int8 scales where the recipe quantizes, clustering with error feedback; the codebook
+   refit, which costs more than the rest, is left out, so clustering scores a little
+   worse than it will be) and scored:
      error: tr(dW H dW^T) / tr(W H W^T), the layer's output error relative to its output,
             with H = X X^T of its inputs in the original model over the calibration
             samples (the identity without data: plain weight error);
@@ -60,6 +62,7 @@ METRICS = {
 SPARSITIES = (0.0, 0.25, 0.5, 0.625, 0.75, 0.875)
 CLUSTERS = (0, 64, 32, 16, 8, 4)  # 0: not clustered
 ATTEMPTS = 4
+HESSIAN_BYTES = 1 << 30  # X X^T of several layers collected in one pass over the samples
 SLACK = 0.01  # a run this close under the budget is kept without trying to use the rest
 
 
@@ -166,9 +169,12 @@ def _sensitivity(model, steps, budget, target, data, method, progress) -> list[_
     if progress:
         progress(f"budget: sensitivity of {len(weights)} layers")
     use_data = data is not None
-    hessians = (
-        datafit.layer_hessians(model_copy, ops, data.values) if use_data else [None] * len(ops)
-    )
+    hessians = [None] * len(ops)
+    if use_data:  # a few runs over the samples rather than every H in memory at once
+        for chunk in _chunks(ops):
+            found = datafit.layer_hessians(model_copy, [ops[i] for i in chunk], data.values)
+            for i, h in zip(chunk, found):
+                hessians[i] = h
     bar = Progress("budget: candidate settings", len(weights))
     layers = []
     for i, (w, op, h) in enumerate(zip(weights, ops, hessians)):
@@ -181,6 +187,22 @@ def _sensitivity(model, steps, budget, target, data, method, progress) -> list[_
         layers.append(_candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target))
         bar(i + 1)
     return layers
+
+
+def _chunks(ops) -> list[list[int]]:
+    """Indices of `ops` in runs whose X X^T together stay under HESSIAN_BYTES."""
+    chunks, size = [[]], 0
+    for i, op in enumerate(ops):
+        w = op.inputs[1]
+        groups = w.shape[3] if op.type == "DEPTHWISE_CONV_2D" else 1
+        d = int(np.prod(w.shape)) // (groups if op.type == "DEPTHWISE_CONV_2D" else w.shape[0])
+        need = groups * d * d * 8
+        if chunks[-1] and size + need > HESSIAN_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(i)
+        size += need
+    return chunks
 
 
 def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target) -> _Layer:
@@ -217,7 +239,7 @@ def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target
             else:
                 opts = dataclasses.replace(_rule_options(clustering, w.name), clusters=k)
                 new = datafit.compress_rows(
-                    "cluster", rows, fit_h, pruned == 0, scales, opts, factors
+                    "cluster", rows, fit_h, pruned == 0, scales, opts, factors, refit=False
                 )
             stored = _stored(new, scales, w.tensor.np_dtype)
             settings.append((s, k))
@@ -234,7 +256,7 @@ def _rule_options(step: Step, name: str):
 
 def _energy(rows: np.ndarray, h: np.ndarray) -> float:
     """sum over groups of tr(R H R^T)."""
-    return float(np.einsum("grd,gde,gre->", rows, h, rows))
+    return float(sum(np.sum((r @ x) * r) for r, x in zip(rows, h)))  # BLAS, unlike einsum
 
 
 def _round(rows: np.ndarray, scales: np.ndarray) -> np.ndarray:

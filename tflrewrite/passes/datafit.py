@@ -116,9 +116,7 @@ def run(step: str, model: Model, options, rules: tuple[Rule, ...], data, origina
         if source is None:
             records.append(record(w, "skipped", "no layer of the original writes its output"))
             continue
-        records.append(
-            _fit(step, model, op, w, opts, source, original, reference, data, rounding)
-        )
+        records.append(_fit(step, model, op, w, opts, source, original, reference, data, rounding))
         bar(k + 1)
     return PassResult(model, records)
 
@@ -243,11 +241,12 @@ def _fit(step, model, op, w, opts, source, original, reference, data, rounding) 
     )
 
 
-def compress_rows(step, targets, h, zeros, scales, opts, factors=None) -> np.ndarray:
+def compress_rows(step, targets, h, zeros, scales, opts, factors=None, refit=True) -> np.ndarray:
     """groups x rows x d: the `step` ("prune", "cluster" or "refine", with the pass's
     `opts`) of weight rows that should be `targets`, on inputs whose X X^T is `h` (one per
     group); existing `zeros` stay zero. `scales` (groups x rows) are int8 weights' per-row
-    scales, None for float weights. `factors`: h's inverse_cholesky, when already known."""
+    scales, None for float weights. `factors`: h's inverse_cholesky, when already known.
+    `refit`: move codebooks after clustering (REFIT)."""
     if factors is None:
         factors = [kernels.inverse_cholesky(x) for x in h]
     choose = None
@@ -270,7 +269,7 @@ def compress_rows(step, targets, h, zeros, scales, opts, factors=None) -> np.nda
         if s is None and codes[g] is not None:
             s = np.ones(w_star.shape[0])
         new_rows[g] = kernels.solve(w_star, u, pruned[g], s, codes[g], choose=choose)
-    if step == "cluster" and REFIT and _refit_fits(targets.shape, opts.clusters):
+    if step == "cluster" and refit and REFIT and _refit_fits(targets.shape, opts.clusters):
         s = np.ones(targets.shape[:2]) if scales is None else scales
         shared = opts.granularity == "tensor"
         new_rows = kernels.refit_codebook(new_rows, targets, h, s, shared, scales is not None)
