@@ -40,15 +40,20 @@ def inverse_cholesky(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
     """Upper Cholesky factor U of (H + damping)^-1, so that U^T U = (H + damping)^-1.
     Inputs that were always zero (a zero diagonal) get a unit diagonal: their weights do
     not matter for these data and stay as they are."""
+    inverse = np.linalg.inv(damped(h, damp))
+    inverse = (inverse + inverse.T) / 2
+    return np.linalg.cholesky(inverse).T
+
+
+def damped(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
+    """H + damping: `damp` times H's mean diagonal added to the diagonal, after inputs that
+    were always zero (a zero diagonal) get a unit diagonal."""
     h = np.array(h, dtype=np.float64)
-    d = np.diag(h).copy()
-    dead = d <= 0
+    dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
     mean = float(np.mean(np.diag(h))) if h.size else 1.0
     h[np.diag_indices_from(h)] += damp * mean
-    inverse = np.linalg.inv(h)
-    inverse = (inverse + inverse.T) / 2
-    return np.linalg.cholesky(inverse).T
+    return h
 
 
 def obs_scores(w: np.ndarray, u: np.ndarray) -> np.ndarray:

@@ -55,9 +55,11 @@ BATCH = 32  # samples whose patches are multiplied at once
 # left alone, bench model), for 576 bytes.
 MIN_ROW = 16
 SHORT_ROWS_NOT_PRUNED = f"with data, channels of fewer than {MIN_ROW} weights are not pruned"
-# The fit inverts a d x d matrix per layer (d weights per channel): at d = 4,096 that took
-# most of a minute on two cores (5M-parameter bench model), so wider layers fall back.
-MAX_ROW = 2048
+# The fit factors a d x d matrix per layer (d weights per channel), O(d^3): the 4 x 4,000
+# FULLY_CONNECTED of MLPerf-Tiny micro_speech takes about 25 s on two cores and is worth it
+# (logits SQNR at 50% pruning: 14.9 dB by magnitude, 28.6 dB fitted). Wider layers fall
+# back to the magnitude path.
+MAX_ROW = 4096
 # Damping of the refit to the original outputs (relative to H's mean diagonal): stronger
 # than the solver's, as the refit has d x d unknowns per layer to learn from the samples.
 REFIT_DAMP = 0.1
@@ -290,8 +292,8 @@ def _target(step: str, w: np.ndarray, h: np.ndarray, g: np.ndarray) -> np.ndarra
     after pruning and clustering gained 0.6 points of accuracy: 0.951 -> 0.957)."""
     if step == "refine":
         return w.copy()
-    u = kernels.inverse_cholesky(h, REFIT_DAMP)
-    return w + w @ (g - h) @ (u.T @ u)
+    # (H + damping) is symmetric: solve for the transpose rather than form an inverse
+    return w + np.linalg.solve(kernels.damped(h, REFIT_DAMP), (w @ (g - h)).T).T
 
 
 def _collect(op, source, current, reference, samples) -> _Stats:
