@@ -1,7 +1,8 @@
 """The one place that sets Numba's options for every kernel.
 
 fastmath stays off: kernel results are written into models and must equal their numpy
-twins exactly. cache=True keeps compiled code in __pycache__ so later runs start fast.
+twins exactly. Each kernel keeps its compiled code in __pycache__ (Numba's disk cache) so
+later runs start fast, and loads it from there without Numba's preparation to compile.
 NUMBA_DISABLE_JIT=1 runs the kernels as plain Python (for coverage and debugging).
 """
 
@@ -73,12 +74,22 @@ class _CacheFirst(FunctionCache):
         return None
 
 
-_njit = numba.njit(cache=True, fastmath=False, nogil=True)
+_OPTIONS = {"fastmath": False, "nogil": True}
+
+# What _CacheFirst uses of Numba's own cache; a Numba without it keeps its own.
+_FITS = all(
+    callable(getattr(FunctionCache, name, None))
+    for name in ("_load_overload", "_guard_against_spurious_io_errors")
+)
 
 
 def jit(fn: Callable) -> Callable:
-    """`@jit`: a Numba kernel with the options above, loaded from its cache when it can be."""
-    kernel = _njit(fn)
-    if isinstance(kernel, Dispatcher) and type(kernel._cache) is FunctionCache:
+    """`@jit`: a Numba kernel with the options above, loaded from its cache when it can be.
+    The kernel gets its disk cache here rather than from njit(cache=True), which would
+    make one only for this to replace it."""
+    if not _FITS:
+        return numba.njit(cache=True, **_OPTIONS)(fn)
+    kernel = numba.njit(**_OPTIONS)(fn)
+    if isinstance(kernel, Dispatcher):  # not under NUMBA_DISABLE_JIT=1
         kernel._cache = _CacheFirst(kernel.py_func)
     return kernel

@@ -28,7 +28,10 @@ never imports TensorFlow.
    command's. In-process numbers leave out the command's report and verify.
    Targets: (b) <= 1x (a), (c) <= 2x (a) (medians of the per-round ratios).
 3. Whole commands, each a fresh process (start-up, imports, Numba cache loads included),
-   --cmd-repeats rounds, interleaved and rotated like above, after one untimed warm-up:
+   --cmd-repeats rounds, interleaved and rotated like above, after one untimed warm-up.
+   tflrewrite's modules are first compiled to __pycache__ where stale, as `pip install`
+   does (AEQ's, in site-packages, have theirs), so that PYTHONDONTWRITEBYTECODE does not
+   make every tflrewrite process compile its modules from source:
      tflrewrite MODEL -o OUT --force --quantize int8-weights --no-verify          (b)
      tflrewrite MODEL -o OUT --force --prune 0.5 --cluster 16 --quantize int8-weights
        --no-verify                                                                 (c)
@@ -127,6 +130,28 @@ def ensure_model(out_dir: Path) -> tuple[Path, str]:
             "compress.py: building the model needs TensorFlow (pip install -e '.[keras]')"
         )
     return path, f"built with TensorFlow in {time.perf_counter() - t:.1f} s"
+
+
+# ---------------------------------------------------------------- bytecode
+
+
+def ensure_bytecode() -> str:
+    """Compiles tflrewrite's modules to __pycache__ where they are missing or stale, as
+    `pip install` does for an installed package and as the first import does unless
+    PYTHONDONTWRITEBYTECODE is set: AEQ's modules in site-packages have theirs, so each
+    command starts from bytecode. Without it, every tflrewrite process compiles its own
+    modules from source first (about 0.1-0.2 s)."""
+    import compileall
+
+    import tflrewrite
+    import tflrewrite.kernels
+
+    folders = sorted({Path(tflrewrite.__file__).parent, Path(tflrewrite.kernels.__file__).parent})
+    for folder in folders:
+        if not compileall.compile_dir(str(folder), quiet=1):
+            raise SystemExit(f"compress.py: could not compile {folder} to bytecode")
+    note = " (PYTHONDONTWRITEBYTECODE is set here)" if sys.dont_write_bytecode else ""
+    return f"{', '.join(map(str, folders))} compiled to __pycache__ where stale{note}"
 
 
 # ---------------------------------------------------------------- LiteRT
@@ -404,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         f"         tflrewrite {tflrewrite.__version__}, ai-edge-quantizer {aeq_version}, "
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
     )
+    print(f"bytecode {ensure_bytecode()}")
 
     srcs = str(src)
     outs = {k: str(out_dir / f"bench_compress_{k}.tflite") for k in ("rw", "a", "a2", "b", "c")}
