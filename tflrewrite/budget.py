@@ -3,8 +3,9 @@ the output meets `--max-bytes`, `--max-zip-bytes` or `--max-vela-bytes` with the
 estimated output error.
 
 1. Sensitivity. For every weight layer the data-aware passes can fit, and every candidate
-   setting (sparsity from SPARSITIES where the recipe prunes, cluster count from CLUSTERS
-   where it clusters, 0 meaning "not done"), the layer's weights are compressed as the
+   setting (sparsity from SPARSITIES where the recipe prunes; where it clusters, cluster
+   count from CLUSTERS, 0 meaning "not clustered", with one codebook per tensor or one per
+   channel), the layer's weights are compressed as the
    recipe's steps would compress them (datafit.compress_rows: pruning with weight updates,
    int8 scales where the recipe quantizes, clustering with error feedback; the codebook
    refit, which costs more than the rest, is left out, so clustering scores a little
@@ -39,7 +40,7 @@ import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -61,6 +62,7 @@ METRICS = {
 }
 SPARSITIES = (0.0, 0.25, 0.5, 0.625, 0.75, 0.875)
 CLUSTERS = (0, 64, 32, 16, 8, 4)  # 0: not clustered
+GRANULARITIES = ("tensor", "channel")  # one codebook shared (scaled per channel), or one each
 ATTEMPTS = 4
 HESSIAN_BYTES = 1 << 30  # X X^T of several layers collected in one pass over the samples
 SLACK = 0.01  # a run this close under the budget is kept without trying to use the rest
@@ -76,10 +78,22 @@ class Budget:
         return METRICS[self.metric][0]
 
 
+class Setting(NamedTuple):
+    sparsity: float
+    clusters: int  # 0: not clustered
+    granularity: str  # of the codebooks
+
+    def __str__(self) -> str:
+        pruned = f"{self.sparsity:.0%} sparse" if self.sparsity else "unpruned"
+        if not self.clusters:
+            return f"{pruned}, unclustered"
+        return f"{pruned}, {self.clusters} clusters per {self.granularity}"
+
+
 @dataclass
 class _Layer:
     weight: Weight
-    settings: list[tuple[float, int]]  # (sparsity, clusters) candidates
+    settings: list[Setting]  # the candidates
     sizes: np.ndarray
     errors: np.ndarray  # relative output error of each candidate
 
@@ -215,6 +229,7 @@ def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target
     )
     sparsities = SPARSITIES if prunable else (0.0,)
     counts = CLUSTERS if clustering and _rule_options(clustering, w.name) else (0,)
+    shared = GRANULARITIES if rows.shape[0] * rows.shape[1] > 1 else ("tensor",)
     zeros = rows == 0
     stored_scales = datafit._row_scales(op.type, w.tensor)
     quantized = w.tensor.dtype == "INT8" or mode in ("int8", "int8-weights")
@@ -233,16 +248,17 @@ def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target
         if scales is None and quantized:
             peak = np.abs(pruned).max(axis=2)
             scales = np.where(peak > 0, peak / 127.0, 1.0)
-        for k in counts:
+        for k, g in [(0, "tensor")] * (0 in counts) + [(k, g) for k in counts if k for g in shared]:
             if k == 0:
                 new = pruned if scales is None else _round(pruned, scales)
             else:
-                opts = dataclasses.replace(_rule_options(clustering, w.name), clusters=k)
+                opts = _rule_options(clustering, w.name)
+                opts = dataclasses.replace(opts, clusters=k, granularity=g)
                 new = datafit.compress_rows(
                     "cluster", rows, fit_h, pruned == 0, scales, opts, factors, refit=False
                 )
             stored = _stored(new, scales, w.tensor.np_dtype)
-            settings.append((s, k))
+            settings.append(Setting(s, k, g))
             sizes.append(_size(budget.metric, stored, op.type, w.shape, target))
             errors.append(_energy(new - rows, h) / max(energy, 1e-30))
     return _Layer(w, settings, np.array(sizes, np.int64), np.array(errors))
@@ -376,10 +392,11 @@ def _with_choice(recipe: Recipe, layers: list[_Layer], chosen: tuple[int, ...]) 
     """`recipe` with one rule per planned layer in front of its own rules."""
     prune_rules, cluster_rules = [], []
     for layer, c in zip(layers, chosen):
-        s, k = layer.settings[c]
+        s = layer.settings[c]
         match = f"^{re.escape(layer.weight.name)}$"
-        prune_rules.append(Rule(match, {"sparsity": s} if s else None))
-        cluster_rules.append(Rule(match, {"clusters": k} if k else None))
+        prune_rules.append(Rule(match, {"sparsity": s.sparsity} if s.sparsity else None))
+        cluster = {"clusters": s.clusters, "granularity": s.granularity}
+        cluster_rules.append(Rule(match, cluster if s.clusters else None))
     steps = []
     for step in recipe.steps:
         extra = {"prune": prune_rules, "cluster": cluster_rules}.get(step.name, [])
@@ -390,15 +407,15 @@ def _with_choice(recipe: Recipe, layers: list[_Layer], chosen: tuple[int, ...]) 
 def _records(layers, chosen) -> list[dict]:
     out = []
     for layer, c in zip(layers, chosen):
-        s, k = layer.settings[c]
-        w = layer.weight
+        s = layer.settings[c]
         out.append(
             record(
-                w,
+                layer.weight,
                 "planned",
                 _why(layer, c),
-                sparsity=s,
-                clusters=k,
+                sparsity=s.sparsity,
+                clusters=s.clusters,
+                granularity=s.granularity if s.clusters else None,
                 estimated_bytes=int(layer.sizes[c]),
                 estimated_sqnr_db=_db(layer.errors[c]),
             )
@@ -413,16 +430,10 @@ def _why(layer: _Layer, c: int) -> str:
     if not better:
         return "least error of its candidates"
     i = min(better, key=lambda j: (layer.sizes[j], layer.errors[j]))
-    s, k = layer.settings[i]
     return (
-        f"over {_setting(s, k)} ({_db(layer.errors[i]):.1f} dB for "
+        f"over {layer.settings[i]} ({_db(layer.errors[i]):.1f} dB for "
         f"{int(layer.sizes[i] - layer.sizes[c]):+,} bytes)"
     )
-
-
-def _setting(s: float, k: int) -> str:
-    parts = [f"{s:.0%} sparse" if s else "unpruned", f"{k} clusters" if k else "unclustered"]
-    return ", ".join(parts)
 
 
 def _db(error: float) -> float:

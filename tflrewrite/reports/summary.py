@@ -232,7 +232,7 @@ def _print_budget(step: dict, out: TextIO) -> None:
             (
                 clip(t["tensor"], 36),
                 f"{t['sparsity']:.3f}",
-                str(t["clusters"] or "-"),
+                f"{t['clusters']} per {t['granularity']}" if t["clusters"] else "-",
                 db(t["estimated_sqnr_db"]),
                 f"{t['estimated_bytes']:,}",
                 t["reason"],
