@@ -7,11 +7,12 @@ import itertools
 import json
 from pathlib import Path
 
+import corpus
 import numpy as np
 import pytest
 
 from tflrewrite import budget, calibrate, cli
-from tflrewrite.reports import verify
+from tflrewrite.reports import vela, verify
 from tflrewrite.reports.audit import zip_size
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,3 +124,17 @@ def test_a_budget_needs_something_to_choose(tmp_path, capsys):
     args = [str(MODEL), "-o", str(tmp_path / "x.tflite"), "--max-zip-bytes", "10000"]
     assert cli.main(args) == 2
     assert "--prune and --cluster" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not vela.available(), reason="ethos-u-vela is not installed (.[ethos-u])")
+def test_vela_budget_is_met_by_vela_itself(tmp_path):
+    """Vela's own report is the measure: its encoded weights fit the budget."""
+    source = corpus.mltk_models()["autoencoder_example__autoencoder_example"]
+    uniform = tmp_path / "uniform.tflite"
+    args = ["--prune", "0.5", "--cluster", "16", "--target", "ethos-u", "--no-verify"]
+    assert cli.main([str(source), "-o", str(uniform), *args]) == 0
+    size = vela.compile_report(uniform).npu_encoded_weights_bytes
+    out = tmp_path / "budget.tflite"
+    limit = int(size * 0.9)
+    assert cli.main([str(source), "-o", str(out), *args, "--max-vela-bytes", str(limit)]) == 0
+    assert vela.compile_report(out).npu_encoded_weights_bytes <= limit
