@@ -138,3 +138,19 @@ def test_vela_budget_is_met_by_vela_itself(tmp_path):
     limit = int(size * 0.9)
     assert cli.main([str(source), "-o", str(out), *args, "--max-vela-bytes", str(limit)]) == 0
     assert vela.compile_report(out).npu_encoded_weights_bytes <= limit
+
+
+def test_bytes_budget_with_lookup_tables(tmp_path):
+    """With --target tflm the file shrinks with the clusters: its bytes meet the budget,
+    and a per-tensor-quantized weight is not planned per-channel codebooks (TFLM would
+    need one table of their union)."""
+    source = corpus.mltk_models()["anomaly_detection__anomaly_detection"]
+    out, report = tmp_path / "lut.tflite", tmp_path / "lut.json"
+    args = ["--cluster", "16", "--target", "tflm", "--no-verify", "--json", str(report)]
+    assert cli.main([str(source), "-o", str(out), *args, "--max-bytes", "120000"]) == 0
+    assert out.stat().st_size <= 120_000
+    doc = json.loads(report.read_text())
+    plan = doc["passes"][0]
+    assert plan["pass"] == "budget" and plan["got"] == out.stat().st_size
+    encoded = {t["tensor"] for t in doc["passes"][-1]["tensors"] if t["action"] != "skipped"}
+    assert {t["tensor"] for t in plan["tensors"] if t["clusters"]} <= encoded

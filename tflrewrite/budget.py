@@ -234,6 +234,7 @@ def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target
     stored_scales = datafit._row_scales(op.type, w.tensor)
     quantized = w.tensor.dtype == "INT8" or mode in ("int8", "int8-weights")
     energy = _energy(rows, h)
+    channel_tables = _channel_tables(w, quantized)
     factors = [kernels.inverse_cholesky(x) for x in fit_h]
     settings, sizes, errors = [], [], []
     for s in sparsities:
@@ -259,9 +260,22 @@ def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target
                 )
             stored = _stored(new, scales, w.tensor.np_dtype)
             settings.append(Setting(s, k, g))
-            sizes.append(_size(budget.metric, stored, op.type, w.shape, target))
+            sizes.append(_size(budget.metric, stored, target, channel_tables))
             errors.append(_energy(new - rows, h) / max(energy, 1e-30))
     return _Layer(w, settings, np.array(sizes, np.int64), np.array(errors))
+
+
+def _channel_tables(w: Weight, quantized: bool) -> bool:
+    """Whether TFLM could give `w` a lookup table per channel: only along int8 per-channel
+    quantization (this step's, for float weights it quantizes)."""
+    from tflrewrite.targets import tflm
+
+    if not quantized:
+        return False
+    if w.tensor.dtype != "INT8":
+        return True
+    channels = tflm.decoder_channels(w.tensor)
+    return isinstance(channels, tuple) and channels[0] > 1
 
 
 def _rule_options(step: Step, name: str):
@@ -287,18 +301,19 @@ def _stored(rows: np.ndarray, scales, dtype) -> np.ndarray:
     return np.clip(np.round(rows / scales[:, :, None]), -127, 127).astype(np.int8)
 
 
-def _size(metric: str, stored: np.ndarray, op_type: str, shape, target: str) -> int:
-    """The stored weight's estimated share of the budget's measure."""
+def _size(metric: str, stored: np.ndarray, target: str, channel_tables: bool) -> int:
+    """The stored weight's estimated share of the budget's measure. `channel_tables`: a
+    lookup table per channel is open to it (TFLM splits tables by quantization channel)."""
     if metric == "zip":
         return len(zlib.compress(np.ascontiguousarray(stored).tobytes(), 6))
     if metric == "vela":
         return _vela_bytes(stored)
     if target == "tflm":
-        return _lut_bytes(stored)
+        return _lut_bytes(stored, channel_tables)
     return stored.nbytes
 
 
-def _lut_bytes(stored: np.ndarray) -> int:
+def _lut_bytes(stored: np.ndarray, channel_tables: bool) -> int:
     """TFLM lookup-table bytes (targets.tflm's smaller layout: one shared table, or a table
     per channel), or the dense bytes when it needs more than 7 index bits."""
     from tflrewrite.targets import tflm
@@ -308,7 +323,8 @@ def _lut_bytes(stored: np.ndarray) -> int:
     shared = np.unique(stored).size
     each = max(np.unique(row).size for row in channels)
     best = stored.nbytes
-    for entries, tables in ((shared, 1), (each, channels.shape[0])):
+    layouts = [(shared, 1)] + [(each, channels.shape[0])] * channel_tables
+    for entries, tables in layouts:
         bits = max(1, int(np.ceil(np.log2(max(entries, 2)))))
         if bits <= tflm.MAX_BITS:
             size = -(-n * bits // 8) + entries * tables * stored.itemsize + tflm.DCM_SIZE
