@@ -228,6 +228,9 @@ def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target
         and _rule_options(pruning, w.name) is not None
     )
     sparsities = SPARSITIES if prunable else (0.0,)
+    if prunable and _rule_options(pruning, w.name).n_of_m:  # the pattern fixes the sparsity
+        n, m = _rule_options(pruning, w.name).n_of_m
+        sparsities = (0.0, 1 - n / m)
     counts = CLUSTERS if clustering and _rule_options(clustering, w.name) else (0,)
     shared = GRANULARITIES if rows.shape[0] * rows.shape[1] > 1 else ("tensor",)
     zeros = rows == 0
@@ -235,6 +238,7 @@ def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target
     quantized = w.tensor.dtype == "INT8" or mode in ("int8", "int8-weights")
     energy = _energy(rows, h)
     channel_tables = _channel_tables(w, quantized)
+    dtype = np.dtype(np.float16) if mode == "float16" else w.tensor.np_dtype
     factors = [kernels.inverse_cholesky(x) for x in fit_h]
     settings, sizes, errors = [], [], []
     for s in sparsities:
@@ -258,7 +262,7 @@ def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target
                 new = datafit.compress_rows(
                     "cluster", rows, fit_h, pruned == 0, scales, opts, factors, refit=False
                 )
-            stored = _stored(new, scales, w.tensor.np_dtype)
+            stored = _stored(new, scales, dtype)
             settings.append(Setting(s, k, g))
             sizes.append(_size(budget.metric, stored, target, channel_tables))
             errors.append(_energy(new - rows, h) / max(energy, 1e-30))
@@ -380,7 +384,8 @@ def _cross(layer: _Layer, a: int, b: int, c: int) -> float:
 def _choose(layers: list[_Layer], limit: int) -> tuple[int, ...]:
     """Per layer, the index of its setting: least summed error with estimated sizes
     summing to `limit` or less, by greedy steps along each layer's hull (as small as each
-    can go when nothing fits)."""
+    can go when nothing fits), then steps back up, most error saved first, into what the
+    last step left over."""
     hulls = [_hull(layer) for layer in layers]
     at = [0] * len(layers)
     total = sum(int(layer.sizes[h[0]]) for layer, h in zip(layers, hulls))
@@ -401,6 +406,19 @@ def _choose(layers: list[_Layer], limit: int) -> tuple[int, ...]:
         total -= int(layer.sizes[h[at[i]]] - layer.sizes[h[at[i] + 1]])
         at[i] += 1
         push(i)
+    while True:  # the last step may have saved more than needed: step back where it fits
+        back = []
+        for i, (h, layer) in enumerate(zip(hulls, layers)):
+            if at[i] > 0:
+                extra = int(layer.sizes[h[at[i] - 1]] - layer.sizes[h[at[i]]])
+                gain = float(layer.errors[h[at[i]]] - layer.errors[h[at[i] - 1]])
+                if total + extra <= limit:
+                    back.append((-gain, i, extra))
+        if not back:
+            break
+        _, i, extra = min(back)
+        at[i] -= 1
+        total += extra
     return tuple(h[a] for h, a in zip(hulls, at))
 
 
