@@ -41,6 +41,8 @@ examples:
   tflrewrite float.tflite --quantize int8 --calibration samples.npz   full-integer int8
   tflrewrite float.tflite --prune 0.5 --cluster 16 --quantize int8 --calibration samples.npz
   tflrewrite float.tflite --quantize int8-weights --cluster 16 --granularity channel
+  tflrewrite float.tflite --prune 0.5 --cluster 16 --quantize int8 --calibration s.npz
+      --max-zip-bytes 40k     the settings per layer with least error in 40 kB zipped
   tflrewrite model.tflite -o out.tflite --force  replaces out.tflite if it exists
   tflrewrite audit model.tflite --max-zip-bytes 200k      exit 1 when over budget (for CI)
   tflrewrite audit before.tflite after.tflite --compare
@@ -242,8 +244,8 @@ def rewrite_parser() -> argparse.ArgumentParser:
         "--max-bytes",
         metavar="N",
         type=_size,
-        help="the output file at most N bytes (only what is stored shrinks: lookup "
-        "tables with --target tflm, sparse blocks with --target cpu)",
+        help="the output file at most N bytes (clusters shrink the file as lookup "
+        "tables with --target tflm; dense targets store every weight)",
     )
     budget.add_argument(
         "--max-vela-bytes",
