@@ -52,6 +52,7 @@ from tflrewrite.passes import PASSES, datafit
 from tflrewrite.passes.common import Rule, select
 from tflrewrite.progress import Progress
 from tflrewrite.recipes import Recipe, Step
+from tflrewrite.reports.text import db
 from tflrewrite.weights import Weight, real_values, record
 
 # What a budget bounds: the flag's name on the command line, and what it measures.
@@ -465,13 +466,14 @@ def _why(layer: _Layer, c: int) -> str:
         return "least error of its candidates"
     i = min(better, key=lambda j: (layer.sizes[j], layer.errors[j]))
     return (
-        f"over {layer.settings[i]} ({_db(layer.errors[i]):.1f} dB for "
+        f"over {layer.settings[i]} ({db(_db(layer.errors[i]))} dB for "
         f"{int(layer.sizes[i] - layer.sizes[c]):+,} bytes)"
     )
 
 
-def _db(error: float) -> float:
-    return float("inf") if error <= 0 else float(-10 * np.log10(error))
+def _db(error: float) -> float | None:
+    """SQNR in dB of a relative error; None for none at all (JSON has no infinity)."""
+    return None if error <= 0 else float(-10 * np.log10(error))
 
 
 # ------------------------------------------------------------------ measures
