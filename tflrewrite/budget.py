@@ -136,6 +136,9 @@ def apply(
             model, _with_choice(recipe, layers, chosen), progress, target, data, method
         )
         got = measure(result.model)
+        if progress:
+            what = METRICS[budget.metric][1]
+            progress(f"budget: run {len(tried)}: {got:,} {what} against {budget.limit:,}")
         error = sum(layer.errors[c] for layer, c in zip(layers, chosen))
         if got <= budget.limit and (best is None or error < best[0]):
             best = (error, result, chosen, got)
