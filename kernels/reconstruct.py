@@ -119,6 +119,35 @@ def solve(
     return out
 
 
+def solve_groups(
+    w_star: np.ndarray,
+    u: np.ndarray,
+    pruned: np.ndarray,
+    scales: np.ndarray | None = None,
+    codes: np.ndarray | None = None,
+) -> np.ndarray:
+    """`solve` for many small independent groups at once (groups x rows x d, one factor u
+    per group: depthwise channels), the column sweep vectorized over the groups rather
+    than blocked; `scales` groups x rows, `codes` groups x rows x K."""
+    w = np.array(w_star, dtype=np.float64)
+    out = np.zeros_like(w)
+    s = None if scales is None else np.asarray(scales, np.float64)
+    for j in range(w.shape[2]):
+        col = w[:, :, j]
+        if s is None:
+            q = col.copy()
+        elif codes is None:
+            q = nearest_code(col / s, None) * s
+        else:
+            dist = np.abs((col / s)[:, :, None] - codes)
+            q = np.take_along_axis(codes, dist.argmin(axis=2)[:, :, None], axis=2)[:, :, 0] * s
+        q[pruned[:, :, j]] = 0.0
+        out[:, :, j] = q
+        e = (col - q) / u[:, j, j][:, None]
+        w[:, :, j:] -= e[:, :, None] * u[:, None, j, j:]
+    return out
+
+
 def solve_numpy_reference(
     w_star: np.ndarray,
     u: np.ndarray,

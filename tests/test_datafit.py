@@ -180,3 +180,28 @@ def test_codebook_refit_keeps_the_assignment_and_never_loses(shared, integer):
             for value in np.unique(old[r][old[r] != 0]):
                 assert np.unique(units[r][old[r] == value]).size == 1
     assert sum(gains) > 0
+
+
+@pytest.mark.parametrize("grid", ["float", "int8", "codebook"])
+def test_grouped_solve_equals_solving_each_group(grid):
+    """Depthwise channels are swept together; each must come out as if solved alone."""
+    rng = np.random.default_rng(3)
+    groups = [problem(seed, rows=2, d=9) for seed in range(5)]
+    w = np.stack([g[0] for g in groups])
+    u = np.stack([reconstruct.inverse_cholesky(g[1]) for g in groups])
+    pruned = rng.random(w.shape) < 0.2
+    scales = None if grid == "float" else np.abs(w).max(axis=2) / 127
+    codes = None
+    if grid == "codebook":
+        scales = np.abs(w).max(axis=2) / 4
+        codes = np.broadcast_to(np.array([-4.0, -2.0, -1.0, 1.0, 2.0, 4.0]), w.shape[:2] + (6,))
+    together = reconstruct.solve_groups(w, u, pruned, scales, codes)
+    for g in range(w.shape[0]):
+        alone = reconstruct.solve(
+            w[g],
+            u[g],
+            pruned[g],
+            None if scales is None else scales[g],
+            None if codes is None else codes[g],
+        )
+        np.testing.assert_allclose(together[g], alone, rtol=1e-12, atol=1e-12)

@@ -265,17 +265,32 @@ def compress_rows(step, targets, h, zeros, scales, opts, factors=None, refit=Tru
     else:
         pruned = zeros
         codes = _codebooks(targets, pruned, scales, opts, step)
-    new_rows = np.empty_like(targets)
-    for g, (u, w_star) in enumerate(zip(factors, targets)):
-        s = None if scales is None else scales[g]
-        if s is None and codes[g] is not None:
-            s = np.ones(w_star.shape[0])
-        new_rows[g] = kernels.solve(w_star, u, pruned[g], s, codes[g], choose=choose)
+    if len(factors) > 1 and choose is None:  # depthwise: many 9-tap groups at once
+        s = scales
+        if s is None and codes[0] is not None:
+            s = np.ones(targets.shape[:2])
+        new_rows = kernels.solve_groups(targets, np.stack(factors), pruned, s, _stacked(codes))
+    else:
+        new_rows = np.empty_like(targets)
+        for g, (u, w_star) in enumerate(zip(factors, targets)):
+            s = None if scales is None else scales[g]
+            if s is None and codes[g] is not None:
+                s = np.ones(w_star.shape[0])
+            new_rows[g] = kernels.solve(w_star, u, pruned[g], s, codes[g], choose=choose)
     if step == "cluster" and refit and REFIT and _refit_fits(targets.shape, opts.clusters):
         s = np.ones(targets.shape[:2]) if scales is None else scales
         shared = opts.granularity == "tensor"
         new_rows = kernels.refit_codebook(new_rows, targets, h, s, shared, scales is not None)
     return new_rows
+
+
+def _stacked(codes: list) -> np.ndarray | None:
+    """Per-group codebooks (rows x K_g each, or None) as one groups x rows x K array, the
+    shorter ones padded with their last code (a repeated code changes no choice)."""
+    if codes[0] is None:
+        return None
+    width = max(c.shape[1] for c in codes)
+    return np.stack([np.pad(c, ((0, 0), (0, width - c.shape[1])), mode="edge") for c in codes])
 
 
 def _refit_fits(shape: tuple, clusters: int) -> bool:
@@ -482,26 +497,41 @@ def _codebooks(targets, pruned, scales, opts, step) -> list:
     if opts.granularity == "tensor":
         shared = _centroids(units[~pruned], k, integer)
         return [np.broadcast_to(shared, (u.shape[0], shared.size)).copy() for u in units]
-    out = []
-    for group, mask in zip(units, pruned):
-        per_row = [_centroids(r[~p], k, integer) for r, p in zip(group, mask)]
-        width = max(c.size for c in per_row)
-        out.append(np.stack([np.pad(c, (0, width - c.size), mode="edge") for c in per_row]))
-    return out
+    flat, gone = units.reshape(-1, units.shape[2]), pruned.reshape(-1, units.shape[2])
+    codes = _centroids_rows([r[~p] for r, p in zip(flat, gone)], k, integer)
+    return list(codes.reshape(units.shape[0], units.shape[1], -1))
 
 
 def _centroids(values: np.ndarray, k: int, integer: bool) -> np.ndarray:
-    """Up to k nonzero centroids of `values` (optimal 1-D k-means); rounded to nonzero
-    integers within int8 for int8 codes."""
-    if values.size == 0:
-        return np.array([1.0])
-    x = np.sort(values.astype(np.float64))
-    clustered = kmeans1d.cluster_float_rows(x[None, :], max(k, 1), False)[0]
-    centres = np.unique(clustered)
-    if integer:
-        rounded = np.clip(np.floor(np.abs(centres) + 0.5), 1, 127) * np.sign(centres)
-        centres = np.unique(np.where(centres == 0, 1.0, rounded))
-    return centres[centres != 0] if np.any(centres != 0) else np.array([1.0])
+    return np.unique(_centroids_rows([values], k, integer)[0])
+
+
+def _centroids_rows(rows: list[np.ndarray], k: int, integer: bool) -> np.ndarray:
+    """rows x K: per row, up to k nonzero centroids of its values (optimal 1-D k-means),
+    rounded to nonzero integers within int8 for int8 codes, a row with fewer repeating its
+    last (a repeated code changes no choice). The rows of one length are clustered in one
+    kernel call and read back together: per row, that cost more than the clustering of
+    depthwise kernels."""
+    out = np.ones((len(rows), max(k, 1)))
+    by_size: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        if r.size:
+            by_size.setdefault(r.size, []).append(i)
+    for idx in by_size.values():
+        x = np.sort(np.stack([rows[i] for i in idx]).astype(np.float64), axis=1)
+        clustered = kmeans1d.cluster_float_rows(x, max(k, 1), False)  # sorted per row
+        starts = np.diff(clustered, axis=1, prepend=np.nan) != 0
+        which = np.cumsum(starts, axis=1) - 1  # each value's cluster, 0 up
+        codes = np.empty((len(idx), out.shape[1]))
+        codes[np.arange(len(idx))[:, None], which] = clustered
+        count = which[:, -1:] + 1
+        last = np.take_along_axis(codes, count - 1, axis=1)
+        codes = np.where(np.arange(out.shape[1]) < count, codes, last)
+        if integer:
+            rounded = np.clip(np.floor(np.abs(codes) + 0.5), 1, 127) * np.sign(codes)
+            codes = np.where(codes == 0, 1.0, rounded)
+        out[idx] = np.where(codes == 0, last, codes)
+    return out
 
 
 def _correct_bias(model, op, source, original, new_rows, rows_orig, stats) -> None:
