@@ -181,7 +181,7 @@ def _sensitivity(model, steps, budget, target, data, method, progress) -> list[_
     readers = sg.consumers()
     weights, ops = [], []
     for w, _opts in chosen:
-        if datafit._not_fittable(w, readers, "cluster") is None:
+        if datafit.not_fittable(w, readers, "cluster") is None:
             weights.append(w)
             ops.append(readers[id(w.tensor)][0])
     if progress:
@@ -196,7 +196,7 @@ def _sensitivity(model, steps, budget, target, data, method, progress) -> list[_
     bar = Progress("budget: candidate settings", len(weights))
     layers = []
     for i, (w, op, h) in enumerate(zip(weights, ops, hessians)):
-        rows = datafit._rows(op.type, real_values(w.tensor))
+        rows = datafit.layer_rows(op.type, real_values(w.tensor))
         if h is None:
             h = np.broadcast_to(np.eye(rows.shape[2]), (rows.shape[0],) + (rows.shape[2],) * 2)
         fit_h = (
@@ -238,7 +238,7 @@ def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target
     counts = CLUSTERS if clustering and _rule_options(clustering, w.name) else (0,)
     shared = GRANULARITIES if rows.shape[0] * rows.shape[1] > 1 else ("tensor",)
     zeros = rows == 0
-    stored_scales = datafit._row_scales(op.type, w.tensor)
+    stored_scales = datafit.row_scales(op.type, w.tensor)
     quantized = w.tensor.dtype == "INT8" or mode in ("int8", "int8-weights")
     energy = _energy(rows, h)
     channel_tables = _channel_tables(w, quantized)

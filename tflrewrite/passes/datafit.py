@@ -88,7 +88,7 @@ def run(step: str, model: Model, options, rules: tuple[Rule, ...], data, origina
     readers = sg.consumers()
     fitted, fallback = [], {}
     for w, opts in chosen:
-        reason = _not_fittable(w, readers, step)
+        reason = not_fittable(w, readers, step)
         if reason in (DEPTHWISE_NOT_PRUNED, SHORT_ROWS_NOT_PRUNED):
             records.append(record(w, "skipped", reason))
         elif reason:
@@ -127,7 +127,7 @@ def _no_reason(w: Weight, opts) -> None:
     return None
 
 
-def _not_fittable(w: Weight, readers: dict, step: str) -> str | None:
+def not_fittable(w: Weight, readers: dict, step: str) -> str | None:
     ops = readers.get(id(w.tensor), [])
     if w.subgraph != 0:
         return "not in the main subgraph"
@@ -219,9 +219,9 @@ def _fit(step, model, op, w, opts, source, original, reference, data, rounding) 
     w_orig = real_values(
         _constant_source(original, source.inputs[1])
     )  # original real weights, weight shape
-    rows_orig = _rows(op.type, w_orig)  # groups x rows x d
-    rows_now = _rows(op.type, real_values(w.tensor))
-    scales = _row_scales(op.type, w.tensor)  # groups x rows, or None for float
+    rows_orig = layer_rows(op.type, w_orig)  # groups x rows x d
+    rows_now = layer_rows(op.type, real_values(w.tensor))
+    scales = row_scales(op.type, w.tensor)  # groups x rows, or None for float
     targets = np.stack(
         [_target(step, rows_orig[g], stats.h[g], stats.g[g]) for g in range(len(stats.h))]
     )
@@ -408,7 +408,7 @@ def _constant_source(model: Model, t: Tensor) -> Tensor:
     return producer.inputs[0]
 
 
-def _rows(op_type: str, w: np.ndarray) -> np.ndarray:
+def layer_rows(op_type: str, w: np.ndarray) -> np.ndarray:
     """groups x rows x d: conv OHWI and FC OI as one group of O rows; depthwise 1HWC as
     C groups of one 9-tap row."""
     if op_type == "DEPTHWISE_CONV_2D":
@@ -422,7 +422,7 @@ def _from_rows(op_type: str, rows: np.ndarray, shape: tuple) -> np.ndarray:
     return rows[0].reshape(shape)
 
 
-def _row_scales(op_type: str, t: Tensor) -> np.ndarray | None:
+def row_scales(op_type: str, t: Tensor) -> np.ndarray | None:
     """groups x rows of per-row scales for int8 weights (None for float ones)."""
     if t.dtype != "INT8":
         return None
