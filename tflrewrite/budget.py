@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import os
 import re
+import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,9 +51,9 @@ from tflrewrite.errors import TflRewriteError, UsageError
 from tflrewrite.kernels import reconstruct as kernels
 from tflrewrite.model import Model
 from tflrewrite.passes import PASSES, datafit
-from tflrewrite.passes.common import Rule, select
+from tflrewrite.passes.common import Rule, options_for, select
 from tflrewrite.progress import Progress
-from tflrewrite.recipes import Recipe, Step
+from tflrewrite.recipes import Recipe
 from tflrewrite.reports.text import db
 from tflrewrite.weights import Weight, real_values, record
 
@@ -224,18 +226,18 @@ def _chunks(ops) -> list[list[int]]:
 
 
 def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target) -> _Layer:
-    d = rows.shape[2]
+    prune_opts = pruning and options_for(pruning.options, pruning.rules, w.name)
+    cluster_opts = clustering and options_for(clustering.options, clustering.rules, w.name)
     prunable = (
-        pruning is not None
+        prune_opts is not None
         and op.type != "DEPTHWISE_CONV_2D"
-        and d >= datafit.MIN_ROW
-        and _rule_options(pruning, w.name) is not None
+        and rows.shape[2] >= datafit.MIN_ROW
     )
     sparsities = SPARSITIES if prunable else (0.0,)
-    if prunable and _rule_options(pruning, w.name).n_of_m:  # the pattern fixes the sparsity
-        n, m = _rule_options(pruning, w.name).n_of_m
+    if prunable and prune_opts.n_of_m:  # the pattern fixes the sparsity
+        n, m = prune_opts.n_of_m
         sparsities = (0.0, 1 - n / m)
-    counts = CLUSTERS if clustering and _rule_options(clustering, w.name) else (0,)
+    counts = CLUSTERS if cluster_opts else (0,)
     shared = GRANULARITIES if rows.shape[0] * rows.shape[1] > 1 else ("tensor",)
     zeros = rows == 0
     stored_scales = datafit.row_scales(op.type, w.tensor)
@@ -249,7 +251,7 @@ def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target
         if s == 0.0:
             pruned = rows
         else:
-            opts = dataclasses.replace(_rule_options(pruning, w.name), sparsity=s)
+            opts = dataclasses.replace(prune_opts, sparsity=s)
             pruned = datafit.compress_rows(
                 "prune", rows, fit_h, zeros, stored_scales, opts, factors
             )
@@ -259,10 +261,11 @@ def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target
             scales = np.where(peak > 0, peak / 127.0, 1.0)
         for k, g in [(0, "tensor")] * (0 in counts) + [(k, g) for k in counts if k for g in shared]:
             if k == 0:
-                new = pruned if scales is None else _round(pruned, scales)
+                new = (
+                    pruned if scales is None else _stored(pruned, scales, dtype) * scales[..., None]
+                )
             else:
-                opts = _rule_options(clustering, w.name)
-                opts = dataclasses.replace(opts, clusters=k, granularity=g)
+                opts = dataclasses.replace(cluster_opts, clusters=k, granularity=g)
                 new = datafit.compress_rows(
                     "cluster", rows, fit_h, pruned == 0, scales, opts, factors, refit=False
                 )
@@ -286,20 +289,9 @@ def _channel_tables(w: Weight, quantized: bool) -> bool:
     return isinstance(channels, tuple) and channels[0] > 1
 
 
-def _rule_options(step: Step, name: str):
-    from tflrewrite.passes.common import options_for
-
-    return options_for(step.options, step.rules, name)
-
-
 def _energy(rows: np.ndarray, h: np.ndarray) -> float:
     """sum over groups of tr(R H R^T)."""
-    return float(sum(np.sum((r @ x) * r) for r, x in zip(rows, h)))  # BLAS, unlike einsum
-
-
-def _round(rows: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    s = scales[:, :, None]
-    return np.clip(np.round(rows / s), -127, 127) * s
+    return sum(kernels.output_error(r, 0.0, x) for r, x in zip(rows, h))
 
 
 def _stored(rows: np.ndarray, scales, dtype) -> np.ndarray:
@@ -495,9 +487,6 @@ def _measure(budget: Budget, accelerator: str | None, name: str) -> Callable[[Mo
     vela.require(accelerator)
 
     def measure(m: Model) -> int:
-        import os
-        import tempfile
-
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "budget.tflite")
             writer.write(m, path)

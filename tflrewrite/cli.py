@@ -378,14 +378,14 @@ def run_rewrite(args: argparse.Namespace) -> int:
 
 
 def _budget(args: argparse.Namespace) -> Any:
-    from tflrewrite.budget import Budget
-
     for metric, value in (
         ("zip", args.max_zip_bytes),
         ("bytes", args.max_bytes),
         ("vela", args.max_vela_bytes),
     ):
         if value is not None:
+            from tflrewrite.budget import Budget  # only a budgeted run needs the planner
+
             return Budget(metric, value)
     if args.accelerator:
         raise UsageError("--accelerator is for --max-vela-bytes")
