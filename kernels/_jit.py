@@ -3,20 +3,165 @@
 fastmath stays off: kernel results are written into models and must equal their numpy
 twins exactly. Each kernel keeps its compiled code in __pycache__ (Numba's disk cache) so
 later runs start fast, and loads it from there without Numba's preparation to compile.
+A kernel costs nothing until it is first called: importing Numba takes a third of a second
+and making each dispatcher a millisecond, so a command pays for Numba only when it runs a
+kernel, and then only for the kernels it runs.
 NUMBA_DISABLE_JIT=1 runs the kernels as plain Python (for coverage and debugging).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import numba
-from numba.core.caching import FunctionCache
-from numba.core.dispatcher import Dispatcher
+import numpy as np
 
 T = TypeVar("T")
+
+_OPTIONS = {"fastmath": False, "nogil": True}
+
+
+class Kernel:
+    """A Numba kernel, made from its Python function on the first call (or the first look
+    at a dispatcher attribute such as ``stats``). Numba code that calls a kernel compiles
+    against its dispatcher."""
+
+    def __init__(self, fn: Callable) -> None:
+        functools.update_wrapper(self, fn)
+        self.py_func = fn
+        self._dispatcher: Any = None
+
+    def __call__(self, *args: Any) -> Any:
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            dispatcher = self.dispatcher
+        return dispatcher(*args)
+
+    @property
+    def dispatcher(self) -> Any:
+        if self._dispatcher is None:
+            with _MAKING:  # kernels run in threads: one import of Numba, one dispatcher each
+                if self._dispatcher is None:
+                    self._dispatcher = _numba()(self.py_func)
+        return self._dispatcher
+
+    @property
+    def _numba_type_(self) -> Any:  # how Numba types a global it finds in a kernel's code
+        return self.dispatcher._numba_type_
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_dispatcher", "dispatcher"):
+            raise AttributeError(name)
+        return getattr(self.dispatcher, name)
+
+    def __repr__(self) -> str:
+        return f"<kernel {self.__module__}.{self.__qualname__}>"
+
+
+def jit(fn: Callable) -> Kernel:
+    """`@jit`: a Numba kernel with the options above, loaded from its cache when it can be."""
+    return Kernel(fn)
+
+
+_MAKING = threading.RLock()
+
+
+@functools.cache
+def _numba() -> Callable[[Callable], Any]:
+    """Imports Numba and returns what makes a kernel's dispatcher (once per process)."""
+    numba = _import_numba()
+    from numba.core import types
+    from numba.core.caching import FunctionCache
+    from numba.core.dispatcher import Dispatcher
+    from numba.np import numpy_support
+
+    class CacheFirst(FunctionCache):
+        """A kernel's disk cache that loads compiled code without preparing to compile.
+
+        Before it looks in the cache, Numba refreshes its target context: it imports and
+        registers the implementations of every Python and NumPy feature it can compile
+        (some hundred modules, arraymath among them), a tenth to a quarter of a second at
+        the first dispatch. Code loaded from the cache needs none of that, only Numba's
+        runtime (NRT), whose functions it links to. So this loads first and refreshes only
+        on a miss, before Numba compiles (its compiler refreshes again, which is then
+        cheap). The code that runs is the same either way; only when the context is ready
+        differs.
+        """
+
+        def load_overload(self, sig: Any, target_context: Any) -> Any:
+            from numba.core.runtime.nrt import rtsys
+
+            rtsys.initialize(target_context)  # once per process; the cached code calls NRT
+            with self._guard_against_spurious_io_errors():
+                compiled = _without_blas_probe(lambda: self._load_overload(sig, target_context))
+                if compiled is not None:
+                    return compiled
+            _without_blas_probe(target_context.refresh)  # Numba's own load does this first
+            return None
+
+    def typeof_plain_arrays(dispatcher: Any) -> Callable[[Any], Any]:
+        """Numba's typeof_pyval, but for a plain ndarray the type its own typeof gives
+        without first asking whether the array is a numpy.ma.MaskedArray: that question
+        imports numpy.ma, a twentieth of a second at a process's first kernel call, and
+        a plain ndarray is never one. Numba asks this for each array type a kernel has
+        not seen before, and for every argument when it loads or compiles an overload."""
+        general = dispatcher.typeof_pyval
+
+        def typeof_pyval(val: Any) -> Any:
+            if type(val) is not np.ndarray:
+                return general(val)
+            try:
+                dtype = numpy_support.from_dtype(val.dtype)
+            except Exception:  # noqa: BLE001 - Numba's own path says what is wrong
+                return general(val)
+            layout = numpy_support.map_layout(val)
+            return types.Array(dtype, val.ndim, layout, readonly=not val.flags.writeable)
+
+        return typeof_pyval
+
+    # What CacheFirst uses of Numba's own cache; a Numba without it keeps its own.
+    fits = all(
+        callable(getattr(FunctionCache, name, None))
+        for name in ("_load_overload", "_guard_against_spurious_io_errors")
+    ) and callable(getattr(Dispatcher, "typeof_pyval", None))
+
+    def make(fn: Callable) -> Any:
+        if not fits:
+            return numba.njit(cache=True, **_OPTIONS)(fn)
+        # The disk cache is set here rather than by njit(cache=True), which would make
+        # one only for this to replace it.
+        kernel = numba.njit(**_OPTIONS)(fn)
+        if isinstance(kernel, Dispatcher):  # not under NUMBA_DISABLE_JIT=1
+            kernel._cache = CacheFirst(kernel.py_func)
+            kernel.typeof_pyval = typeof_plain_arrays(kernel)
+        return kernel
+
+    return make
+
+
+def _import_numba() -> Any:
+    """`import numba`, less two imports it makes only to look, a twentieth of a second:
+    SciPy's, to check that its version is at least 1.0 (no SciPy this project installs is
+    older), and PyYAML's, to read a .numba_config.yaml in the working directory, which is
+    left to it where there is such a file."""
+    looks = ["scipy"] + ([] if os.path.isfile(".numba_config.yaml") else ["yaml"])
+    if "numba" in sys.modules:  # imported already, or being imported by another thread
+        looks = []
+    looks = [name for name in looks if name not in sys.modules]
+    for name in looks:
+        sys.modules[name] = None  # type: ignore[assignment]  # its import raises ImportError
+    try:
+        import numba
+    finally:
+        for name in looks:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+    return numba
 
 
 def _without_blas_probe(load: Callable[[], T]) -> T:
@@ -46,50 +191,5 @@ def _without_blas_probe(load: Callable[[], T]) -> T:
             del sys.modules[name]
         arraymath = sys.modules.get("numba.np.arraymath")
         if getattr(arraymath, "_HAVE_BLAS", None) is False:
-            arraymath._HAVE_BLAS = "scipy" in sys.modules  # Numba imports SciPy when present
+            arraymath._HAVE_BLAS = importlib.util.find_spec("scipy") is not None
     return load()  # a Numba this does not fit: its own imports, BLAS probe and all
-
-
-class _CacheFirst(FunctionCache):
-    """A kernel's disk cache that loads compiled code without preparing to compile.
-
-    Before it looks in the cache, Numba refreshes its target context: it imports and
-    registers the implementations of every Python and NumPy feature it can compile (some
-    hundred modules, arraymath among them), a tenth to a quarter of a second at the first
-    dispatch. Code loaded from the cache needs none of that, only Numba's runtime (NRT),
-    whose functions it links to. So this loads first and refreshes only on a miss, before
-    Numba compiles (its compiler refreshes again, which is then cheap). The code that runs
-    is the same either way; only when the context is ready differs.
-    """
-
-    def load_overload(self, sig: Any, target_context: Any) -> Any:
-        from numba.core.runtime.nrt import rtsys
-
-        rtsys.initialize(target_context)  # once per process; the cached code calls NRT
-        with self._guard_against_spurious_io_errors():
-            compiled = _without_blas_probe(lambda: self._load_overload(sig, target_context))
-            if compiled is not None:
-                return compiled
-        _without_blas_probe(target_context.refresh)  # Numba's own load does this first
-        return None
-
-
-_OPTIONS = {"fastmath": False, "nogil": True}
-
-# What _CacheFirst uses of Numba's own cache; a Numba without it keeps its own.
-_FITS = all(
-    callable(getattr(FunctionCache, name, None))
-    for name in ("_load_overload", "_guard_against_spurious_io_errors")
-)
-
-
-def jit(fn: Callable) -> Callable:
-    """`@jit`: a Numba kernel with the options above, loaded from its cache when it can be.
-    The kernel gets its disk cache here rather than from njit(cache=True), which would
-    make one only for this to replace it."""
-    if not _FITS:
-        return numba.njit(cache=True, **_OPTIONS)(fn)
-    kernel = numba.njit(**_OPTIONS)(fn)
-    if isinstance(kernel, Dispatcher):  # not under NUMBA_DISABLE_JIT=1
-        kernel._cache = _CacheFirst(kernel.py_func)
-    return kernel

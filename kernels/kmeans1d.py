@@ -25,6 +25,7 @@ from tflrewrite.kernels._jit import jit
 
 _INF = np.inf
 _STACK = 70  # the divide-and-conquer stack holds at most log2(m) + 2 entries
+_SORTED_ROWS_MAX = 2**20  # cluster_float_rows sorts at most this many values at a time
 
 # ------------------------------------------------------------------ shared DP core (Numba)
 
@@ -167,23 +168,36 @@ def _cluster_mean(x, w, a, b):
     return c
 
 
-@jit
-def _workspace(m, k):
+def _workspace(m: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(f, arg, stack, starts): _dp_core's work arrays for up to m points and k clusters.
+    Kernels take their scratch from the caller: one that allocates arrays itself makes
+    Numba import its array module when it loads the kernel, a tenth of a second at a
+    process's first rewrite."""
     kk = max(1, min(k, m))
     f = np.empty((5, m + 1))  # p0, p1, p2, dprev, dcur
     arg = np.zeros((kk, m + 1), np.int32)  # argmin of each layer, for the backtrack
     return f, arg, np.empty((_STACK, 4), np.int64), np.empty(kk, np.int64)
 
 
+def _int8_scratch(k: int) -> tuple[np.ndarray, ...]:
+    """(x, w, level, lut, f, arg, stack, starts): _int8_lut's scratch."""
+    return (
+        np.empty(256),
+        np.empty(256),
+        np.empty(256, np.int64),
+        np.empty(256, np.int8),
+        *(_workspace(256, k)),
+    )
+
+
 # ------------------------------------------------------------------ one weighted array
 
 
 @jit
-def _optimal_kmeans_1d_kernel(values, weights, k):
+def _optimal_kmeans_1d_kernel(values, weights, k, x, w, first, f, arg, stack, starts, cent, bounds):
+    """Into cent[:kk] and bounds[:kk], optimal_kmeans_1d's centroids and boundaries;
+    returns (kk, cost). The other arguments are scratch for n points."""
     n = values.shape[0]
-    x = np.empty(n)
-    w = np.empty(n)
-    first = np.empty(n, np.int64)
     m = 0
     for t in range(n):
         if m > 0 and values[t] == x[m - 1]:
@@ -193,23 +207,20 @@ def _optimal_kmeans_1d_kernel(values, weights, k):
             w[m] = weights[t]
             first[m] = t
             m += 1
-    f, arg, stack, starts = _workspace(m, k)
     kk, _ = _dp_core(x, w, m, k, f, arg, stack, starts)
-    centroids = np.empty(kk)
-    boundaries = np.empty(kk, np.int64)
     for c in range(kk):
         a = starts[c]
         b = starts[c + 1] if c + 1 < kk else m
-        centroids[c] = _cluster_mean(x, w, a, b)
-        boundaries[c] = first[a]
+        cent[c] = _cluster_mean(x, w, a, b)
+        bounds[c] = first[a]
     cost = 0.0
     c = 0
     for t in range(n):
-        while c + 1 < kk and t >= boundaries[c + 1]:
+        while c + 1 < kk and t >= bounds[c + 1]:
             c += 1
-        d = values[t] - centroids[c]
+        d = values[t] - cent[c]
         cost += weights[t] * d * d
-    return centroids, boundaries, cost
+    return kk, cost
 
 
 def _check_points(values, weights, *, need_sorted: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -258,8 +269,11 @@ def optimal_kmeans_1d(
     k = _check_k(k)
     if v.size == 0:
         return np.empty(0), np.empty(0, np.int64), 0.0
-    centroids, boundaries, cost = _optimal_kmeans_1d_kernel(v, w, k)
-    return centroids, boundaries, float(cost)
+    n = v.size
+    cent, bounds = np.empty(min(k, n)), np.empty(min(k, n), np.int64)
+    scratch = np.empty(n), np.empty(n), np.empty(n, np.int64), *_workspace(n, k)
+    kk, cost = _optimal_kmeans_1d_kernel(v, w, k, *scratch, cent, bounds)
+    return cent[:kk].copy(), bounds[:kk].copy(), float(cost)
 
 
 # ------------------------------------------------------------------ plain numpy twins
@@ -431,13 +445,8 @@ def _int8_lut(hist, k, keep_zero, x, w, level, lut, f, arg, stack, starts):
 
 
 @jit
-def _cluster_int8_rows_kernel(q, hists, k, keep_zero, out):
+def _cluster_int8_rows_kernel(q, hists, k, keep_zero, out, x, w, level, lut, f, arg, stack, starts):
     rows, n = q.shape
-    x = np.empty(256)
-    w = np.empty(256)
-    level = np.empty(256, np.int64)
-    lut = np.empty(256, np.int8)
-    f, arg, stack, starts = _workspace(256, k)
     for r in range(rows):
         _int8_lut(hists[r], k, keep_zero, x, w, level, lut, f, arg, stack, starts)
         for t in range(n):
@@ -445,20 +454,34 @@ def _cluster_int8_rows_kernel(q, hists, k, keep_zero, out):
 
 
 @jit
-def _cluster_int8_kernel(q, hists, k, keep_zero, per_row, out, sq, zeros, distinct, seen):
+def _cluster_int8_kernel(
+    q,
+    hists,
+    k,
+    keep_zero,
+    per_row,
+    out,
+    sq,
+    zeros,
+    distinct,
+    seen,
+    total,
+    used,
+    x,
+    w,
+    level,
+    lut,
+    f,
+    arg,
+    stack,
+    starts,
+):
     rows, n = q.shape
-    x = np.empty(256)
-    w = np.empty(256)
-    level = np.empty(256, np.int64)
-    lut = np.empty(256, np.int8)
-    f, arg, stack, starts = _workspace(256, k)
-    if not per_row:  # one unit: the histogram of every row together
-        total = np.zeros(256, np.int64)
+    if not per_row:  # one unit: the histogram of every row together (total starts at 0)
         for r in range(rows):
             for b in range(256):
                 total[b] += hists[r, b]
         _int8_lut(total, k, keep_zero, x, w, level, lut, f, arg, stack, starts)
-    used = np.empty(256, np.bool_)
     for r in range(rows):
         if per_row:
             _int8_lut(hists[r], k, keep_zero, x, w, level, lut, f, arg, stack, starts)
@@ -514,7 +537,9 @@ def cluster_int8_rows(q: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
     k = _check_k(k)
     q = np.ascontiguousarray(q)
     out = np.empty(q.shape, np.int8)
-    _cluster_int8_rows_kernel(q, stats.int8_histograms(q), k, bool(keep_zero), out)
+    _cluster_int8_rows_kernel(
+        q, stats.int8_histograms(q), k, bool(keep_zero), out, *_int8_scratch(k)
+    )
     return out
 
 
@@ -539,8 +564,21 @@ def cluster_int8(
     seen = np.zeros(256, np.bool_)
     q = np.ascontiguousarray(q)
     hists = stats.int8_histograms(q)
+    total, used = np.zeros(256, np.int64), np.empty(256, np.bool_)
     _cluster_int8_kernel(
-        q, hists, k, bool(keep_zero), bool(per_row), out, sq, zeros, distinct, seen
+        q,
+        hists,
+        k,
+        bool(keep_zero),
+        bool(per_row),
+        out,
+        sq,
+        zeros,
+        distinct,
+        seen,
+        total,
+        used,
+        *_int8_scratch(k),
     )
     return out, sq, (zeros, distinct, int(seen.sum()))
 
@@ -588,43 +626,35 @@ def cluster_int8_rows_numpy(q: np.ndarray, k: int, keep_zero: bool) -> np.ndarra
 
 
 @jit
-def _cluster_float_rows_kernel(xin, k, keep_zero, out):
+def _cluster_float_rows_kernel(
+    xin, srt, k, keep_zero, out, x, w, f, arg, stack, starts, cent, lows
+):
+    """cluster_float_rows of the rows of xin, given srt, each row of xin in ascending order
+    as float64. The other arguments are scratch."""
     rows, n = xin.shape
-    buf = np.empty(n)
-    x = np.empty(n)
-    w = np.empty(n)
-    f, arg, stack, starts = _workspace(n, k)
     for r in range(rows):
-        nz = 0
-        has_zero = False
-        for t in range(n):
-            v = np.float64(xin[r, t])
-            if keep_zero and v == 0.0:
-                has_zero = True
-            else:
-                buf[nz] = v
-                nz += 1
-        kr = k - 1 if has_zero else k
         for t in range(n):
             out[r, t] = xin[r, t]
-        if nz == 0:
+        has_zero = False
+        m = 0
+        for t in range(n):
+            v = srt[r, t]
+            if keep_zero and v == 0.0:
+                has_zero = True
+            elif m > 0 and v == x[m - 1]:
+                w[m - 1] += 1.0
+            else:
+                x[m] = v
+                w[m] = 1.0
+                m += 1
+        kr = k - 1 if has_zero else k
+        if m == 0:
             continue
         if kr == 0:  # k == 1 with zeros kept: the zero cluster is the only one
             for t in range(n):
                 out[r, t] = 0.0
             continue
-        s = np.sort(buf[:nz])
-        m = 0
-        for t in range(nz):
-            if m > 0 and s[t] == x[m - 1]:
-                w[m - 1] += 1.0
-            else:
-                x[m] = s[t]
-                w[m] = 1.0
-                m += 1
         kk, _ = _dp_core(x, w, m, kr, f, arg, stack, starts)
-        cent = np.empty(kk)
-        lows = np.empty(kk)
         for c in range(kk):
             a = starts[c]
             b = starts[c + 1] if c + 1 < kk else m
@@ -633,7 +663,15 @@ def _cluster_float_rows_kernel(xin, k, keep_zero, out):
         for t in range(n):
             v = np.float64(xin[r, t])
             if not (has_zero and v == 0.0):
-                out[r, t] = cent[np.searchsorted(lows, v, side="right") - 1]
+                lo = 0  # the last cluster whose lowest point is <= v
+                hi = kk
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if lows[mid] <= v:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                out[r, t] = cent[lo - 1]
 
 
 def _check_float_rows(x) -> None:
@@ -652,8 +690,15 @@ def cluster_float_rows(x: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
     """
     _check_float_rows(x)
     k = _check_k(k)
+    x = np.ascontiguousarray(x)
     out = np.empty(x.shape, x.dtype)
-    _cluster_float_rows_kernel(np.ascontiguousarray(x), k, bool(keep_zero), out)
+    rows, n = x.shape
+    scratch = np.empty(n), np.empty(n), *_workspace(n, k), np.empty(k), np.empty(k)
+    step = max(1, _SORTED_ROWS_MAX // max(n, 1))
+    for a in range(0, rows, step):
+        block = x[a : a + step]
+        srt = np.sort(block.astype(np.float64), axis=1)
+        _cluster_float_rows_kernel(block, srt, k, bool(keep_zero), out[a : a + step], *scratch)
     return out
 
 

@@ -211,22 +211,14 @@ def _prune_smallest(keys, k, out, cand, hist):
 
 
 @jit
-def _smallest_k_mask(keys, k):
-    rows, n = keys.shape
-    mask = np.zeros(keys.shape, np.bool_)
-    cand = np.empty(n, keys.dtype)
-    hist = np.empty(_BINS, np.int64)
-    for r in range(rows):
+def _smallest_k_mask(keys, k, mask, cand, hist):
+    for r in range(keys.shape[0]):
         _prune_smallest(keys[r], k[r], mask[r], cand, hist)
-    return mask
 
 
 @jit
-def _n_of_m_mask(keys, n_keep, m):
+def _n_of_m_mask(keys, n_keep, m, mask, cand, hist):
     rows, n = keys.shape
-    mask = np.zeros(keys.shape, np.bool_)
-    cand = np.empty(m, keys.dtype)
-    hist = np.empty(_BINS, np.int64)
     for r in range(rows):
         row, out = keys[r], mask[r]
         for start in range(0, n, m):
@@ -238,15 +230,14 @@ def _n_of_m_mask(keys, n_keep, m):
                 _prune_smallest_short(row, start, stop, p, out, cand)
             else:
                 _prune_smallest(row[start:stop], p, out[start:stop], cand, hist)
-    return mask
 
 
 @jit
-def _block_scores(mag, block):
-    """(rows, ceil(n / block)) mean magnitude of each block: float64 sum in index order / length."""
+def _block_scores(mag, block, scores):
+    """Into scores (rows, ceil(n / block)): the mean magnitude of each block, its float64 sum
+    in index order over its length."""
     rows, n = mag.shape
-    nb = (n + block - 1) // block
-    scores = np.empty((rows, nb), np.float64)
+    nb = scores.shape[1]
     for r in range(rows):
         for b in range(nb):
             start = b * block
@@ -255,7 +246,19 @@ def _block_scores(mag, block):
             for i in range(start, stop):
                 s += mag[r, i]
             scores[r, b] = s / (stop - start)
-    return scores
+
+
+def _scratch(n: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(cand, hist): the selection kernels' scratch for rows of n keys. Kernels take their
+    scratch from the caller: one that allocates arrays itself makes Numba import its array
+    module when it loads the kernel, a tenth of a second at a process's first rewrite."""
+    return np.empty(n, dtype), np.empty(_BINS, np.int64)
+
+
+def _smallest_k(keys: np.ndarray, k: np.ndarray) -> np.ndarray:
+    mask = np.zeros(keys.shape, np.bool_)
+    _smallest_k_mask(keys, k, mask, *_scratch(keys.shape[1], keys.dtype))
+    return mask
 
 
 # --- public API -----------------------------------------------------------------------------
@@ -288,7 +291,7 @@ def smallest_k_mask(mag: np.ndarray, k: np.ndarray | int) -> np.ndarray:
         (rows, n) bool mask, True = prune. O(n) per row (selection, not sorting).
     """
     a = _as_magnitudes(mag)
-    return _smallest_k_mask(_keys(a), _as_counts(k, a.shape[0], a.shape[1], "k"))
+    return _smallest_k(_keys(a), _as_counts(k, a.shape[0], a.shape[1], "k"))
 
 
 def n_of_m_mask(mag: np.ndarray, n_keep: int, m: int) -> np.ndarray:
@@ -307,7 +310,10 @@ def n_of_m_mask(mag: np.ndarray, n_keep: int, m: int) -> np.ndarray:
     a = _as_magnitudes(mag)
     m = _as_int(m, "m", 1)
     n_keep = _as_int(n_keep, "n_keep", 0, m)
-    return _n_of_m_mask(_keys(a), n_keep, m)
+    keys = _keys(a)
+    mask = np.zeros(keys.shape, np.bool_)
+    _n_of_m_mask(keys, n_keep, m, mask, *_scratch(m, keys.dtype))
+    return mask
 
 
 def block_mask(mag: np.ndarray, block: int, k_blocks: np.ndarray | int) -> np.ndarray:
@@ -328,7 +334,9 @@ def block_mask(mag: np.ndarray, block: int, k_blocks: np.ndarray | int) -> np.nd
     block = _as_int(block, "block", 1)
     rows, n = a.shape
     k_blocks = _as_counts(k_blocks, rows, -(-n // block), "k_blocks")
-    chosen = _smallest_k_mask(_keys(_block_scores(a, block)), k_blocks)
+    scores = np.empty((rows, -(-n // block)))
+    _block_scores(a, block, scores)
+    chosen = _smallest_k(_keys(scores), k_blocks)
     return _expand_blocks(chosen, block, n)
 
 
@@ -373,7 +381,7 @@ def global_smallest_k_masks(mags: Sequence[np.ndarray], k_total: int) -> list[np
         One bool mask per array, same shapes, True = prune.
     """
     flat, k_total = _flatten_all(mags, k_total)
-    mask = _smallest_k_mask(_keys(flat.reshape(1, -1)), np.array([k_total], np.int64))
+    mask = _smallest_k(_keys(flat.reshape(1, -1)), np.array([k_total], np.int64))
     return _split_like(mask.reshape(-1), mags)
 
 
@@ -495,8 +503,7 @@ def _zero_up_to(values, keys, t, cut, out, sq):
 
 
 @jit
-def _apply_mask(values, mask, out, sq):
-    scratch = np.empty(values.shape[1])
+def _apply_mask(values, mask, out, sq, scratch):
     for r in range(values.shape[0]):
         sq[r], _ = _zero_where(values[r], mask[r], out[r], scratch)
 
@@ -514,7 +521,7 @@ def apply_mask(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nda
     values, mask = np.ascontiguousarray(values), np.ascontiguousarray(mask)
     out = np.empty_like(values)
     sq = np.empty(values.shape[0])
-    _apply_mask(values, mask, out, sq)
+    _apply_mask(values, mask, out, sq, np.empty(values.shape[1]))
     return out, sq
 
 
@@ -529,12 +536,9 @@ def apply_mask_numpy(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
 
 
 @jit
-def _prune_rows(keys, values, k, out, sq, zeros):
+def _prune_rows(keys, values, k, out, sq, zeros, cand, hist, scratch):
     rows, n = keys.shape
     absmask = _absmask(keys)
-    cand = np.empty(n, keys.dtype)
-    hist = np.empty(_BINS, np.int64)
-    scratch = np.empty(n)
     for r in range(rows):
         row = keys[r]
         if k[r] <= 0:
@@ -586,7 +590,9 @@ def prune_rows(
     out = np.empty_like(values)
     sq = np.empty(values.shape[0])
     zeros = np.empty(values.shape[0], np.int64)
-    _prune_rows(_row_keys(values), values, k, out, sq, zeros)
+    keys = _row_keys(values)
+    scratch = np.empty(values.shape[1])
+    _prune_rows(keys, values, k, out, sq, zeros, *_scratch(values.shape[1], keys.dtype), scratch)
     return out, sq, zeros
 
 

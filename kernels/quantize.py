@@ -46,7 +46,7 @@ def _magnitude_of_key(keys, key):
 
 
 @jit
-def _symmetric_int8_rows(x, keys, q, scales, sq_err):
+def _symmetric_int8_rows(x, keys, q, scales, sq_err, d2):
     """The kernel of `symmetric_int8_rows`: False, with the outputs unfinished, when x holds
     NaN or infinity. `keys` are x's bits as unsigned integers: with the sign bit cleared
     they order like |x|, so a row's peak is an integer maximum (a loop that vectorises) and
@@ -54,7 +54,6 @@ def _symmetric_int8_rows(x, keys, q, scales, sq_err):
     rows, n = x.shape
     absmask = ((1 << (keys.itemsize * 8 - 2)) - 1) * 2 + 1
     inf_key = 0x7F800000 if keys.itemsize == 4 else 0x7FF0000000000000
-    d2 = np.empty(n)
     for r in range(rows):
         top = absmask - absmask
         for t in range(n):
@@ -91,7 +90,7 @@ def symmetric_int8_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     scales = np.empty(x.shape[0], np.float32)
     sq_err = np.empty(x.shape[0])
     keys = x.view(np.uint32 if x.dtype == np.float32 else np.uint64)
-    if not _symmetric_int8_rows(x, keys, q, scales, sq_err):
+    if not _symmetric_int8_rows(x, keys, q, scales, sq_err, np.empty(x.shape[1])):
         raise ValueError("weights hold NaN or infinity")
     return q, scales, sq_err
 

@@ -1,7 +1,7 @@
 """Per-row statistics of weights for the reports: zeros, distinct values, squared error.
 
-One pass over the data each, with no temporaries the size of the weight, so that a report
-costs little next to the edit it describes.
+Each kernel makes one pass over the data, with no temporaries the size of the weight, so
+that a report costs little next to the edit it describes.
 """
 
 from __future__ import annotations
@@ -45,15 +45,13 @@ def int8_row_counts(row, sub, hist, r, zeros, distinct, seen):
 
 
 @jit
-def _int8_counts(q, zeros, distinct, seen):
-    sub, hist = np.empty((4, 256), np.int32), np.empty(256, np.int64)
+def _int8_counts(q, zeros, distinct, seen, sub, hist):
     for r in range(q.shape[0]):
         int8_row_counts(q[r], sub, hist, r, zeros, distinct, seen)
 
 
 @jit
-def _int8_histograms(q, hists):
-    sub = np.empty((4, 256), np.int32)
+def _int8_histograms(q, hists, sub):
     for r in range(q.shape[0]):
         int8_histogram(q[r], sub, hists[r])
 
@@ -80,28 +78,17 @@ def _sq_diff(a, b, out):
         out[r] = acc
 
 
-@jit
-def _max_magnitude_key(keys):
-    """The largest of the keys (unsigned views of floats) with the sign bit cleared: the bits
-    of the largest |x|, or of a NaN. An integer maximum, so the loop vectorises."""
-    absmask = ((1 << (keys.itemsize * 8 - 2)) - 1) * 2 + 1
-    top = absmask - absmask
-    for v in keys:
-        top = max(top, v & absmask)
-    return top
-
-
-# Unsigned views of each float width, and the bits of its infinity: larger keys are NaNs.
-_FLOAT_KEYS = {2: (np.uint16, 0x7C00), 4: (np.uint32, 0x7F800000), 8: (np.uint64, 0x7FF << 52)}
+def _histogram_scratch() -> tuple[np.ndarray, np.ndarray]:
+    """(sub, hist) for int8_histogram. Kernels take their scratch from the caller: one that
+    allocates arrays itself makes Numba import its array module when it loads the kernel,
+    a tenth of a second at a process's first rewrite."""
+    return np.empty((4, 256), np.int32), np.empty(256, np.int64)
 
 
 def all_finite(x: np.ndarray) -> bool:
-    """Whether a float array holds no NaN or infinity (one pass, no temporary array)."""
-    if x.dtype.kind != "f":
-        return True
-    flat = np.ascontiguousarray(x.reshape(-1))
-    uint, inf_key = _FLOAT_KEYS[flat.dtype.itemsize]
-    return flat.size == 0 or int(_max_magnitude_key(flat.view(uint))) < inf_key
+    """Whether an array holds no NaN or infinity. (numpy's own test is as fast as a kernel
+    here, and a kernel would cost its load at a process's first rewrite.)"""
+    return x.dtype.kind != "f" or bool(np.isfinite(x).all())
 
 
 def int8_counts(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -109,7 +96,7 @@ def int8_counts(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     q = np.ascontiguousarray(_rows(q, "q"))
     zeros, distinct = np.empty(q.shape[0], np.int64), np.empty(q.shape[0], np.int64)
     seen = np.zeros(256, np.bool_)
-    _int8_counts(q, zeros, distinct, seen)
+    _int8_counts(q, zeros, distinct, seen, *_histogram_scratch())
     return zeros, distinct, int(seen.sum())
 
 
@@ -119,7 +106,7 @@ def int8_histograms(q: np.ndarray) -> np.ndarray:
     if q.dtype != np.int8:
         raise ValueError(f"q must be int8, not {q.dtype}")
     hists = np.empty((q.shape[0], 256), np.int64)
-    _int8_histograms(q, hists)
+    _int8_histograms(q, hists, _histogram_scratch()[0])
     return hists
 
 

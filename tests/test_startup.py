@@ -128,3 +128,69 @@ def test_zip_size_soon_gives_zip_size_or_none(example_model, tmp_path):
     assert pending.result() == zip_size(example_model.read_bytes(), example_model.name)
     assert zip_size_soon(str(tmp_path / "missing.tflite")) is None
     assert zip_size_soon(str(tmp_path)) is None  # not a file
+
+
+# What Numba imports only to look, or for kernels that allocate arrays themselves.
+NOT_LOADED = ("numba.np.arrayobj", "numpy.ma", "scipy", "yaml")
+
+RUN_AND_LIST = textwrap.dedent("""
+    import contextlib, io, json, sys
+    from tflrewrite import cli
+
+    sys.argv = ["tflrewrite", *sys.argv[1:]]
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            cli.main()
+        except SystemExit as e:
+            assert not e.code, e.code
+    print(json.dumps(sorted(sys.modules)))
+""")
+
+
+def _modules_after(*argv: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_AND_LIST, *argv], capture_output=True, text=True, cwd="/"
+    )
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_commands_without_kernels_do_not_import_numba(example_model):
+    assert "numba" not in _modules_after("recipes")
+    assert "numba" not in _modules_after("audit", str(example_model))
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="kernels run as Python")
+def test_a_rewrite_loads_only_the_numba_it_runs(example_model, tmp_path):
+    flags = ["--prune", "0.5", "--cluster", "16", "--quantize", "int8-weights", "--no-verify"]
+    for flag_set in (flags, [*flags[:2], "--prune-pattern", "2:4", *flags[2:]]):
+        out = tmp_path / "out.tflite"
+        modules = _modules_after(str(example_model), "-o", str(out), "--force", *flag_set)
+        assert "numba" in modules  # the kernels ran
+        assert modules & set(NOT_LOADED) == set(), flag_set
+
+
+def test_a_kernel_is_made_once_on_first_use_from_any_thread(tmp_path):
+    (tmp_path / "probe_kernel.py").write_text(KERNEL)
+    code = textwrap.dedent("""
+        import sys
+        from concurrent.futures import ThreadPoolExecutor
+        sys.path.insert(0, sys.argv[1])
+        import numpy as np
+        import probe_kernel
+
+        kernel = probe_kernel.running_total
+        assert "numba" not in sys.modules and kernel._dispatcher is None
+        with ThreadPoolExecutor(4) as pool:
+            totals = list(pool.map(lambda n: kernel(np.arange(float(n))), range(2, 10)))
+        assert [t[-1] for t in totals] == [n * (n - 1) / 2 for n in range(2, 10)]
+        assert kernel.dispatcher is kernel._dispatcher is not None
+        assert kernel.__name__ == "running_total" and "probe_kernel" in repr(kernel)
+        print("ok")
+    """)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

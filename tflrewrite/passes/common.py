@@ -120,7 +120,8 @@ def weight_stats(rows: np.ndarray, zeros: np.ndarray | None = None) -> dict[str,
     if rows.size <= DISTINCT_FLOAT_LIMIT:
         s = np.sort(rows, axis=1)
         distinct = 1 + np.count_nonzero(s[:, 1:] != s[:, :-1], axis=1)
-        total = int(np.unique(s).size)
+        flat = np.sort(s, axis=None)  # not np.unique, which imports numpy.ma (50 ms)
+        total = 1 + int(np.count_nonzero(flat[1:] != flat[:-1]))
     return stats_from_counts(zeros, distinct, total, rows.shape[1])
 
 
