@@ -62,9 +62,7 @@ def apply(
             reference = result.model
         if fit and step.name == "quantize" and step.options.mode == "int8":
             if "cluster" not in names:  # clustering would redo the rounding anyway
-                out = datafit.run(
-                    "refine", result.model, step.options, step.rules, data, reference
-                )
+                out = datafit.run("refine", result.model, step.options, step.rules, data, reference)
                 result.model = out.model
                 result.records.append({"pass": "refine", "tensors": out.records})
     if laid is not None:

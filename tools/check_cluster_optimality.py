@@ -50,8 +50,7 @@ def compare(values: np.ndarray, k: int) -> tuple[float, float]:
     weights = counts.astype(np.float64)
     ours = optimal_kmeans_1d(points, weights, k)[2]
     n = min(k, points.size)
-    km = KMeans(n_clusters=n, n_init=10, random_state=0).fit(points[:, None],
-                                                             sample_weight=weights)
+    km = KMeans(n_clusters=n, n_init=10, random_state=0).fit(points[:, None], sample_weight=weights)
     theirs = float(np.sum(weights * (points - km.cluster_centers_[km.labels_, 0]) ** 2))
     return ours, theirs
 
@@ -75,9 +74,11 @@ def main() -> int:
             worse.append((label, ours, theirs))
     for label, ours, theirs in worse[:20]:
         print(f"WORSE {label}: tflrewrite {ours:.6g} > scikit-learn {theirs:.6g}")
-    print(f"{n} units (channels and whole tensors) compared in {time.monotonic() - start:.0f} s; "
-          f"tflrewrite's error <= scikit-learn's on {n - len(worse)}; "
-          f"largest relative excess {worst:.2e}; scikit-learn better on {len(worse)}")
+    print(
+        f"{n} units (channels and whole tensors) compared in {time.monotonic() - start:.0f} s; "
+        f"tflrewrite's error <= scikit-learn's on {n - len(worse)}; "
+        f"largest relative excess {worst:.2e}; scikit-learn better on {len(worse)}"
+    )
     return 1 if worse else 0
 
 

@@ -30,20 +30,23 @@ def main(out_dir: Path) -> None:
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[..., None]
     x_train, x_test, y_train, y_test = train_test_split(
-        x, digits.target, test_size=0.2, random_state=0, stratify=digits.target)
+        x, digits.target, test_size=0.2, random_state=0, stratify=digits.target
+    )
 
     layers = tf.keras.layers
-    model = tf.keras.Sequential([
-        layers.Input((8, 8, 1), batch_size=1, name="image"),
-        layers.Conv2D(16, 3, padding="same", activation="relu", name="conv"),
-        layers.DepthwiseConv2D(3, padding="same", activation="relu", name="dwconv"),
-        layers.Conv2D(32, 1, activation="relu", name="pwconv"),
-        layers.MaxPooling2D(2, name="pool"),
-        layers.Flatten(name="flatten"),
-        layers.Dense(128, activation="relu", name="fc"),
-        layers.Dense(10, name="logits"),
-        layers.Softmax(name="probs"),
-    ])
+    model = tf.keras.Sequential(
+        [
+            layers.Input((8, 8, 1), batch_size=1, name="image"),
+            layers.Conv2D(16, 3, padding="same", activation="relu", name="conv"),
+            layers.DepthwiseConv2D(3, padding="same", activation="relu", name="dwconv"),
+            layers.Conv2D(32, 1, activation="relu", name="pwconv"),
+            layers.MaxPooling2D(2, name="pool"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(128, activation="relu", name="fc"),
+            layers.Dense(10, name="logits"),
+            layers.Softmax(name="probs"),
+        ]
+    )
     train = tf.keras.Sequential([layers.Input((8, 8, 1)), *model.layers])
     train.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     train.fit(x_train, y_train, epochs=15, batch_size=32, verbose=0)
@@ -58,8 +61,10 @@ def main(out_dir: Path) -> None:
     interp = Interpreter(model_content=tflite)
     name = interp.get_input_details()[0]["name"]
     np.savez_compressed(out_dir / "digits_samples.npz", **{name: x_test, "labels": y_test})
-    print(f"digits_cnn.tflite: {len(tflite):,} bytes, test accuracy {accuracy:.3f} "
-          f"({len(x_test)} held-out digits in digits_samples.npz, input {name!r})")
+    print(
+        f"digits_cnn.tflite: {len(tflite):,} bytes, test accuracy {accuracy:.3f} "
+        f"({len(x_test)} held-out digits in digits_samples.npz, input {name!r})"
+    )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,14 @@ SETTINGS = {
     "cluster 16 channel": ["--cluster", "16", "--granularity", "channel"],
     "cluster 32 tensor": ["--cluster", "32", "--granularity", "tensor"],
     "prune 0.5 + cluster 16 tensor": ["--prune", "0.5", "--cluster", "16"],
-    "prune 0.3 + cluster 32 channel": ["--prune", "0.3", "--cluster", "32", "--granularity",
-                                       "channel"],
+    "prune 0.3 + cluster 32 channel": [
+        "--prune",
+        "0.3",
+        "--cluster",
+        "32",
+        "--granularity",
+        "channel",
+    ],
 }
 
 
@@ -48,20 +54,40 @@ def main() -> int:
             for label, flags in SETTINGS.items():
                 out, report = Path(tmp) / "out.tflite", Path(tmp) / "report.json"
                 with contextlib.redirect_stdout(io.StringIO()):
-                    code = tflrewrite([str(path), "-o", str(out), "--force", "--json",
-                                       str(report), "--samples", str(args.samples), *flags])
+                    code = tflrewrite(
+                        [
+                            str(path),
+                            "-o",
+                            str(out),
+                            "--force",
+                            "--json",
+                            str(report),
+                            "--samples",
+                            str(args.samples),
+                            *flags,
+                        ]
+                    )
                 if code:
                     rows.append((name, label, "failed", "", "", "", ""))
                     continue
                 r = json.loads(report.read_text())
                 outputs = r["verify"].get("outputs", [])
-                sqnr = min((o["sqnr_db"] for o in outputs if o["sqnr_db"] is not None),
-                           default=float("inf"))
+                sqnr = min(
+                    (o["sqnr_db"] for o in outputs if o["sqnr_db"] is not None),
+                    default=float("inf"),
+                )
                 top1 = [o["top1_agreement"] for o in outputs if o["top1_agreement"] is not None]
-                rows.append((name.split("__")[0], label, f"{r['input_bytes']:,}",
-                             f"{r['output_bytes'] / r['input_bytes']:.3f}",
-                             f"{r['output_zip_bytes'] / r['input_zip_bytes']:.3f}",
-                             f"{sqnr:.1f}", f"{min(top1):.2f}" if top1 else "-"))
+                rows.append(
+                    (
+                        name.split("__")[0],
+                        label,
+                        f"{r['input_bytes']:,}",
+                        f"{r['output_bytes'] / r['input_bytes']:.3f}",
+                        f"{r['output_zip_bytes'] / r['input_zip_bytes']:.3f}",
+                        f"{sqnr:.1f}",
+                        f"{min(top1):.2f}" if top1 else "-",
+                    )
+                )
                 print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
     header = ("model", "setting", "bytes", "file x", "zip x", "SQNR dB", "top-1")
     if args.markdown:
