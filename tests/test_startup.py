@@ -194,3 +194,41 @@ def test_a_kernel_is_made_once_on_first_use_from_any_thread(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="kernels run as Python")
+def test_kernels_type_plain_arrays_as_numba_does():
+    import numba
+    import numpy as np
+
+    from tflrewrite.kernels import stats
+
+    typeof = stats._zeros.dispatcher.typeof_pyval
+    grid = np.arange(24, dtype=np.float32).reshape(4, 6)
+    frozen = grid.copy()
+    frozen.flags.writeable = False
+    arrays = [
+        grid,
+        np.asfortranarray(grid),
+        grid[:, ::2],  # neither C nor F contiguous
+        grid[1],
+        frozen,
+        np.zeros((2, 0, 3), np.int8),
+        np.array(3.0),
+        np.ones(5, np.bool_),
+        np.arange(4, dtype=np.uint64),
+        np.ones(3, np.complex64),
+        np.ones(3, np.float16),  # no Numba type: Numba's own path decides
+        np.ma.masked_array([1.0, 2.0]),  # not a plain ndarray: Numba's own path
+        (1, 2.0),
+    ]
+    for a in arrays:
+        assert _outcome(typeof, a) == _outcome(numba.typeof, a), a
+
+
+def _outcome(typeof, value):
+    """typeof(value), or the class of what it raised."""
+    try:
+        return typeof(value)
+    except Exception as e:  # noqa: BLE001 - compared, not handled
+        return type(e)
