@@ -120,6 +120,30 @@ def test_bytes_budget_with_dense_storage_says_what_shrinks(tmp_path, capsys):
     assert "zipped bytes, not bytes" in err and not out.exists()
 
 
+def test_bytes_budget_with_block_sparse_fully_connected(tmp_path, capsys):
+    """With --target cpu a FULLY_CONNECTED weight pruned in blocks is stored block-sparse:
+    the planner prices it so, prunes it to fit, and the file meets the budget."""
+    out, report = tmp_path / "cpu.tflite", tmp_path / "cpu.json"
+    args = ["--prune", "0.5", "--prune-pattern", "1x4", "--target", "cpu", "--no-verify"]
+    limit = 150_000  # the dense file is 275,060 bytes; its FC weight 262,144 of them
+    rc = cli.main(
+        [str(MODEL), "-o", str(out), *args, "--json", str(report), "--max-bytes", str(limit)]
+    )
+    assert rc == 0
+    assert out.stat().st_size <= limit
+    doc = json.loads(report.read_text())
+    plan = {t["tensor"]: t for t in doc["passes"][0]["tensors"]}
+    fc = plan["sequential_1/fc_1/MatMul"]
+    kept = 128 * 512 * 4 * (1 - fc["sparsity"])  # the float32 values of the kept blocks
+    assert fc["sparsity"] > 0 and kept < fc["estimated_bytes"] < 1.1 * kept  # and indices
+    encoded = [t for t in doc["passes"][-1]["tensors"] if t["action"] == "encoded"]
+    assert [t["tensor"] for t in encoded] == ["sequential_1/fc_1/MatMul"]
+
+    never = tmp_path / "never.tflite"
+    assert cli.main([str(MODEL), "-o", str(never), *args, "--max-bytes", "10000"]) == 2
+    assert "pruned in blocks" in capsys.readouterr().err and not never.exists()
+
+
 def test_a_budget_needs_something_to_choose(tmp_path, capsys):
     args = [str(MODEL), "-o", str(tmp_path / "x.tflite"), "--max-zip-bytes", "10000"]
     assert cli.main(args) == 2

@@ -14,8 +14,9 @@ estimated output error.
             with H = X X^T of its inputs in the original model over the calibration
             samples (the identity without data: plain weight error);
      size:  the stored weights' share of the budget's measure (deflated bytes for zip;
-            dense or lookup-table bytes for bytes; Vela's weight codec, by the rate model of
-            kernels.palette, for vela).
+            for bytes, dense, or lookup tables with --target tflm, or with --target cpu
+            FULLY_CONNECTED blocks where block-sparse storage is smaller; Vela's weight
+            codec, by the rate model of kernels.palette, for vela).
 2. Choice. Every layer starts at its least-error setting; then, while the estimate is over
    the budget, the layer whose next step down its lower convex hull of (size, error) costs
    the least error per byte saved takes it (the greedy answer to the multiple-choice
@@ -150,7 +151,12 @@ def apply(
         offset = got - sum(int(layer.sizes[c]) for layer, c in zip(layers, chosen))
     if best is None:
         hint = ""
-        if budget.metric == "bytes" and target != "tflm":
+        if budget.metric == "bytes" and target == "cpu":
+            hint = (
+                " (with this target only FULLY_CONNECTED weights pruned in blocks, "
+                "--prune-pattern 1x16 for int8, shrink the file)"
+            )
+        elif budget.metric == "bytes" and target != "tflm":
             hint = " (with this target pruning and clustering shrink zipped bytes, not bytes)"
         raise TflRewriteError(
             f"{budget.flag} {budget.limit:,}: the smallest settings found give "
@@ -204,7 +210,10 @@ def _sensitivity(model, steps, budget, target, data, method, progress) -> list[_
         fit_h = (
             h if method == "data" and use_data else np.broadcast_to(np.eye(rows.shape[2]), h.shape)
         )
-        layers.append(_candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target))
+        block = _sparse_block(w, sg, readers, mode, target)
+        layers.append(
+            _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target, block)
+        )
         bar(i + 1)
     return layers
 
@@ -225,7 +234,7 @@ def _chunks(ops) -> list[list[int]]:
     return chunks
 
 
-def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target) -> _Layer:
+def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target, block) -> _Layer:
     prune_opts = pruning and options_for(pruning.options, pruning.rules, w.name)
     cluster_opts = clustering and options_for(clustering.options, clustering.rules, w.name)
     prunable = (
@@ -271,7 +280,7 @@ def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target
                 )
             stored = _stored(new, scales, dtype)
             settings.append(Setting(s, k, g))
-            sizes.append(_size(budget.metric, stored, target, channel_tables))
+            sizes.append(_size(budget.metric, stored, target, channel_tables, block))
             errors.append(_energy(new - rows, h) / max(energy, 1e-30))
     return _Layer(w, settings, np.array(sizes, np.int64), np.array(errors))
 
@@ -301,16 +310,43 @@ def _stored(rows: np.ndarray, scales, dtype) -> np.ndarray:
     return np.clip(np.round(rows / scales[:, :, None]), -127, 127).astype(np.int8)
 
 
-def _size(metric: str, stored: np.ndarray, target: str, channel_tables: bool) -> int:
+def _size(metric: str, stored: np.ndarray, target: str, channel_tables: bool, block: int) -> int:
     """The stored weight's estimated share of the budget's measure. `channel_tables`: a
-    lookup table per channel is open to it (TFLM splits tables by quantization channel)."""
+    lookup table per channel is open to it (TFLM splits tables by quantization channel);
+    `block`: --target cpu may store it in 1 x block sparse blocks (0: it will not)."""
     if metric == "zip":
         return len(zlib.compress(np.ascontiguousarray(stored).tobytes(), 6))
     if metric == "vela":
         return _vela_bytes(stored)
     if target == "tflm":
         return _lut_bytes(stored, channel_tables)
+    if block:
+        return _block_sparse_bytes(stored[0], block)
     return stored.nbytes
+
+
+def _sparse_block(w: Weight, sg, readers, mode: str | None, target: str) -> int:
+    """The 1 x block blocks --target cpu may store `w` in, or 0 where it will store it
+    dense. A float weight the recipe quantizes stays dense: int8-weights leaves the
+    activations float (a hybrid FC), int8 quantizes per channel, and float16 is no dtype
+    the sparse kernels take."""
+    from tflrewrite.targets import cpu
+
+    if target != cpu.NAME or (mode is not None and w.tensor.dtype != "INT8"):
+        return 0
+    return 0 if cpu.not_encodable(w, sg, readers[id(w.tensor)]) else cpu.BLOCKS[w.tensor.dtype]
+
+
+def _block_sparse_bytes(stored: np.ndarray, block: int) -> int:
+    """Bytes of an out x in weight as --target cpu stores it: block-sparse where that is
+    smaller than dense and some block holds a nonzero (targets.cpu's rule), else dense."""
+    from tflrewrite.kernels import sparse
+    from tflrewrite.targets import cpu
+
+    segments, indices, values = sparse.block_csr_encode(stored, block)
+    if indices.size == 0:
+        return stored.nbytes
+    return min(stored.nbytes, cpu.encoded_size(segments, indices, values.nbytes))
 
 
 def _lut_bytes(stored: np.ndarray, channel_tables: bool) -> int:

@@ -245,7 +245,8 @@ def rewrite_parser() -> argparse.ArgumentParser:
         metavar="N",
         type=_size,
         help="the output file at most N bytes (clusters shrink the file as lookup "
-        "tables with --target tflm; dense targets store every weight)",
+        "tables with --target tflm, FULLY_CONNECTED weights pruned in blocks as sparse "
+        "blocks with --target cpu; other targets store every weight)",
     )
     budget.add_argument(
         "--max-vela-bytes",

@@ -66,7 +66,7 @@ def run(model: Model, options: Options | None = None, rules: tuple[Rule, ...] = 
     for w in weights:
         sg = model.subgraphs[w.subgraph]
         readers = [op for op in sg.operators if any(t is w.tensor for t in op.inputs)]
-        reason = _not_encodable(w, sg, readers)
+        reason = not_encodable(w, sg, readers)
         if reason:
             records.append(record(w, "skipped", reason))
             continue
@@ -126,7 +126,7 @@ def block_sparsity(rows: int, block: int, segments: np.ndarray, indices: np.ndar
     )
 
 
-def _not_encodable(w: Weight, sg: Subgraph, readers: list[Operator]) -> str | None:
+def not_encodable(w: Weight, sg: Subgraph, readers: list[Operator]) -> str | None:
     t = w.tensor
     if w.dequantize:
         return (
