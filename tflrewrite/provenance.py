@@ -23,18 +23,18 @@ def provenance(
     the recipe's options that differ from the defaults, and one row per edited tensor
     giving its index in `model` and its sparsity and distinct values afterwards."""
     rows, skipped = [], 0
+    index = _constant_index(model)
     for r in records:
         for t in r["tensors"]:
             if "after" not in t:  # left alone, or a note that is not about a weight
                 skipped += t["action"] == "skipped"
                 continue
-            index = _index(model, t["subgraph"], t["tensor"])
             after = t.get("after", {})
             rows.append(
                 [
                     r["pass"],
                     t["subgraph"],
-                    index,
+                    index.get((t["subgraph"], t["tensor"])),
                     round(after.get("sparsity", 0.0), 4),
                     after.get("channel_unique"),
                 ]
@@ -65,9 +65,13 @@ def _changed(options: Any) -> dict:
     }
 
 
-def _index(model: Model, subgraph: int, name: str) -> int | None:
-    tensors = model.subgraphs[subgraph].tensors
-    return next((i for i, t in enumerate(tensors) if t.name == name and t.is_constant), None)
+def _constant_index(model: Model) -> dict[tuple[int, str], int]:
+    """(subgraph, name) -> index of the first constant tensor of that name."""
+    index: dict[tuple[int, str], int] = {}
+    for si, ti, t in model.tensors():
+        if t.is_constant:
+            index.setdefault((si, t.name), ti)
+    return index
 
 
 def read(model: Model) -> dict | None:
