@@ -169,10 +169,8 @@ def _cluster_mean(x, w, a, b):
 
 
 def _workspace(m: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(f, arg, stack, starts): _dp_core's work arrays for up to m points and k clusters.
-    Kernels take their scratch from the caller: one that allocates arrays itself makes
-    Numba import its array module when it loads the kernel, a tenth of a second at a
-    process's first rewrite."""
+    """(f, arg, stack, starts): _dp_core's work arrays for up to m points and k clusters
+    (see _jit on why kernels take their scratch)."""
     kk = max(1, min(k, m))
     f = np.empty((5, m + 1))  # p0, p1, p2, dprev, dcur
     arg = np.zeros((kk, m + 1), np.int32)  # argmin of each layer, for the backtrack
@@ -186,7 +184,7 @@ def _int8_scratch(k: int) -> tuple[np.ndarray, ...]:
         np.empty(256),
         np.empty(256, np.int64),
         np.empty(256, np.int8),
-        *(_workspace(256, k)),
+        *_workspace(256, k),
     )
 
 

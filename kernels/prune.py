@@ -249,9 +249,8 @@ def _block_scores(mag, block, scores):
 
 
 def _scratch(n: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(cand, hist): the selection kernels' scratch for rows of n keys. Kernels take their
-    scratch from the caller: one that allocates arrays itself makes Numba import its array
-    module when it loads the kernel, a tenth of a second at a process's first rewrite."""
+    """(cand, hist): the selection kernels' scratch for rows of n keys (see _jit on why
+    kernels take it)."""
     return np.empty(n, dtype), np.empty(_BINS, np.int64)
 
 

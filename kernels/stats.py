@@ -79,9 +79,7 @@ def _sq_diff(a, b, out):
 
 
 def _histogram_scratch() -> tuple[np.ndarray, np.ndarray]:
-    """(sub, hist) for int8_histogram. Kernels take their scratch from the caller: one that
-    allocates arrays itself makes Numba import its array module when it loads the kernel,
-    a tenth of a second at a process's first rewrite."""
+    """(sub, hist): int8_histogram's scratch (see _jit on why kernels take it)."""
     return np.empty((4, 256), np.int32), np.empty(256, np.int64)
 
 

@@ -245,19 +245,21 @@ class _BufferIndex:
         if held:
             self.holders[id(old)] = held
         self.holders.setdefault(id(new), []).extend(moved)
-        if held and any(t.buffer is old for _, _, t in model.tensors()):
-            model.buffers.append(new)
-            self.place[id(new)] = len(model.buffers) - 1
-            return
-        place = self.place.pop(id(old), None)
-        if place is None or place >= len(model.buffers) or model.buffers[place] is not old:
-            place = next((i for i, b in enumerate(model.buffers) if b is old), None)
+        kept = held and any(t.buffer is old for _, _, t in model.tensors())
+        place = None if kept else self._place(model, old)
         if place is None:
             model.buffers.append(new)
             place = len(model.buffers) - 1
         else:
             model.buffers[place] = new
+            self.place.pop(id(old), None)
         self.place[id(new)] = place
+
+    def _place(self, model: Model, buffer: Buffer) -> int | None:
+        place = self.place.get(id(buffer))
+        if place is None or place >= len(model.buffers) or model.buffers[place] is not buffer:
+            place = next((i for i, b in enumerate(model.buffers) if b is buffer), None)
+        return place
 
 
 _BUFFER_INDEX: weakref.WeakKeyDictionary[Model, _BufferIndex] = weakref.WeakKeyDictionary()
