@@ -11,6 +11,7 @@ where it cannot run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -249,7 +250,7 @@ def drop_pad(sg, conv_name: str) -> None:
     )
     pad = next(op for op in sg.operators if op.outputs[0] is conv.inputs[0])
     conv.inputs[0] = pad.inputs[0]
-    conv.options.padding = xnnpack.SAME
+    conv.attrs = dataclasses.replace(conv.attrs, padding="SAME")
     sg.operators.remove(pad)
 
 

@@ -156,12 +156,59 @@ class Opcode:
     extra: Any = None
 
 
+@dataclass(frozen=True)
+class Conv2DAttrs:
+    """CONV_2D's builtin options. Enums are named as in the schema: padding "SAME" or "VALID";
+    activation (fused) "NONE", "RELU", "RELU_N1_TO_1", "RELU6", "TANH" or "SIGN_BIT". A code
+    the schema does not name is kept as its decimal string."""
+
+    padding: str
+    stride: tuple[int, int]  # (h, w)
+    dilation: tuple[int, int]  # (h, w)
+    activation: str
+
+
+@dataclass(frozen=True)
+class DepthwiseConv2DAttrs(Conv2DAttrs):
+    """DEPTHWISE_CONV_2D's builtin options: a convolution's, and the depth multiplier."""
+
+    depth_multiplier: int
+
+
+@dataclass(frozen=True)
+class Pool2DAttrs:
+    """The builtin options of MAX_POOL_2D, AVERAGE_POOL_2D and L2_POOL_2D (as Conv2DAttrs)."""
+
+    padding: str
+    stride: tuple[int, int]  # (h, w)
+    filter: tuple[int, int]  # (h, w)
+    activation: str
+
+
+@dataclass(frozen=True)
+class FullyConnectedAttrs:
+    """FULLY_CONNECTED's builtin options; weights_format "DEFAULT" or "SHUFFLED4x16INT8"."""
+
+    activation: str
+    weights_format: str
+    keep_num_dims: bool
+    asymmetric_quantize_inputs: bool
+
+
+OpAttrs = Conv2DAttrs | Pool2DAttrs | FullyConnectedAttrs
+
+
 @dataclass(eq=False)
 class Operator:
+    """An operator. `attrs` types the builtin options that passes and targets read (None
+    for the others); `options` is the schema bindings' options object, opaque, that the
+    file had. The writer writes `attrs` into a copy of it, so `attrs` is what to edit."""
+
     opcode: Opcode
     inputs: list[Tensor | None]
     outputs: list[Tensor | None]
-    options: Any = None  # the builtin options object of the schema bindings, kept opaque
+    attrs: OpAttrs | None = None
+    options: Any = None
     options2: Any = None
     custom_options: np.ndarray | None = None
     intermediates: list[Tensor] | None = None
@@ -170,6 +217,11 @@ class Operator:
     @property
     def type(self) -> str:
         return self.opcode.name
+
+    @property
+    def activation(self) -> str:
+        """The fused activation, "NONE" for an op without one."""
+        return "NONE" if self.attrs is None else self.attrs.activation
 
 
 @dataclass(eq=False)
@@ -221,16 +273,16 @@ class Model:
     extra: Any = None
 
     def copy(self) -> Model:
-        """A structural copy that shares the constant bytes (see Buffer.__deepcopy__) and
-        the schema objects kept opaque: builtin options, and the raw tables in `extra` that
-        the writer starts from (it copies them first). Nothing edits those in place, and
-        copying them was most of the cost of a copy."""
+        """A structural copy that shares the constant bytes (see Buffer.__deepcopy__), the
+        frozen op attributes, and the schema objects kept opaque: builtin options, and the
+        raw tables in `extra` that the writer starts from (it copies them first). Nothing
+        edits those in place, and copying them was most of the cost of a copy."""
         opaque = [self.extra]
         for sg in self.subgraphs:
             opaque.append(sg.extra)
             opaque += [t.extra for t in sg.tensors]
             for op in sg.operators:
-                opaque += [op.extra, op.options, op.options2]
+                opaque += [op.attrs, op.extra, op.options, op.options2]
         memo = {id(o): o for o in opaque if o is not None}
         return copy.deepcopy(self, memo)
 

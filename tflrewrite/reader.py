@@ -312,6 +312,7 @@ class _Reader:
             opcode=opcodes[raw.opcodeIndex],
             inputs=[ref(i) for i in _ints(raw.inputs)],
             outputs=[ref(i) for i in _ints(raw.outputs)],
+            attrs=schema.decode_attrs(raw.builtinOptions),
             options=raw.builtinOptions,
             options2=raw.builtinOptions2,
             custom_options=custom,

@@ -1,4 +1,5 @@
-"""The TFLite schema bindings, and the name <-> code tables the reader and writer share.
+"""The TFLite schema bindings, and the name <-> code tables the reader and writer share:
+codes of types and operators, and which options fields hold each typed op attribute.
 
 The bindings are LiteRT's generated `schema_py_generated`: it has the object API (the `...T`
 classes) that turns a table into a plain object and back, and LiteRT is a dependency anyway
@@ -8,9 +9,20 @@ reader.py and writer.py import it.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Any
 
 from ai_edge_litert import schema_py_generated as fb
+
+from tflrewrite.errors import ModelError
+from tflrewrite.model import (
+    Conv2DAttrs,
+    DepthwiseConv2DAttrs,
+    FullyConnectedAttrs,
+    OpAttrs,
+    Pool2DAttrs,
+)
 
 
 def _codes(enum: type) -> dict[str, int]:
@@ -23,6 +35,31 @@ OPERATOR_CODES: dict[str, int] = _codes(fb.BuiltinOperator)
 OPERATOR_NAMES: dict[int, str] = {v: k for k, v in OPERATOR_CODES.items()}
 BUILTIN_OPTIONS_CODES: dict[str, int] = _codes(fb.BuiltinOptions)
 BUILTIN_OPTIONS2_CODES: dict[str, int] = _codes(fb.BuiltinOptions2)
+
+PADDING_CODES: dict[str, int] = _codes(fb.Padding)
+ACTIVATION_CODES: dict[str, int] = _codes(fb.ActivationFunctionType)
+WEIGHTS_FORMAT_CODES: dict[str, int] = _codes(fb.FullyConnectedOptionsWeightsFormat)
+
+# The options class each attributes class types, and the options fields of each attribute
+# with the enum coding it (None: stored as it is; two fields: an (h, w) pair).
+_OPTIONS_CLASS: dict[type, type] = {
+    Conv2DAttrs: fb.Conv2DOptionsT,
+    DepthwiseConv2DAttrs: fb.DepthwiseConv2DOptionsT,
+    Pool2DAttrs: fb.Pool2DOptionsT,
+    FullyConnectedAttrs: fb.FullyConnectedOptionsT,
+}
+_ATTRS_CLASS: dict[type, type] = {v: k for k, v in _OPTIONS_CLASS.items()}
+_ATTR_FIELDS: dict[str, tuple[tuple[str, ...], dict[str, int] | None]] = {
+    "padding": (("padding",), PADDING_CODES),
+    "stride": (("strideH", "strideW"), None),
+    "dilation": (("dilationHFactor", "dilationWFactor"), None),
+    "filter": (("filterHeight", "filterWidth"), None),
+    "depth_multiplier": (("depthMultiplier",), None),
+    "activation": (("fusedActivationFunction",), ACTIVATION_CODES),
+    "weights_format": (("weightsFormat",), WEIGHTS_FORMAT_CODES),
+    "keep_num_dims": (("keepNumDims",), None),
+    "asymmetric_quantize_inputs": (("asymmetricQuantizeInputs",), None),
+}
 
 # Builtin codes above 127 do not fit the int8 field of old readers, which see this instead.
 PLACEHOLDER_FOR_GREATER_OP_CODES = 127
@@ -43,3 +80,46 @@ def make_options(name: str, **fields: Any) -> Any:
             raise AttributeError(f"{name} has no field {key!r}")
         setattr(options, key, value)
     return options
+
+
+def decode_attrs(options: Any) -> OpAttrs | None:
+    """The typed attributes of a builtin options object; None where nothing reads its kind."""
+    kind = _ATTRS_CLASS.get(type(options))
+    if kind is None:
+        return None
+    return kind(**{f.name: _decode(options, f.name) for f in dataclasses.fields(kind)})
+
+
+def encode_attrs(attrs: OpAttrs, options: Any) -> Any:
+    """A copy of `options` (a new object where it is of another kind) with `attrs` set in it:
+    values equal to those read give back equal fields, so an unedited op writes the same."""
+    kind = _OPTIONS_CLASS[type(attrs)]
+    out = copy.copy(options) if type(options) is kind else kind()
+    for f in dataclasses.fields(attrs):
+        names, enum = _ATTR_FIELDS[f.name]
+        values = getattr(attrs, f.name)
+        if len(names) == 1:
+            values = (values if enum is None else _code(enum, values),)
+        for name, value in zip(names, values, strict=True):
+            setattr(out, name, value)
+    return out
+
+
+def _decode(options: Any, attr: str) -> Any:
+    names, enum = _ATTR_FIELDS[attr]
+    values = tuple(getattr(options, name) for name in names)
+    if len(names) > 1:
+        return values
+    if enum is None:
+        return values[0]
+    return next((k for k, v in enum.items() if v == values[0]), str(values[0]))
+
+
+def _code(enum: dict[str, int], name: str) -> int:
+    """The code of an enum name, or of the decimal string a code the schema lacks reads as."""
+    if name in enum:
+        return enum[name]
+    try:
+        return int(name)
+    except ValueError:
+        raise ModelError(None, f"op attribute {name!r} is none of {', '.join(enum)}") from None

@@ -260,8 +260,9 @@ def _subgraph_t(sg: Any, buffer_index: dict, opcode_index: dict) -> Any:
             idx(op.outputs),
             idx(op.intermediates),
         )
-        o.builtinOptions, o.builtinOptions2 = op.options, op.options2
-        o.builtinOptionsType = schema.options_code(op.options, schema.BUILTIN_OPTIONS_CODES)
+        options = op.options if op.attrs is None else schema.encode_attrs(op.attrs, op.options)
+        o.builtinOptions, o.builtinOptions2 = options, op.options2
+        o.builtinOptionsType = schema.options_code(options, schema.BUILTIN_OPTIONS_CODES)
         o.builtinOptions2Type = schema.options_code(op.options2, schema.BUILTIN_OPTIONS2_CODES)
         o.customOptions = None if op.custom_options is None else _u8(op.custom_options)
         raw.operators.append(o)

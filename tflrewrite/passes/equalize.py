@@ -40,9 +40,8 @@ from tflrewrite.passes.common import (
 from tflrewrite.weights import Weight, find_weights, record, replace_data
 
 LAYERS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
-# ActivationFunctionType values: those that commute with a positive scale per channel.
-FUSED = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6", 4: "TANH", 5: "SIGN_BIT"}
-HOMOGENEOUS_FUSED = (0, 1)
+# Fused activations that commute with a positive scale per channel.
+HOMOGENEOUS_FUSED = ("NONE", "RELU")
 # Ops between the two layers that act channel by channel and commute with positive scales.
 THROUGH = ("RELU", "LEAKY_RELU", "MAX_POOL_2D", "AVERAGE_POOL_2D", "PAD", "MEAN")
 NOT_EQUIVARIANT = "is not scale-equivariant (DFQ would replace it by RELU, which changes the model)"
@@ -192,9 +191,8 @@ def _follow(op: Operator, readers: dict, outputs: set, usable: dict) -> tuple:
     """((layer2's weight, repeat), None) for the layer that reads `op`'s output channel by
     channel through homogeneous ops only, or (None, why not)."""
     channels = op.outputs[0].shape[-1] if op.outputs and op.outputs[0].shape else None
-    fused = getattr(op.options, "fusedActivationFunction", 0)
-    if fused not in HOMOGENEOUS_FUSED:
-        return None, f"its fused {FUSED.get(fused, fused)} {NOT_EQUIVARIANT}"
+    if op.activation not in HOMOGENEOUS_FUSED:
+        return None, f"its fused {op.activation} {NOT_EQUIVARIANT}"
     t, width = op.outputs[0], channels
     while True:
         if t.dtype != "FLOAT32" or not t.shape:
@@ -230,9 +228,8 @@ def _not_through(op: Operator, t: Tensor, channels: int) -> str | None:
         return None
     if op.type == "MEAN" and _reduces_channels(op, len(t.shape)):
         return "a MEAN over the channels"
-    fused = getattr(op.options, "fusedActivationFunction", 0)
-    if fused not in HOMOGENEOUS_FUSED:
-        return f"{op.type}'s fused {FUSED.get(fused, fused)} {NOT_EQUIVARIANT}"
+    if op.activation not in HOMOGENEOUS_FUSED:
+        return f"{op.type}'s fused {op.activation} {NOT_EQUIVARIANT}"
     if out.shape[-1] != channels:
         return f"{op.type} changes the channel count"
     return None

@@ -32,7 +32,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from tflrewrite.kernels import sparse as kernels
-from tflrewrite.model import DimensionMetadata, Model, Opcode, Operator, Sparsity, Subgraph
+from tflrewrite.model import (
+    DimensionMetadata,
+    FullyConnectedAttrs,
+    Model,
+    Opcode,
+    Operator,
+    Sparsity,
+    Subgraph,
+)
 from tflrewrite.passes.common import PassResult, Rule, weight_stats
 from tflrewrite.weights import Weight, find_weights, record, replace_data
 
@@ -166,7 +174,7 @@ def not_encodable(w: Weight, sg: Subgraph, readers: list[Operator]) -> str | Non
 
 
 def _op_reason(op: Operator, dtype: str) -> str | None:
-    if getattr(op.options, "weightsFormat", 0) not in (0, None):
+    if isinstance(op.attrs, FullyConnectedAttrs) and op.attrs.weights_format != "DEFAULT":
         return "a FULLY_CONNECTED op with a shuffled weights format"
     x = op.inputs[0] if op.inputs else None
     y = op.outputs[0] if op.outputs else None

@@ -51,7 +51,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tflrewrite.kernels import sparse as kernels
-from tflrewrite.model import DimensionMetadata, Model, Operator, Sparsity, Subgraph, Tensor
+from tflrewrite.model import (
+    Conv2DAttrs,
+    DimensionMetadata,
+    Model,
+    Operator,
+    Sparsity,
+    Subgraph,
+    Tensor,
+)
 from tflrewrite.passes.common import PassResult, Rule, weight_stats
 from tflrewrite.targets.cpu import encoded_size
 from tflrewrite.weights import Weight, find_weights, record, replace_data
@@ -60,7 +68,6 @@ NAME = "xnnpack"
 log = logging.getLogger(__name__)
 
 FLOATS = ("FLOAT32", "FLOAT16")
-SAME = 0  # the schema's Padding enum: SAME 0, VALID 1
 
 # What a node can do in XNNPACK's layout rewrite (its XNN_LAYOUT_FLAG_COMPATIBLE_* flags).
 NCHW, NHWC2NCHW, NCHW2NHWC = 1, 2, 4
@@ -299,8 +306,8 @@ def _rank(t: Tensor | None) -> int:
 
 def _tf_same(op: Operator) -> bool:
     """SAME padding with a stride other than 1: XNNPACK keeps TensorFlow's SAME there."""
-    o = op.options
-    return getattr(o, "padding", None) == SAME and (o.strideH, o.strideW) != (1, 1)
+    a = op.attrs
+    return isinstance(a, Conv2DAttrs) and a.padding == "SAME" and a.stride != (1, 1)
 
 
 def _name(op: Operator) -> str:
@@ -359,11 +366,11 @@ def _pad_or_axes(op: Operator, roots: dict[int, Tensor]) -> np.ndarray | None:
 def _geometry(n: _Node) -> tuple[int, int, tuple[int, int, int, int], bool, tuple, tuple]:
     """Kernel height and width, padding (top, bottom, left, right) as XNNPACK sees it, whether
     TensorFlow SAME stays, strides and dilations."""
-    o, w = n.op.options, n.op.inputs[1]
+    a, w = n.op.attrs, n.op.inputs[1]
     kh, kw = (w.shape[1], w.shape[2]) if w is not None and _rank(w) == 4 else (0, 0)
-    stride, dilation = (o.strideH, o.strideW), (o.dilationHFactor, o.dilationWFactor)
+    stride, dilation = a.stride, a.dilation
     pad, same = list(n.pad), False
-    if o.padding == SAME:
+    if a.padding == "SAME":
         if stride == (1, 1):
             th, tw = (kh - 1) * dilation[0], (kw - 1) * dilation[1]
             extra = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
