@@ -52,11 +52,11 @@ import numpy as np
 
 from tflrewrite.kernels import sparse as kernels
 from tflrewrite.model import DimensionMetadata, Model, Operator, Sparsity, Subgraph, Tensor
-from tflrewrite.passes.common import PassResult, Rule, weight_stats
+from tflrewrite.passes.common import PassResult, weight_stats
+from tflrewrite.targets import Target
 from tflrewrite.targets.cpu import encoded_size
 from tflrewrite.weights import Weight, find_weights, record, replace_data
 
-NAME = "xnnpack"
 log = logging.getLogger(__name__)
 
 FLOATS = ("FLOAT32", "FLOAT16")
@@ -135,7 +135,7 @@ class _Node:
     ends: bool = False  # it could end a region (MEAN, DEPTH_TO_SPACE)
 
 
-def run(model: Model, options: Options | None = None, rules: tuple[Rule, ...] = ()) -> PassResult:
+def run(model: Model, options: Options | None = None) -> PassResult:
     options = options or Options()
     model = model.copy()
     weights, records = find_weights(model)
@@ -663,3 +663,6 @@ def _encode(model: Model, sg: Subgraph, w: Weight) -> dict:
         before=stats,
         after=stats,
     )
+
+
+TARGET = Target(name="xnnpack", run=run)
