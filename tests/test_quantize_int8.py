@@ -17,6 +17,7 @@ from litert import grid_inputs
 from tflrewrite import calibrate, reader, recipes, rewrite, writer
 from tflrewrite.cli import main
 from tflrewrite.passes import quantize
+from tflrewrite.passes.common import Data
 from tflrewrite.passes.quantize_graph import INT8_OPS
 from tflrewrite.reports import verify
 
@@ -26,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def quantized(path: Path, out: Path, calibration: str, samples: int = 100, **options) -> Path:
     """Plain full-integer quantization (the quantize pass alone, no data-aware fitting)."""
     data, _ = calibrate.for_model(str(path), calibration, samples)
-    result = quantize.run(reader.read(path), quantize.Options(mode="int8", **options), data=data)
+    options = quantize.Options(mode="int8", **options)
+    result = quantize.run(reader.read(path), options, data=Data(data))
     writer.write(result.model, out)
     return out
 

@@ -14,9 +14,9 @@ estimated output error.
             with H = X X^T of its inputs in the original model over the calibration
             samples (the identity without data: plain weight error);
      size:  the stored weights' share of the budget's measure (deflated bytes for zip;
-            for bytes, dense, or lookup tables with --target tflm, or with --target cpu
-            FULLY_CONNECTED blocks where block-sparse storage is smaller; Vela's weight
-            codec, by the rate model of kernels.palette, for vela).
+            for bytes, the target's own estimate of the weight as it lays it down,
+            targets.Target.estimate_bytes; Vela's weight codec, by the rate model of
+            kernels.palette, for vela).
 2. Choice. Every layer starts at its least-error setting; then, while the estimate is over
    the budget, the layer whose next step down its lower convex hull of (size, error) costs
    the least error per byte saved takes it (the greedy answer to the multiple-choice
@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from tflrewrite import rewrite, writer
+from tflrewrite import rewrite, targets, writer
 from tflrewrite.errors import TflRewriteError, UsageError
 from tflrewrite.kernels import reconstruct as kernels
 from tflrewrite.model import Model
@@ -106,6 +106,7 @@ def apply(
     model: Model,
     recipe: Recipe,
     budget: Budget,
+    *,
     progress: Callable[[str], None] | None = None,
     target: str = "generic",
     data: Any = None,
@@ -126,7 +127,15 @@ def apply(
     if "equalize" in steps:  # the recipe equalizes first: score the layers as it leaves them
         step = steps["equalize"]
         scored = PASSES["equalize"].run(model, step.options, step.rules).model
-    layers = _sensitivity(scored, steps, budget, target, data, method, progress)
+    layers = _sensitivity(
+        scored,
+        steps,
+        budget=budget,
+        target=targets.load(target),
+        data=data,
+        method=method,
+        progress=progress,
+    )
     if not layers:
         raise TflRewriteError(f"{budget.flag}: no layer whose settings it could choose")
     offset, tried, best, smallest = 0, set(), None, None
@@ -136,7 +145,12 @@ def apply(
             break  # the same choice again would measure the same
         tried.add(chosen)
         result = rewrite.apply(
-            model, _with_choice(recipe, layers, chosen), progress, target, data, method
+            model,
+            _with_choice(recipe, layers, chosen),
+            progress,
+            target,
+            data=data,
+            method=method,
         )
         got = measure(result.model)
         if progress:
@@ -150,14 +164,7 @@ def apply(
             break
         offset = got - sum(int(layer.sizes[c]) for layer, c in zip(layers, chosen))
     if best is None:
-        hint = ""
-        if budget.metric == "bytes" and target == "cpu":
-            hint = (
-                " (with this target only FULLY_CONNECTED weights pruned in blocks, "
-                "--prune-pattern 1x16 for int8, shrink the file)"
-            )
-        elif budget.metric == "bytes" and target != "tflm":
-            hint = " (with this target pruning and clustering shrink zipped bytes, not bytes)"
+        hint = targets.load(target).bytes_hint if budget.metric == "bytes" else ""
         raise TflRewriteError(
             f"{budget.flag} {budget.limit:,}: the smallest settings found give "
             f"{smallest:,} {METRICS[budget.metric][1]}{hint}"
@@ -178,7 +185,16 @@ def apply(
 # ------------------------------------------------------------------ sensitivity
 
 
-def _sensitivity(model, steps, budget, target, data, method, progress) -> list[_Layer]:
+def _sensitivity(
+    model: Model,
+    steps: dict,
+    *,
+    budget: Budget,
+    target: targets.Target,
+    data: Any,
+    method: str,
+    progress: Callable[[str], None] | None,
+) -> list[_Layer]:
     pruning, clustering = steps.get("prune"), steps.get("cluster")
     quantize = steps.get("quantize")
     mode = quantize.options.mode if quantize else None
@@ -210,9 +226,20 @@ def _sensitivity(model, steps, budget, target, data, method, progress) -> list[_
         fit_h = (
             h if method == "data" and use_data else np.broadcast_to(np.eye(rows.shape[2]), h.shape)
         )
-        block = _sparse_block(w, sg, readers, mode, target)
+        estimate = _estimator(target, w, sg, readers[id(w.tensor)], mode)
         layers.append(
-            _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target, block)
+            _candidates(
+                w,
+                op,
+                rows,
+                h,
+                fit_h,
+                pruning=pruning,
+                clustering=clustering,
+                mode=mode,
+                metric=budget.metric,
+                estimate=estimate,
+            )
         )
         bar(i + 1)
     return layers
@@ -234,7 +261,18 @@ def _chunks(ops) -> list[list[int]]:
     return chunks
 
 
-def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target, block) -> _Layer:
+def _estimator(
+    target: targets.Target, w: Weight, sg, readers: list, mode: str | None
+) -> Callable[[np.ndarray], int]:
+    """The target's estimate of `w`'s stored bytes, as a function of the values stored."""
+    return lambda stored: target.estimate_bytes(
+        w, stored, subgraph=sg, readers=readers, quantize_mode=mode
+    )
+
+
+def _candidates(
+    w, op, rows, h, fit_h, *, pruning, clustering, mode, metric: str, estimate
+) -> _Layer:
     prune_opts = pruning and options_for(pruning.options, pruning.rules, w.name)
     cluster_opts = clustering and options_for(clustering.options, clustering.rules, w.name)
     prunable = (
@@ -252,7 +290,6 @@ def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target
     stored_scales = datafit.row_scales(op.type, w.tensor)
     quantized = w.tensor.dtype == "INT8" or mode in ("int8", "int8-weights")
     energy = _energy(rows, h)
-    channel_tables = _channel_tables(w, quantized)
     dtype = np.dtype(np.float16) if mode == "float16" else w.tensor.np_dtype
     factors = [kernels.inverse_cholesky(x) for x in fit_h]
     settings, sizes, errors = [], [], []
@@ -280,22 +317,9 @@ def _candidates(w, op, rows, h, fit_h, pruning, clustering, mode, budget, target
                 )
             stored = _stored(new, scales, dtype)
             settings.append(Setting(s, k, g))
-            sizes.append(_size(budget.metric, stored, target, channel_tables, block))
+            sizes.append(_size(metric, stored, estimate))
             errors.append(_energy(new - rows, h) / max(energy, 1e-30))
     return _Layer(w, settings, np.array(sizes, np.int64), np.array(errors))
-
-
-def _channel_tables(w: Weight, quantized: bool) -> bool:
-    """Whether TFLM could give `w` a lookup table per channel: only along int8 per-channel
-    quantization (this step's, for float weights it quantizes)."""
-    from tflrewrite.targets import tflm
-
-    if not quantized:
-        return False
-    if w.tensor.dtype != "INT8":
-        return True
-    channels = tflm.decoder_channels(w.tensor)
-    return isinstance(channels, tuple) and channels[0] > 1
 
 
 def _energy(rows: np.ndarray, h: np.ndarray) -> float:
@@ -310,62 +334,14 @@ def _stored(rows: np.ndarray, scales, dtype) -> np.ndarray:
     return np.clip(np.round(rows / scales[:, :, None]), -127, 127).astype(np.int8)
 
 
-def _size(metric: str, stored: np.ndarray, target: str, channel_tables: bool, block: int) -> int:
-    """The stored weight's estimated share of the budget's measure. `channel_tables`: a
-    lookup table per channel is open to it (TFLM splits tables by quantization channel);
-    `block`: --target cpu may store it in 1 x block sparse blocks (0: it will not)."""
+def _size(metric: str, stored: np.ndarray, estimate: Callable[[np.ndarray], int]) -> int:
+    """The stored weight's estimated share of the budget's measure; `estimate`: the
+    target's file bytes of it."""
     if metric == "zip":
         return len(zlib.compress(np.ascontiguousarray(stored).tobytes(), 6))
     if metric == "vela":
         return _vela_bytes(stored)
-    if target == "tflm":
-        return _lut_bytes(stored, channel_tables)
-    if block:
-        return _block_sparse_bytes(stored[0], block)
-    return stored.nbytes
-
-
-def _sparse_block(w: Weight, sg, readers, mode: str | None, target: str) -> int:
-    """The 1 x block blocks --target cpu may store `w` in, or 0 where it will store it
-    dense. A float weight the recipe quantizes stays dense: int8-weights leaves the
-    activations float (a hybrid FC), int8 quantizes per channel, and float16 is no dtype
-    the sparse kernels take."""
-    from tflrewrite.targets import cpu
-
-    if target != cpu.NAME or (mode is not None and w.tensor.dtype != "INT8"):
-        return 0
-    return 0 if cpu.not_encodable(w, sg, readers[id(w.tensor)]) else cpu.BLOCKS[w.tensor.dtype]
-
-
-def _block_sparse_bytes(stored: np.ndarray, block: int) -> int:
-    """Bytes of an out x in weight as --target cpu stores it: block-sparse where that is
-    smaller than dense and some block holds a nonzero (targets.cpu's rule), else dense."""
-    from tflrewrite.kernels import sparse
-    from tflrewrite.targets import cpu
-
-    segments, indices, values = sparse.block_csr_encode(stored, block)
-    if indices.size == 0:
-        return stored.nbytes
-    return min(stored.nbytes, cpu.encoded_size(segments, indices, values.nbytes))
-
-
-def _lut_bytes(stored: np.ndarray, channel_tables: bool) -> int:
-    """TFLM lookup-table bytes (targets.tflm's smaller layout: one shared table, or a table
-    per channel), or the dense bytes when it needs more than 7 index bits."""
-    from tflrewrite.targets import tflm
-
-    channels = stored[0] if stored.shape[0] == 1 else stored[:, 0, :]
-    n = stored.size
-    shared = np.unique(stored).size
-    each = max(np.unique(row).size for row in channels)
-    best = stored.nbytes
-    layouts = [(shared, 1)] + [(each, channels.shape[0])] * channel_tables
-    for entries, tables in layouts:
-        bits = max(1, int(np.ceil(np.log2(max(entries, 2)))))
-        if bits <= tflm.MAX_BITS:
-            size = -(-n * bits // 8) + entries * tables * stored.itemsize + tflm.DCM_SIZE
-            best = min(best, size)
-    return best
+    return estimate(stored)
 
 
 def _vela_bytes(stored: np.ndarray) -> int:

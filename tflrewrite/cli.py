@@ -353,12 +353,12 @@ def run_rewrite(args: argparse.Namespace) -> int:
             model,
             recipe,
             budget,
-            _step_note,
-            args.target,
-            data,
-            method,
-            args.accelerator,
-            os.path.basename(output),
+            progress=_step_note,
+            target=args.target,
+            data=data,
+            method=method,
+            accelerator=args.accelerator,
+            name=os.path.basename(output),
         )
     large = {"auto": None, "yes": True, "no": False}[args.large]
     writer.write(result.model, output, large=large)

@@ -23,12 +23,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from tflrewrite.errors import TflRewriteError, UsageError
 from tflrewrite.passes import PASSES
-from tflrewrite.passes.common import Rule
+from tflrewrite.passes.common import Pass, Rule
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class Step:
     name: str  # a key of PASSES
     options: Any  # that pass's Options
     rules: tuple[Rule, ...] = ()
+    runs: Pass | None = None  # the pass that runs it: PASSES[name] unless planned otherwise
+
+    @property
+    def runner(self) -> Pass:
+        return self.runs or PASSES[self.name]
 
     def to_json(self) -> dict:
         return {
@@ -50,6 +56,27 @@ class Recipe:
     name: str
     description: str
     steps: tuple[Step, ...] = field(default_factory=tuple)
+
+    def planned(
+        self, *, own_steps: Mapping[str, Pass] | None = None, data_aware: bool = False
+    ) -> tuple[Step, ...]:
+        """The steps as a rewrite runs them, each with its pass: a target's own way of a
+        step (`own_steps`, by step name), and with `data_aware` (calibration samples and
+        the data method) the data-aware prune and cluster in their place, and a refine of
+        full int8 weights that no clustering will redo."""
+        steps = [dataclasses.replace(s, runs=(own_steps or {}).get(s.name)) for s in self.steps]
+        if not data_aware:
+            return tuple(steps)
+        from tflrewrite.passes import datafit
+
+        fitted = {p.name: p for p in (datafit.PRUNE, datafit.CLUSTER)}
+        refine = not any(s.name == "cluster" for s in steps)  # clustering redoes the rounding
+        planned = []
+        for s in steps:
+            planned.append(dataclasses.replace(s, runs=fitted.get(s.name, s.runs)))
+            if refine and s.name == "quantize" and s.options.mode == "int8":
+                planned.append(Step(datafit.REFINE.name, s.options, s.rules, datafit.REFINE))
+        return tuple(planned)
 
     def with_options(self, overrides: dict[str, dict[str, Any]]) -> Recipe:
         """This recipe with pass options overridden (a pass it lacks is added), its steps in

@@ -8,7 +8,7 @@ from typing import Any
 
 from tflrewrite import targets
 from tflrewrite.model import Model
-from tflrewrite.passes import PASSES, datafit
+from tflrewrite.passes.common import Data, StepRecord
 from tflrewrite.provenance import METADATA_NAME, provenance
 from tflrewrite.recipes import Recipe
 from tflrewrite.runtime_version import update_min_runtime_version
@@ -22,7 +22,7 @@ METHODS = ("data", "magnitude")
 @dataclass
 class Result:
     model: Model
-    records: list[dict] = field(default_factory=list)  # per pass: {"pass", "tensors"}
+    records: list[StepRecord] = field(default_factory=list)
 
 
 def apply(
@@ -30,48 +30,34 @@ def apply(
     recipe: Recipe,
     progress: Callable[[str], None] | None = None,
     target: str = "generic",
+    *,
     data: Any = None,
     method: str = "data",
 ) -> Result:
     """The model after every step of `recipe`, laid down for `target` (see
     tflrewrite.targets); the input model is left as it was. `data` (calibrate.Samples)
     calibrates full-integer quantization and, with `method` "data", guides pruning and
-    clustering. A target may run some steps its own way: its STEPS maps a step name to a
-    function with a pass's `run(model, options, rules)` (data-aware fitting comes first)."""
+    clustering (Recipe.planned chooses the passes)."""
+    laid = targets.load(target)
+    steps = recipe.planned(own_steps=laid.steps, data_aware=data is not None and method == "data")
     result = Result(model)
-    fit = data is not None and method == "data"
-    laid = targets.load(target) if target != "generic" else None
-    own = getattr(laid, "STEPS", {})
-    names = [s.name for s in recipe.steps]
-    reference = model  # what the data-aware fit aims each layer's outputs at
-    for step in recipe.steps:
+    reference = model  # what data-aware passes aim each layer's outputs at
+    for step in steps:
         if progress:
             progress(step.name)
-        module = PASSES[step.name]
-        if fit and step.name in datafit.STEPS:
-            out = datafit.run(step.name, result.model, step.options, step.rules, data, reference)
-        elif step.name in own:
-            out = own[step.name](result.model, step.options, step.rules)
-        elif getattr(module, "USES_DATA", False):
-            out = module.run(result.model, step.options, step.rules, data=data)
-        else:
-            out = module.run(result.model, step.options, step.rules)
+        given = None if data is None else Data(data, reference)
+        out = step.runner.run(result.model, step.options, step.rules, data=given)
         result.model = out.model
         result.records.append({"pass": step.name, "tensors": out.records})
-        if step.name == "equalize":  # the same function with rescaled channels: aim at it
+        if step.runner.preserves_function:  # the same function: aim at it from here on
             reference = result.model
-        if fit and step.name == "quantize" and step.options.mode == "int8":
-            if "cluster" not in names:  # clustering would redo the rounding anyway
-                out = datafit.run("refine", result.model, step.options, step.rules, data, reference)
-                result.model = out.model
-                result.records.append({"pass": "refine", "tensors": out.records})
-    if laid is not None:
+    if laid.run is not None:
         if progress:
             progress(f"target {target}")
         out = laid.run(result.model)
         result.model = out.model
         result.records.append({"pass": f"target:{target}", "tensors": out.records})
-    if recipe.steps or target != "generic":
+    if recipe.steps or laid.run is not None:
         update_min_runtime_version(result.model)
         used = None if data is None else {"samples": len(data.values), "method": method}
         result.model.set_metadata(

@@ -18,6 +18,8 @@ from tflrewrite.errors import UsageError
 from tflrewrite.kernels import kmeans1d
 from tflrewrite.model import Model
 from tflrewrite.passes.common import (
+    Data,
+    Pass,
     PassResult,
     Rule,
     channel_sq_to_mse,
@@ -35,7 +37,7 @@ from tflrewrite.weights import Weight
 INITS = ("optimal", "linear", "kmeans++", "density")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Options:
     clusters: int = 16
     granularity: str = "tensor"  # tensor | channel: the unit that gets at most K values
@@ -57,7 +59,9 @@ class Options:
             raise UsageError(f"cluster: init must be one of {', '.join(INITS)}, not {self.init!r}")
 
 
-def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassResult:
+def run(
+    model: Model, options: Options, rules: tuple[Rule, ...] = (), *, data: Data | None = None
+) -> PassResult:
     model, chosen, records = select(model, options, rules, lambda w, opts: None)
     edits = map_weights(_edit, chosen, [w.tensor.data.size for w, _ in chosen])
     fields = [
@@ -65,6 +69,9 @@ def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassRes
     ]
     records += commit(model, [w for w, _ in chosen], edits, "clustered", fields)
     return PassResult(model, records)
+
+
+PASS = Pass(name="cluster", Options=Options, run=run)
 
 
 def units(w: Weight, values: np.ndarray, granularity: str) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""What every pass shares: the result type, per-tensor rules, and statistics."""
+"""What every pass shares: the pass protocol and its result and record types, per-tensor
+rules, and statistics."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NotRequired, Protocol, TypedDict
 
 import numpy as np
 
@@ -18,10 +19,64 @@ from tflrewrite.model import Model
 from tflrewrite.weights import BufferMemo, Weight, find_weights, record, replace_data
 
 
+class TensorRecord(TypedDict):
+    """What a pass (or target) did to one tensor, or why it left it alone: JSON as it is,
+    so reports and the provenance entry carry it unchanged. Passes add keys of their own
+    (the options a weight got, sizes, op versions...)."""
+
+    tensor: str
+    action: str  # what was done ("pruned", "clustered", "encoded", ...) or "skipped"
+    op: str  # the type of the op that reads it ("" where none applies)
+    subgraph: NotRequired[int]
+    dtype: NotRequired[str]
+    shape: NotRequired[list[int]]
+    reason: NotRequired[str]  # why it was skipped, or a note on what was done
+    before: NotRequired[dict[str, Any]]  # weight_stats before and after the edit
+    after: NotRequired[dict[str, Any]]
+    mse: NotRequired[float]  # weight error in real values
+
+
+# The records of one step of a rewrite: "pass" names the step ("target:NAME" for a target's
+# lay-down, "budget" for a budget's choice). Functional form: "pass" is a keyword.
+StepRecord = TypedDict("StepRecord", {"pass": str, "tensors": list[TensorRecord]})
+
+
 @dataclass
 class PassResult:
     model: Model
-    records: list[dict] = field(default_factory=list)
+    records: list[TensorRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Data:
+    """What a pass gets when calibration samples are given: the samples (calibrate.Samples)
+    and the model whose layer outputs data-aware passes aim at (the rewrite's input, or
+    that input as the last function-preserving pass left it; None: the model the pass is
+    given)."""
+
+    samples: Any
+    reference: Model | None = None
+
+
+class Run(Protocol):
+    def __call__(
+        self, model: Model, options: Any, rules: tuple[Rule, ...] = (), *, data: Data | None = None
+    ) -> PassResult: ...
+
+
+@dataclass(frozen=True)
+class Pass:
+    """A pass, as a recipe step runs it: each pass module exports one (PASS).
+
+    `run` returns a new model (the input is never changed) with one record per tensor it
+    considered. `preserves_function`: the pass changes weights without changing what the
+    model computes, so data-aware passes after it aim at its output rather than the input.
+    """
+
+    name: str
+    Options: type  # noqa: N815 -- the pass's frozen, keyword-only options dataclass
+    run: Run
+    preserves_function: bool = False
 
 
 def check_regex(pattern: str | None, what: str) -> None:

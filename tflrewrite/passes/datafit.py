@@ -37,16 +37,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tflrewrite.errors import UsageError
 from tflrewrite.kernels import adaround, kmeans1d
 from tflrewrite.kernels import prune as prune_kernels
 from tflrewrite.kernels import reconstruct as kernels
 from tflrewrite.model import Model, Operator, Tensor
-from tflrewrite.passes import cluster, prune
-from tflrewrite.passes.common import PassResult, Rule, select, weight_stats
+from tflrewrite.passes import cluster, prune, quantize
+from tflrewrite.passes.common import Data, Pass, PassResult, Rule, Run, select, weight_stats
 from tflrewrite.progress import Progress
 from tflrewrite.weights import Weight, find_weights, real_values, record, replace_data
 
-STEPS = ("prune", "cluster")
 LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 BATCH = 32  # samples whose patches are multiplied at once
 # With data, output channels fed by fewer weights than this are not pruned: a 3x3 conv on
@@ -73,7 +73,26 @@ DEPTHWISE_NOT_PRUNED = (
 )
 
 
-def run(step: str, model: Model, options, rules: tuple[Rule, ...], data, original: Model):
+def _runner(step: str) -> Run:
+    def run(
+        model: Model, options, rules: tuple[Rule, ...] = (), *, data: Data | None = None
+    ) -> PassResult:
+        if data is None:
+            raise UsageError(f"data-aware {step} needs calibration samples")
+        return fit(step, model, options, rules, data.samples, data.reference or model)
+
+    return run
+
+
+# The data-aware variants of the prune and cluster passes, which a recipe runs in their
+# place when it has calibration samples (recipes.Recipe.planned); refine follows a full
+# int8 quantize step that no clustering follows, with the quantize step's options.
+PRUNE = Pass(name="prune", Options=prune.Options, run=_runner("prune"))
+CLUSTER = Pass(name="cluster", Options=cluster.Options, run=_runner("cluster"))
+REFINE = Pass(name="refine", Options=quantize.Options, run=_runner("refine"))
+
+
+def fit(step: str, model: Model, options, rules: tuple[Rule, ...], data, original: Model):
     """The `step` ("prune", "cluster" or "refine") of `model` fitted to `original`'s layer
     outputs on `data` (calibrate.Samples)."""
     rounding = "feedback"

@@ -29,6 +29,8 @@ import numpy as np
 from tflrewrite.errors import UsageError
 from tflrewrite.model import Model, Operator, Subgraph, Tensor
 from tflrewrite.passes.common import (
+    Data,
+    Pass,
     PassResult,
     Rule,
     check_regex,
@@ -52,7 +54,7 @@ SETTLED = 1e-5
 DEAD = 1e-8
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Options:
     iterations: int = 50  # at most this many sweeps over every pair (DFQ iterates until
     # the scales settle: the sweeps stop once no channel's scale moves by SETTLED)
@@ -86,7 +88,9 @@ class _State:
     sweeps: int = 0
 
 
-def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassResult:
+def run(
+    model: Model, options: Options, rules: tuple[Rule, ...] = (), *, data: Data | None = None
+) -> PassResult:
     model = model.copy()
     # --skip is applied here rather than by find_weights, so that a pair's other layer
     # can say which weight kept it alone
@@ -114,6 +118,9 @@ def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassRes
             break
     records += _commit(model, weights, pairs, state, reasons)
     return PassResult(model, records)
+
+
+PASS = Pass(name="equalize", Options=Options, run=run, preserves_function=True)
 
 
 def _not_usable(w: Weight, opts: Options | None, options: Options) -> str | None:

@@ -17,6 +17,8 @@ from tflrewrite.errors import UsageError
 from tflrewrite.kernels import prune as kernels
 from tflrewrite.model import Model
 from tflrewrite.passes.common import (
+    Data,
+    Pass,
     PassResult,
     Rule,
     channel_sq_to_mse,
@@ -33,7 +35,7 @@ from tflrewrite.weights import Weight
 PATTERN = re.compile(r"^(unstructured|(\d+):(\d+)|1x(\d+))$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Options:
     sparsity: float = 0.5
     pattern: str = "unstructured"  # unstructured | N:M (keep N of every M) | 1xB blocks
@@ -71,7 +73,9 @@ class Options:
         return int(m.group(4)) if m.group(4) else None
 
 
-def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassResult:
+def run(
+    model: Model, options: Options, rules: tuple[Rule, ...] = (), *, data: Data | None = None
+) -> PassResult:
     model, chosen, records = select(model, options, rules, _not_prunable)
     if options.scope == "global":
         masks = _global_masks([w for w, _ in chosen], options.sparsity)
@@ -82,6 +86,9 @@ def run(model: Model, options: Options, rules: tuple[Rule, ...] = ()) -> PassRes
     fields = [{"pattern": o.pattern, "scope": o.scope, "target": o.sparsity} for _, o in chosen]
     records += commit(model, [w for w, _ in chosen], edits, "pruned", fields)
     return PassResult(model, records)
+
+
+PASS = Pass(name="prune", Options=Options, run=run)
 
 
 def _not_prunable(w: Weight, opts: Options) -> str | None:

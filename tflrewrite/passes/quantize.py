@@ -24,6 +24,8 @@ from tflrewrite.kernels import stats
 from tflrewrite.model import Model, Operator, Quantization, Tensor
 from tflrewrite.passes import quantize_graph
 from tflrewrite.passes.common import (
+    Data,
+    Pass,
     PassResult,
     Rule,
     check_regex,
@@ -42,7 +44,7 @@ ROUNDINGS = ("feedback", "adaround")
 DEQUANTIZE_INT8, DEQUANTIZE_INT8_PER_CHANNEL, DEQUANTIZE_FLOAT16 = 2, 5, 3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Options:
     mode: str = "int8-weights"
     # Below this a DEQUANTIZE op costs more bytes than it saves; the TF converter's own
@@ -74,15 +76,12 @@ class Options:
             raise UsageError("quantize: rounding is an option of mode int8 (--quantize int8)")
 
 
-# The pass reads calibration samples (rewrite.apply gives them as `data`).
-USES_DATA = True
-
-
 def run(
-    model: Model, options: Options, rules: tuple[Rule, ...] = (), data: object = None
+    model: Model, options: Options, rules: tuple[Rule, ...] = (), *, data: Data | None = None
 ) -> PassResult:
+    """Mode "int8" calibrates on `data`'s samples; the weight-only modes need no data."""
     if options.mode == "int8":
-        return quantize_graph.run(model, options, rules, data)
+        return quantize_graph.run(model, options, rules, None if data is None else data.samples)
     model, chosen, records = select(model, options, rules, _not_quantizable)
     edits = map_weights(_edit, chosen, [w.tensor.data.size for w, _ in chosen])
     inserted: dict[int, int] = {}  # DEQUANTIZE ops added per subgraph, at its front
@@ -93,6 +92,9 @@ def run(
         records.append(_commit(model, w, opts, edit, position))
     _drop_unused_opcodes(model)
     return PassResult(model, records)
+
+
+PASS = Pass(name="quantize", Options=Options, run=run)
 
 
 def _not_quantizable(w: Weight, opts: Options) -> str | None:

@@ -1,16 +1,27 @@
 """Deployment targets: how the rewritten model is laid down for a runtime.
 
-A target runs after the passes and follows their contract: ``run(model)`` returns a
-PassResult with a new model (the input is never changed) and one record per weight it
-considered. TARGETS names each one with a line of what it lays down; the module that does
-it is ``tflrewrite.targets.<name>`` (a dash in the name is an underscore in the module).
-Modules are imported only when used: some pull in Numba, and `--help` should not wait.
+Each target module exports TARGET, a Target: what runs after the passes (`run`, with a
+pass's contract: a new model, the input never changed, one record per weight it
+considered), the recipe steps it runs its own way, and its estimate of a weight's stored
+bytes, which size budgets plan with. TARGETS names each one with a line of what it lays
+down; the module that does it is ``tflrewrite.targets.<name>`` (a dash in the name is an
+underscore in the module). Modules are imported only when used: some pull in Numba, and
+`--help` should not wait.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # the command's --help imports this module: it stays light
+    import numpy as np
+
+    from tflrewrite.model import Model, Operator, Subgraph
+    from tflrewrite.passes.common import Pass, PassResult
+    from tflrewrite.weights import Weight
 
 TARGETS = {
     "generic": "dense weights, exactly as the passes left them (the most portable output)",
@@ -24,9 +35,54 @@ TARGETS = {
     "and --cluster as one codebook per weight shaped for Vela's weight codec",
 }
 
+# What a --max-bytes budget says it could not meet on a target whose estimate is the dense
+# size: there pruning and clustering shrink the zipped file, not the file.
+DENSE_HINT = " (with this target pruning and clustering shrink zipped bytes, not bytes)"
 
-def load(name: str) -> ModuleType:
-    """The module of target `name` (one of TARGETS)."""
+
+class EstimateBytes(Protocol):
+    def __call__(
+        self,
+        w: Weight,
+        stored: np.ndarray,
+        *,
+        subgraph: Subgraph,
+        readers: list[Operator],
+        quantize_mode: str | None,
+    ) -> int: ...
+
+
+def dense_bytes(
+    w: Weight,
+    stored: np.ndarray,
+    *,
+    subgraph: Subgraph,
+    readers: list[Operator],
+    quantize_mode: str | None,
+) -> int:
+    """Bytes of `stored` (groups x rows x d, as the file would hold a candidate's values of
+    `w`) kept dense: the estimate of every target that stores weights as they are."""
+    return stored.nbytes
+
+
+@dataclass(frozen=True)
+class Target:
+    """A runtime layout. `run`: what it lays down after the passes (None where the passes'
+    dense output is the layout already). `steps`: recipe steps it runs its own way, by
+    step name (data-aware variants still take precedence). `estimate_bytes`: a weight's
+    file bytes once laid down, from the values a candidate setting would store (`quantize_mode`,
+    the recipe's quantize mode or None). `bytes_hint`: what a --max-bytes budget it could
+    not meet adds to its message."""
+
+    name: str
+    run: Callable[[Model], PassResult] | None
+    steps: Mapping[str, Pass] = field(default_factory=dict)
+    estimate_bytes: EstimateBytes = dense_bytes
+    bytes_hint: str = DENSE_HINT
+
+
+def load(name: str) -> Target:
+    """Target `name` (one of TARGETS)."""
     if name not in TARGETS:
         raise KeyError(name)
-    return importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
+    return importlib.import_module(f"{__name__}.{name.replace('-', '_')}").TARGET

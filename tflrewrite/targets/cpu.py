@@ -27,8 +27,6 @@ op below 8 is raised to 8 and one at 8 or above keeps its version.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from tflrewrite.kernels import sparse as kernels
@@ -41,10 +39,9 @@ from tflrewrite.model import (
     Sparsity,
     Subgraph,
 )
-from tflrewrite.passes.common import PassResult, Rule, weight_stats
+from tflrewrite.passes.common import PassResult, weight_stats
+from tflrewrite.targets import Target
 from tflrewrite.weights import Weight, find_weights, record, replace_data
-
-NAME = "cpu"
 
 # Weight dtype -> the block (1 x BLOCK along the input depth) its sparse FC kernel reads.
 BLOCKS = {"INT8": 16, "FLOAT32": 4}
@@ -62,12 +59,7 @@ SPARSE_FC_VERSION = 8
 SPARSITY_OVERHEAD = 128
 
 
-@dataclass(frozen=True)
-class Options:
-    pass
-
-
-def run(model: Model, options: Options | None = None, rules: tuple[Rule, ...] = ()) -> PassResult:
+def run(model: Model) -> PassResult:
     model = model.copy()
     weights, records = find_weights(model)
     raised: list[Opcode] = []
@@ -82,6 +74,29 @@ def run(model: Model, options: Options | None = None, rules: tuple[Rule, ...] = 
     records.extend(_computed_weights(model))
     _drop_unused(model, raised)
     return PassResult(model, records)
+
+
+def estimate_bytes(
+    w: Weight,
+    stored: np.ndarray,
+    *,
+    subgraph: Subgraph,
+    readers: list[Operator],
+    quantize_mode: str | None,
+) -> int:
+    """File bytes of `w` holding the candidate values `stored` (1 x rows x cols) once laid
+    down: block-sparse where `run` would encode it (where that is smaller and some block
+    holds a nonzero), else dense. A float weight the recipe quantizes stays dense:
+    int8-weights leaves the activations float (a hybrid FC), int8 quantizes per channel,
+    and float16 is no dtype the sparse kernels take."""
+    if quantize_mode is not None and w.tensor.dtype != "INT8":
+        return stored.nbytes
+    if not_encodable(w, subgraph, readers):
+        return stored.nbytes
+    segments, indices, values = kernels.block_csr_encode(stored[0], BLOCKS[w.tensor.dtype])
+    if indices.size == 0:
+        return stored.nbytes
+    return min(stored.nbytes, encoded_size(segments, indices, values.nbytes))
 
 
 def _computed_weights(model: Model) -> list[dict]:
@@ -247,3 +262,12 @@ def _drop_unused(model: Model, replaced: list[Opcode]) -> None:
     used = {id(op.opcode) for sg in model.subgraphs for op in sg.operators}
     gone = {id(oc) for oc in replaced if id(oc) not in used}
     model.opcodes = [oc for oc in model.opcodes if id(oc) not in gone]
+
+
+TARGET = Target(
+    name="cpu",
+    run=run,
+    estimate_bytes=estimate_bytes,
+    bytes_hint=" (with this target only FULLY_CONNECTED weights pruned in blocks, "
+    "--prune-pattern 1x16 for int8, shrink the file)",
+)

@@ -27,7 +27,6 @@ lengths in view, never with more weight error than plain tensor clustering.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,6 +35,8 @@ from tflrewrite.kernels import palette as kernels
 from tflrewrite.model import Model, Operator, Quantization, Tensor
 from tflrewrite.passes import cluster as cluster_pass
 from tflrewrite.passes.common import (
+    Data,
+    Pass,
     PassResult,
     Rule,
     remember_stats,
@@ -43,9 +44,8 @@ from tflrewrite.passes.common import (
     stats_of,
     weight_stats,
 )
+from tflrewrite.targets import Target
 from tflrewrite.weights import WEIGHT_OPS, Weight, find_weights, record, replace_data
-
-NAME = "ethos-u"
 
 FC = "FULLY_CONNECTED"
 WEIGHT_SUM_LIMIT = 127 * 65536
@@ -59,13 +59,12 @@ INTEGER_ACTIVATIONS = ("INT8", "INT16")
 BUDGET = 0.0
 
 
-@dataclass(frozen=True)
-class Options:
-    pass
-
-
 def cluster(
-    model: Model, options: cluster_pass.Options, rules: tuple[Rule, ...] = ()
+    model: Model,
+    options: cluster_pass.Options,
+    rules: tuple[Rule, ...] = (),
+    *,
+    data: Data | None = None,
 ) -> PassResult:
     """The recipe's cluster step, laid down for the codec (see the module docstring)."""
     require_integer(model)
@@ -84,15 +83,13 @@ def cluster(
     return PassResult(model, densified + records)
 
 
-STEPS = {"cluster": cluster}
-
 BIAS_SHARED = (
     "per-channel FULLY_CONNECTED weights whose bias another operator shares: left "
     "per-channel (Vela 3.x runs them on the CPU; 5.2 on the NPU)"
 )
 
 
-def run(model: Model, options: Options | None = None, rules: tuple[Rule, ...] = ()) -> PassResult:
+def run(model: Model) -> PassResult:
     """Refuse float models; densify sparse weights; make per-channel FULLY_CONNECTED weights
     per-tensor (re-clustered when they were clustered); report weights Vela runs on the CPU."""
     model = model.copy()
@@ -447,3 +444,10 @@ def _note(si: int, t: Tensor, action: str, reason: str) -> dict:
         "before": stats,
         "after": stats,
     }
+
+
+TARGET = Target(
+    name="ethos-u",
+    run=run,
+    steps={"cluster": Pass(name="cluster", Options=cluster_pass.Options, run=cluster)},
+)

@@ -51,10 +51,10 @@ import numpy as np
 
 from tflrewrite.kernels import bitpack
 from tflrewrite.model import Model, Operator, Subgraph, Tensor
-from tflrewrite.passes.common import PassResult, Rule, weight_stats
+from tflrewrite.passes.common import PassResult, weight_stats
+from tflrewrite.targets import Target
 from tflrewrite.weights import Weight, find_weights, record, replace_data
 
-NAME = "tflm"
 DECODE = "TFLM_DECODE"
 
 DCM_SIZE = 16
@@ -78,11 +78,6 @@ TABLE_DTYPES = ("INT8", "FLOAT32")
 ANCILLARY_OVERHEAD = 128
 DECODE_OVERHEAD = 112
 OPCODE_OVERHEAD = 64
-
-
-@dataclass(frozen=True)
-class Options:
-    pass
 
 
 @dataclass
@@ -109,7 +104,7 @@ class Lut:
         return int(self.packed.size) + DCM_SIZE + int(self.tables.nbytes)
 
 
-def run(model: Model, options: Options | None = None, rules: tuple[Rule, ...] = ()) -> PassResult:
+def run(model: Model) -> PassResult:
     model = model.copy()
     weights, records = find_weights(model)
     decodes: dict[int, Operator] = {}  # by id(reader): the DECODE placed before it
@@ -130,6 +125,41 @@ def run(model: Model, options: Options | None = None, rules: tuple[Rule, ...] = 
     for sg in model.subgraphs:
         place_decodes(sg, decodes)
     return PassResult(model, records)
+
+
+def estimate_bytes(
+    w: Weight,
+    stored: np.ndarray,
+    *,
+    subgraph: Subgraph,
+    readers: list[Operator],
+    quantize_mode: str | None,
+) -> int:
+    """File bytes of `w` holding the candidate values `stored` (groups x rows x d) as
+    lookup tables: the smaller layout (one shared table, or a table per channel where the
+    decoder splits `w` by quantization channel), or dense when it needs more than
+    MAX_BITS index bits."""
+    quantized = w.tensor.dtype == "INT8" or quantize_mode in ("int8", "int8-weights")
+    channels = stored[0] if stored.shape[0] == 1 else stored[:, 0, :]
+    n = stored.size
+    best = stored.nbytes
+    layouts = [(np.unique(stored).size, 1)]
+    if quantized and _channel_tables(w.tensor):
+        layouts.append((max(np.unique(row).size for row in channels), channels.shape[0]))
+    for entries, tables in layouts:
+        bits = max(1, int(np.ceil(np.log2(max(entries, 2)))))
+        if bits <= MAX_BITS:
+            best = min(best, -(-n * bits // 8) + entries * tables * stored.itemsize + DCM_SIZE)
+    return best
+
+
+def _channel_tables(t: Tensor) -> bool:
+    """Whether the decoder could give a quantized weight a table per channel: only along
+    int8 per-channel quantization (a float weight gets the quantize step's, per channel)."""
+    if t.dtype != "INT8":
+        return True
+    channels = decoder_channels(t)
+    return isinstance(channels, tuple) and channels[0] > 1
 
 
 def decoder_channels(t: Tensor) -> tuple[int, bool] | str:
@@ -340,3 +370,6 @@ def place_decodes(sg: Subgraph, decodes: dict[int, Operator]) -> None:
             ordered.append(decode_op)
         ordered.append(op)
     sg.operators = ordered
+
+
+TARGET = Target(name="tflm", run=run, estimate_bytes=estimate_bytes, bytes_hint="")

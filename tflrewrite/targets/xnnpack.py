@@ -60,11 +60,11 @@ from tflrewrite.model import (
     Subgraph,
     Tensor,
 )
-from tflrewrite.passes.common import PassResult, Rule, weight_stats
+from tflrewrite.passes.common import PassResult, weight_stats
+from tflrewrite.targets import Target
 from tflrewrite.targets.cpu import encoded_size
 from tflrewrite.weights import Weight, find_weights, record, replace_data
 
-NAME = "xnnpack"
 log = logging.getLogger(__name__)
 
 FLOATS = ("FLOAT32", "FLOAT16")
@@ -142,7 +142,7 @@ class _Node:
     ends: bool = False  # it could end a region (MEAN, DEPTH_TO_SPACE)
 
 
-def run(model: Model, options: Options | None = None, rules: tuple[Rule, ...] = ()) -> PassResult:
+def run(model: Model, options: Options | None = None) -> PassResult:
     options = options or Options()
     model = model.copy()
     weights, records = find_weights(model)
@@ -670,3 +670,6 @@ def _encode(model: Model, sg: Subgraph, w: Weight) -> dict:
         before=stats,
         after=stats,
     )
+
+
+TARGET = Target(name="xnnpack", run=run)

@@ -377,14 +377,16 @@ def aeq_static(src: str, dst: str, calibration: np.ndarray, phases: dict | None 
 def _quantize_int8(model, src: str, npz: str):
     """quantize.run in mode int8 on the first CALIBRATION samples of `npz`, through either
     form of the pass's API: calibration data as options (calibration, samples), or as
-    `data` (calibrate.Samples) beside them."""
+    `data` beside them (calibrate.Samples, or since the pass protocol passes.common.Data)."""
     from tflrewrite import calibrate
-    from tflrewrite.passes import quantize
+    from tflrewrite.passes import common, quantize
 
     if "calibration" in getattr(quantize.Options, "__dataclass_fields__", {}):
         options = quantize.Options(mode="int8", calibration=npz, samples=CALIBRATION)
         return quantize.run(model, options)
     data, _held_out = calibrate.for_model(src, npz, CALIBRATION)
+    if hasattr(common, "Data"):
+        data = common.Data(data)
     return quantize.run(model, quantize.Options(mode="int8"), data=data)
 
 
