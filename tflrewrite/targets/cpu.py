@@ -40,7 +40,7 @@ from tflrewrite.model import (
     Subgraph,
 )
 from tflrewrite.passes.common import PassResult, weight_stats
-from tflrewrite.targets import Target
+from tflrewrite.targets import Target, common
 from tflrewrite.weights import Weight, find_weights, record, replace_data
 
 # Weight dtype -> the block (1 x BLOCK along the input depth) its sparse FC kernel reads.
@@ -65,12 +65,11 @@ def run(model: Model) -> PassResult:
     raised: list[Opcode] = []
     for w in weights:
         sg = model.subgraphs[w.subgraph]
-        readers = [op for op in sg.operators if any(t is w.tensor for t in op.inputs)]
-        reason = not_encodable(w, sg, readers)
+        reason = not_encodable(w, sg, common.readers(sg, w.tensor))
         if reason:
             records.append(record(w, "skipped", reason))
             continue
-        records.append(_encode(model, w, readers, raised))
+        records.append(_encode(model, w, common.readers(sg, w.tensor), raised))
     records.extend(_computed_weights(model))
     _drop_unused(model, raised)
     return PassResult(model, records)
@@ -159,12 +158,11 @@ def not_encodable(w: Weight, sg: Subgraph, readers: list[Operator]) -> str | Non
     others = sorted({op.type for op in readers if op.type != FC})
     if others:
         return f"read by {', '.join(others)}: only the FULLY_CONNECTED kernel reads sparse weights"
-    if w.aliases:
-        return "its buffer is shared with other tensors"
+    refusal = common.refusal(w, sg)
+    if refusal:
+        return refusal
     if any(op.inputs[1] is not t or sum(x is t for x in op.inputs) > 1 for op in readers):
         return "read by a FULLY_CONNECTED op other than as its weights"
-    if t in sg.inputs or t in sg.outputs:
-        return "a subgraph input or output"
     if t.dtype not in BLOCKS:
         return f"{t.dtype} weights: the sparse FC kernels take int8 or float32"
     if len(t.shape) != 2:

@@ -52,7 +52,7 @@ import numpy as np
 from tflrewrite.kernels import bitpack
 from tflrewrite.model import Model, Operator, Subgraph, Tensor
 from tflrewrite.passes.common import PassResult, weight_stats
-from tflrewrite.targets import Target
+from tflrewrite.targets import Target, common
 from tflrewrite.weights import Weight, find_weights, record, replace_data
 
 DECODE = "TFLM_DECODE"
@@ -110,8 +110,8 @@ def run(model: Model) -> PassResult:
     decodes: dict[int, Operator] = {}  # by id(reader): the DECODE placed before it
     for w in weights:
         sg = model.subgraphs[w.subgraph]
-        readers = [op for op in sg.operators if any(t is w.tensor for t in op.inputs)]
-        reason = _not_encodable(w, sg, readers)
+        reading = common.readers(sg, w.tensor)
+        reason = _not_encodable(w, sg, reading)
         lut = None
         if reason is None:
             lut = plan(w.tensor)
@@ -121,7 +121,7 @@ def run(model: Model) -> PassResult:
             records.append(record(w, "skipped", reason))
             continue
         number = sum(r["action"] == "encoded" for r in records)
-        records.append(_encode(model, sg, w, lut, readers, decodes, number))
+        records.append(_encode(model, sg, w, lut, reading, decodes, number))
     for sg in model.subgraphs:
         place_decodes(sg, decodes)
     return PassResult(model, records)
@@ -274,10 +274,9 @@ def _not_encodable(w: Weight, sg: Subgraph, readers: list[Operator]) -> str | No
         return "read through DEQUANTIZE: left as stored"
     if t.dtype not in TABLE_DTYPES:
         return f"{t.dtype} weights: this target writes tables of {' or '.join(TABLE_DTYPES)}"
-    if w.aliases:
-        return "its buffer is shared with other tensors"
-    if t in sg.inputs or t in sg.outputs:
-        return "a subgraph input or output"
+    refusal = common.refusal(w, sg)
+    if refusal:
+        return refusal
     if not readers:
         return "no operator reads it"
     if not t.shape:

@@ -61,7 +61,7 @@ from tflrewrite.model import (
     Tensor,
 )
 from tflrewrite.passes.common import PassResult, weight_stats
-from tflrewrite.targets import Target
+from tflrewrite.targets import Target, common
 from tflrewrite.targets.cpu import encoded_size
 from tflrewrite.weights import Weight, find_weights, record, replace_data
 
@@ -593,17 +593,16 @@ def _not_encodable(sg: Subgraph, w: Weight, verdict: Verdict, chosen: set[int]) 
         return "outside the region XNNPACK runs sparse: sparse storage would only shrink the file"
     if t.dtype not in FLOATS:
         return f"{t.dtype} weights: XNNPACK's sparse inference is float only"
-    if w.aliases:
-        return "its buffer is shared with other tensors"
-    if t in sg.inputs or t in sg.outputs:
-        return "a subgraph input or output"
-    readers = [op for op in sg.operators if any(x is t for x in op.inputs)]
+    refusal = common.refusal(w, sg)
+    if refusal:
+        return refusal
+    reading = common.readers(sg, t)
     if w.dequantize:
-        if any(op.type != "DEQUANTIZE" for op in readers):
+        if any(op.type != "DEQUANTIZE" for op in reading):
             return "read by ops other than its DEQUANTIZE"
         if any(dq.outputs[0].dtype != "FLOAT32" for dq in w.dequantize):
             return "its DEQUANTIZE does not write float32"
-    elif any(op.type not in FILTER_OPS or op.inputs.index(t) != 1 for op in readers):
+    elif any(op.type not in FILTER_OPS or op.inputs.index(t) != 1 for op in reading):
         return "read by an op other than as a convolution or FULLY_CONNECTED filter"
     if t.dtype == "FLOAT16" and not w.dequantize:
         return "float16 filter read without a DEQUANTIZE"
