@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from tflrewrite import reader, writer
-from tflrewrite.cli import _size, default_output, main
+from tflrewrite.cli import main
+from tflrewrite.cli.common import size
+from tflrewrite.cli.rewrite import default_output
 
 
 @pytest.fixture
@@ -88,7 +90,7 @@ def test_bad_flag_is_one_line_and_exit_2(model, capsys):
     ],
 )
 def test_sizes_take_suffixes(text, value):
-    assert _size(text) == value
+    assert size(text) == value
 
 
 def test_audit_budgets_exit_1_when_over(model, capsys):
@@ -207,3 +209,31 @@ def test_json_reports_follow_their_schemas(model, tmp_path, capsys):
     assert main(["verify", str(model), str(model), "--samples", "2", "--json", "-"]) == 0
     verify_doc = json.loads(capsys.readouterr().out)
     jsonschema.validate(verify_doc, json.loads((root / "verify.schema.json").read_text()))
+
+
+@pytest.mark.parametrize(
+    "flags, calibrated, method, refusal",
+    [
+        (["--quantize", "int8", "--rounding", "adaround"], False, None, "--rounding"),
+        (["--quantize", "int8", "--rounding", "adaround"], True, "magnitude", "--rounding"),
+        (["--prune", "0.5"], False, "data", "--method data needs"),
+        (["--quantize", "float16"], True, None, "--calibration: nothing uses it"),
+    ],
+)
+def test_settings_that_do_not_go_together_are_refused_by_the_api_too(
+    flags, calibrated, method, refusal, model, tmp_path, capsys
+):
+    from tflrewrite import recipes
+    from tflrewrite.cli.rewrite import parser, recipe_from_args
+    from tflrewrite.errors import UsageError
+
+    recipe = recipe_from_args(parser().parse_args([str(model), *flags]))
+    with pytest.raises(UsageError, match=refusal) as refused:
+        recipes.check(recipe, calibrated=calibrated, method=method)
+    argv = [str(model), "-o", str(tmp_path / "x.tflite"), *flags]
+    if calibrated:
+        argv += ["--calibration", "random"]
+    if method:
+        argv += ["--method", method]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"tflrewrite: {refused.value}\n"

@@ -57,7 +57,8 @@ ALLOWED = {
 def modules() -> dict[str, Path]:
     """Every tflrewrite module by import name (kernels/ is tflrewrite.kernels)."""
     found = {}
-    for path in sorted((ROOT / "tflrewrite").rglob("*.py")) + sorted((ROOT / "kernels").glob("*.py")):
+    paths = sorted((ROOT / "tflrewrite").rglob("*.py")) + sorted((ROOT / "kernels").glob("*.py"))
+    for path in paths:
         rel = path.relative_to(ROOT).with_suffix("").parts
         if rel[:2] == ("tflrewrite", "kernels"):
             continue  # a checkout's link to kernels/, if any

@@ -147,8 +147,8 @@ def apply(
         result = rewrite.apply(
             model,
             _with_choice(recipe, layers, chosen),
-            progress,
-            target,
+            progress=progress,
+            target=target,
             data=data,
             method=method,
         )

@@ -1,5 +1,6 @@
 """Recipes: the paths of the deployment tree as named chains of passes, their overrides from
-command-line flags, and recipe files (TOML) with per-tensor rules.
+command-line flags, the rules on which settings go together, and recipe files (TOML) with
+per-tensor rules.
 
 A recipe file:
 
@@ -94,6 +95,38 @@ class Recipe:
         if changed and not self.steps:
             name = "+".join(s.name for s in ordered) or self.name
         return Recipe(name, self.description, ordered)
+
+
+def check(recipe: Recipe, *, calibrated: bool, method: str | None = None) -> None:
+    """Refuse settings that do not go together: a data method without data, data that no
+    step uses, a rounding that would not run. `calibrated`: whether calibration samples come
+    with the recipe; `method` "data" or "magnitude", None where not asked for."""
+    _check_rounding(recipe, calibrated, method)
+    if not calibrated:
+        if method == "data":
+            raise UsageError("--method data needs --calibration samples")
+        return
+    if not any(_uses_data(s) for s in recipe.steps):
+        raise UsageError(
+            "--calibration: nothing uses it (it serves --quantize int8, --prune and --cluster)"
+        )
+
+
+def _uses_data(step: Step) -> bool:
+    return step.name != "equalize" and (step.name != "quantize" or step.options.mode == "int8")
+
+
+def _check_rounding(recipe: Recipe, calibrated: bool, method: str | None) -> None:
+    """Rounding other than feedback is done by the data-aware fit of full int8 weights,
+    which clustering replaces: a usage error where it would not run."""
+    quantize = [s.options for s in recipe.steps if s.name == "quantize"]
+    if not quantize or quantize[0].rounding == "feedback":
+        return
+    if not calibrated or method == "magnitude" or any(s.name == "cluster" for s in recipe.steps):
+        raise UsageError(
+            f"--rounding {quantize[0].rounding} needs --quantize int8 with --calibration, "
+            "the data method and no --cluster"
+        )
 
 
 def _replace(options: Any, values: dict[str, Any], where: str) -> Any:

@@ -10,7 +10,7 @@ from tflrewrite import targets
 from tflrewrite.model import Model
 from tflrewrite.passes.common import Data, StepRecord
 from tflrewrite.provenance import METADATA_NAME, provenance
-from tflrewrite.recipes import Recipe
+from tflrewrite.recipes import Recipe, check
 from tflrewrite.runtime_version import update_min_runtime_version
 
 # How pruning and clustering choose weights when calibration data is given: "data" fits
@@ -28,16 +28,18 @@ class Result:
 def apply(
     model: Model,
     recipe: Recipe,
+    *,
     progress: Callable[[str], None] | None = None,
     target: str = "generic",
-    *,
     data: Any = None,
     method: str = "data",
 ) -> Result:
     """The model after every step of `recipe`, laid down for `target` (see
     tflrewrite.targets); the input model is left as it was. `data` (calibrate.Samples)
     calibrates full-integer quantization and, with `method` "data", guides pruning and
-    clustering (Recipe.planned chooses the passes)."""
+    clustering (Recipe.planned chooses the passes). Settings that do not go together are
+    refused as recipes.check refuses them."""
+    check(recipe, calibrated=data is not None, method=None if data is None else method)
     laid = targets.load(target)
     steps = recipe.planned(own_steps=laid.steps, data_aware=data is not None and method == "data")
     result = Result(model)

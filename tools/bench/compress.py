@@ -24,7 +24,7 @@ never imports TensorFlow.
      (b)   tflrewrite: reader.read -> rewrite.apply(recipe of `--quantize int8-weights`)
            -> writer.write
      (c)   the same with the recipe of `--prune 0.5 --cluster 16 --quantize int8-weights`
-   The recipes are built by tflrewrite.cli.recipe_from_args, so they are exactly the
+   The recipes are built by tflrewrite.cli.rewrite.recipe_from_args, so they are exactly the
    command's. In-process numbers leave out the command's report and verify.
    Targets: (b) <= 1x (a), (c) <= 2x (a) (medians of the per-round ratios).
 3. Whole commands, each a fresh process (start-up, imports, Numba cache loads included),
@@ -196,9 +196,9 @@ def aeq_serialize(src: str, dst: str) -> None:
 
 
 def cli_recipe(flags: list[str]):
-    from tflrewrite import cli
+    from tflrewrite.cli import rewrite
 
-    return cli.recipe_from_args(cli.rewrite_parser().parse_args(["MODEL", *flags]))
+    return rewrite.recipe_from_args(rewrite.parser().parse_args(["MODEL", *flags]))
 
 
 def tflrewrite_run(src: str, dst: str, recipe, phases: dict | None = None) -> None:

@@ -441,11 +441,11 @@ def provenance_line(path: str) -> str:
 
 def cli_accepts(flags: list[str]) -> bool:
     """Whether `tflrewrite MODEL` takes these flags (options differ between versions)."""
-    from tflrewrite import cli
+    from tflrewrite.cli import rewrite
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            _, unknown = cli.rewrite_parser().parse_known_args(["MODEL", *flags])
+            _, unknown = rewrite.parser().parse_known_args(["MODEL", *flags])
     except SystemExit:
         return False
     return not unknown

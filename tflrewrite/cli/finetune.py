@@ -1,7 +1,6 @@
 """`tflrewrite finetune`: parses, checks the files, calls tflrewrite.finetune, prints.
 
-Importing this module imports neither TensorFlow nor the rest of the package: the command
-table in tflrewrite.cli loads it only when `finetune` is the command.
+Importing this module imports no TensorFlow: tflrewrite.finetune's api does, when it runs.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ import os
 import sys
 from typing import Any, TextIO
 
+from tflrewrite.cli.common import Parser, formatter, fraction, positive, write_json
 from tflrewrite.errors import TflRewriteError
 
 EPILOG = """\
@@ -45,13 +45,12 @@ usage or bad input.
 
 
 def parser() -> argparse.ArgumentParser:
-    from tflrewrite.cli import _formatter, _fraction, _Parser, _positive
     from tflrewrite.finetune.stages import LOSSES, STAGES
     from tflrewrite.targets import TARGETS
 
-    p = _Parser(
+    p = Parser(
         prog="tflrewrite finetune",
-        formatter_class=_formatter,
+        formatter_class=formatter,
         description="Fine-tune a Keras model for a few epochs while keeping its pruning "
         "and clustering, then convert it to full-integer int8 and run the rewriter's passes "
         "and target. Keras 3 (TensorFlow backend) and tf_keras models.",
@@ -65,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     g = p.add_argument_group("compression")
     g.add_argument(
-        "--prune", metavar="S", type=_fraction, default=0.5, help="sparsity (default: 0.5)"
+        "--prune", metavar="S", type=fraction, default=0.5, help="sparsity (default: 0.5)"
     )
     g.add_argument(
         "--prune-scope",
@@ -113,7 +112,7 @@ def parser() -> argparse.ArgumentParser:
         help="weight of the given model's own outputs as soft targets, against the labels' "
         "1 - W (classifiers; default: 0.9; 0: labels only)",
     )
-    g.add_argument("--batch", metavar="B", type=_positive, default=32, help="(default: 32)")
+    g.add_argument("--batch", metavar="B", type=positive, default=32, help="(default: 32)")
     g.add_argument("--seed", metavar="N", type=int, default=0, help="(default: 0)")
     g.add_argument("--loss", choices=LOSSES, help="the loss (default: inferred)")
     p.add_argument(
@@ -166,12 +165,10 @@ def run(args: argparse.Namespace) -> int:
     names = api.input_names(model)
     data = load_npz(args.data, names, "data")
     val = load_npz(args.val, names, "validation") if args.val else None
-    result = api.finetune(model, data, val, options, _epoch_line)
+    result = api.finetune(model, data, val=val, options=options, progress=_epoch_line)
     atomic_write(args.output, lambda f: f.write(result.tflite))
     if args.json:
-        from tflrewrite.cli import _write_json
-
-        _write_json(args.json, result.report)
+        write_json(args.json, result.report)
     if args.json != "-":
         print_report(args.model, args.output, result.report, sys.stdout)
     return 0 if result.report["ok"] else 1

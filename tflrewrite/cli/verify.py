@@ -1,0 +1,121 @@
+"""`tflrewrite verify`: runs two models on the same inputs and compares their outputs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, TextIO
+
+from tflrewrite.cli.common import Parser, formatter, positive, write_json
+from tflrewrite.errors import TflRewriteError
+from tflrewrite.reports.text import clip, db, print_table
+
+
+def parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="tflrewrite verify",
+        formatter_class=formatter,
+        description="Run REFERENCE and CANDIDATE in LiteRT on the same inputs and compare "
+        "every output (quantized outputs are dequantized first).",
+        epilog="SQNR = 10 log10(sum ref^2 / sum (ref - cand)^2), inf when identical.\n"
+        "top-1 agreement: for outputs with one score vector per sample, the fraction "
+        "of samples\nwhose arg-max is the same.\n"
+        "random inputs: uniform over the range a quantized input represents (from "
+        "whichever model\nquantizes it), else uniform in [-1, 1].\n"
+        "exit 1 when the lowest SQNR is below --min-sqnr.",
+    )
+    p.add_argument("reference", metavar="REFERENCE")
+    p.add_argument("candidate", metavar="CANDIDATE")
+    p.add_argument(
+        "--inputs",
+        metavar="FILE.npz",
+        help="inputs: one array per model input, keyed by input name, first axis "
+        "= samples (default: seeded random inputs)",
+    )
+    p.add_argument(
+        "--samples",
+        metavar="N",
+        type=positive,
+        default=None,
+        help="how many samples to run (default: 16 random, or all in --inputs)",
+    )
+    p.add_argument(
+        "--seed", metavar="S", type=int, default=0, help="seed of the random inputs (default: 0)"
+    )
+    p.add_argument("--min-sqnr", metavar="DB", type=float, help="fail below this SQNR")
+    p.add_argument(
+        "--xnnpack",
+        action="store_true",
+        help="run with LiteRT's default delegate (XNNPACK) instead of the builtin kernels",
+    )
+    p.add_argument("--json", metavar="FILE|-", help="write the report as JSON")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from tflrewrite import reader
+    from tflrewrite.progress import Progress
+    from tflrewrite.reports import verify
+
+    models = [reader.read(path) for path in (args.reference, args.candidate)]
+    # LiteRT has no kernel for TFLite Micro's decode op: such models run in tflite-micro,
+    # and the reference with them so that both sides use the same kernels.
+    micro = any(oc.custom_code == "TFLM_DECODE" for m in models for oc in m.opcodes)
+    if micro and args.xnnpack:
+        raise TflRewriteError("verify: --xnnpack cannot run TFLite Micro models")
+    if micro and not verify.tflm_available():
+        raise TflRewriteError(
+            "verify: the models hold TFLM_DECODE ops, which only TFLite Micro runs: "
+            "pip install 'tflrewrite[tflm]'"
+        )
+    if micro:
+        ref, cand = verify.TflmRunner(args.reference), verify.TflmRunner(args.candidate)
+    else:
+        ref = verify.Runner(args.reference, args.xnnpack)
+        cand = verify.Runner(args.candidate, args.xnnpack)
+    if args.inputs:
+        samples = verify.npz_inputs(args.inputs, ref, args.samples)
+        source = args.inputs
+    else:
+        n = args.samples or 16
+        samples = verify.random_inputs([ref, cand], n, args.seed)
+        source = f"random (seed {args.seed})"
+    report = verify.compare(
+        reference=ref,
+        candidate=cand,
+        samples=samples,
+        source=source,
+        progress=Progress("verify", len(samples)),
+    )
+    if args.json:
+        write_json(args.json, report.to_json())
+    if args.json != "-":
+        _print_verify(report, sys.stdout)
+    if args.min_sqnr is not None and report.min_sqnr_db < args.min_sqnr:
+        print(
+            f"tflrewrite: {args.candidate}: SQNR {db(report.min_sqnr_db)} dB is below "
+            f"--min-sqnr {args.min_sqnr}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _print_verify(report: Any, out: TextIO) -> None:
+    out.write(
+        f"reference: {report.reference}\ncandidate: {report.candidate}\n"
+        f"{report.samples} samples, inputs: {report.inputs}\n"
+    )
+    table = [("output", "shape", "SQNR dB", "max |err|", "top-1 agree", "identical")]
+    for o in report.outputs:
+        table.append(
+            (
+                clip(o.name, 40),
+                "x".join(map(str, o.shape)),
+                db(o.sqnr_db),
+                f"{o.max_abs_error:.4g}",
+                "" if o.top1_agreement is None else f"{o.top1_agreement:.3f}",
+                "yes" if o.identical else "no",
+            )
+        )
+    print_table(table, out, right={2, 3, 4})
