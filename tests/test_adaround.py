@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_datafit import problem
 
-from tflrewrite import calibrate, cli
+from tflrewrite import calibrate, cli, runtime
 from tflrewrite.kernels import adaround, reconstruct
 from tflrewrite.reports import verify
 
@@ -87,7 +87,7 @@ def rewrite_sqnr(tmp_path: Path, *flags: str) -> float:
     argv = [str(MODEL), "-o", str(out), "--force", "--no-verify", "--quantize", "int8"]
     assert cli.main([*argv, "--calibration", str(SAMPLES), *flags]) == 0
     held_out = calibrate.for_model(str(MODEL), str(SAMPLES), 100)[1].values[:100]
-    return verify.compare(verify.Runner(MODEL), verify.Runner(out), held_out, "t").min_sqnr_db
+    return verify.compare(runtime.Runner(MODEL), runtime.Runner(out), held_out, "t").min_sqnr_db
 
 
 def test_rounding_flag_on_the_example_model(tmp_path):

@@ -11,7 +11,7 @@ import corpus
 import numpy as np
 import pytest
 
-from tflrewrite import budget, calibrate, cli
+from tflrewrite import budget, calibrate, cli, runtime
 from tflrewrite.reports import vela, verify
 from tflrewrite.reports.audit import zip_size
 
@@ -78,7 +78,7 @@ def uniform(tmp_path_factory):
 
 def held_out_sqnr(path: Path) -> float:
     _, held_out = calibrate.for_model(str(MODEL), str(SAMPLES), 100)
-    ref, got = verify.Runner(MODEL), verify.Runner(path)
+    ref, got = runtime.Runner(MODEL), runtime.Runner(path)
     return verify.compare(ref, got, held_out.values, "held out").min_sqnr_db
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tflrewrite import calibrate, reader, recipes, rewrite, writer
+from tflrewrite import calibrate, reader, recipes, rewrite, runtime, writer
 from tflrewrite.kernels import reconstruct
 from tflrewrite.reports import verify
 
@@ -84,8 +84,8 @@ def digits():
 
 def sqnr(model, out: Path, held_out) -> float:
     writer.write(model, out)
-    ref = verify.Runner(ROOT / "examples" / "digits_cnn.tflite")
-    return verify.compare(ref, verify.Runner(out), held_out.values[:100], "t").min_sqnr_db
+    ref = runtime.Runner(ROOT / "examples" / "digits_cnn.tflite")
+    return verify.compare(ref, runtime.Runner(out), held_out.values[:100], "t").min_sqnr_db
 
 
 def test_data_aware_pruning_beats_magnitude_on_held_out_digits(digits, tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from litert import grid_inputs
 
-from tflrewrite import calibrate, reader, recipes, rewrite, writer
+from tflrewrite import calibrate, reader, recipes, rewrite, runtime, writer
 from tflrewrite.cli import main
 from tflrewrite.passes import quantize
 from tflrewrite.passes.common import Data
@@ -33,14 +33,14 @@ def quantized(path: Path, out: Path, calibration: str, samples: int = 100, **opt
     return out
 
 
-def save_samples(path: Path, runner: verify.Runner, samples: list) -> str:
+def save_samples(path: Path, runner: runtime.Runner, samples: list) -> str:
     columns = {d["name"]: np.stack([s[i] for s in samples]) for i, d in enumerate(runner.inputs)}
     np.savez(path, **columns)
     return str(path)
 
 
 def min_sqnr(reference: Path, candidate: Path, samples: list) -> float:
-    ref, cand = verify.Runner(reference), verify.Runner(candidate)
+    ref, cand = runtime.Runner(reference), runtime.Runner(candidate)
     return verify.compare(ref, cand, samples, "test").min_sqnr_db
 
 
@@ -57,7 +57,7 @@ def test_sqnr_matches_the_converters_int8_twin(pair, tmp_path):
     with, which these random inputs are not."""
     float_path, twin_path = pair
     calibration = grid_inputs(twin_path, 100, seed=0)
-    npz = save_samples(tmp_path / "cal.npz", verify.Runner(float_path), calibration)
+    npz = save_samples(tmp_path / "cal.npz", runtime.Runner(float_path), calibration)
     ours = quantized(float_path, tmp_path / "ours.tflite", npz)
     test = grid_inputs(twin_path, 40, seed=1)
     twin_db = min_sqnr(float_path, twin_path, test)
@@ -76,11 +76,11 @@ def test_accuracy_matches_converter_ptq_on_digits(tf_models, tmp_path):
     x = (d.images.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8, 1)
     x_train, x_test, y_test = x[:100], x[1437:], d.target[1437:]
     float_path = tf_models["float32_cnn"]
-    npz = save_samples(tmp_path / "cal.npz", verify.Runner(float_path), [[s] for s in x_train])
+    npz = save_samples(tmp_path / "cal.npz", runtime.Runner(float_path), [[s] for s in x_train])
     ours = quantized(float_path, tmp_path / "ours.tflite", npz, io="int8")
 
     def accuracy(path: Path) -> float:
-        runner = verify.Runner(path)
+        runner = runtime.Runner(path)
         return float(np.mean([runner.run([s])[0].argmax() == y for s, y in zip(x_test, y_test)]))
 
     ours_acc, converter_acc = accuracy(ours), accuracy(tf_models["int8_full"])
@@ -109,7 +109,7 @@ def test_every_op_of_the_ops_model_runs_in_int8(ops_model, tmp_path):
     covered = {op.type for op in reader.read(path).subgraphs[0].operators} - {"NEG"}
     assert covered <= int8_types
     assert covered <= set(INT8_OPS)
-    samples = verify.npz_inputs(npz, verify.Runner(path), 40)
+    samples = runtime.npz_inputs(npz, runtime.Runner(path), 40)
     assert min_sqnr(path, out, samples) > 25
 
 
@@ -143,10 +143,10 @@ def test_fixed_and_shared_scales_follow_the_kernels(ops_model, tmp_path):
 def test_integer_interface(example_model, io, tmp_path):
     npz = str(ROOT / "examples" / "digits_samples.npz")
     out = quantized(example_model, tmp_path / f"{io}.tflite", npz, samples=100, io=io)
-    runner = verify.Runner(out)
+    runner = runtime.Runner(out)
     assert {np.dtype(d["dtype"]).name for d in runner.inputs + runner.outputs} == {io}
     float_io = quantized(example_model, tmp_path / "float.tflite", npz, samples=100)
-    samples = verify.npz_inputs(npz, verify.Runner(example_model), None)[100:160]
+    samples = runtime.npz_inputs(npz, runtime.Runner(example_model), None)[100:160]
     assert min_sqnr(example_model, out, samples) > min_sqnr(example_model, float_io, samples) - 1
 
 
@@ -167,8 +167,8 @@ def test_other_float_forms(tf_models, name, tmp_path):
         or name == "control_flow"
     )
     assert not any(t.dtype == "FLOAT16" for _, _, t in model.tensors())
-    ref, cand = verify.Runner(path), verify.Runner(out)
-    report = verify.compare(ref, cand, verify.random_inputs([ref, cand], 4, 3), "random")
+    ref, cand = runtime.Runner(path), runtime.Runner(out)
+    report = verify.compare(ref, cand, runtime.random_inputs([ref, cand], 4, 3), "random")
     assert report.min_sqnr_db > 15
 
 
@@ -271,7 +271,7 @@ def test_same_input_same_bytes(example_model, tmp_path):
 def test_clipping_methods_run(example_model, method, tmp_path):
     npz = str(ROOT / "examples" / "digits_samples.npz")
     out = quantized(example_model, tmp_path / "m.tflite", npz, method=method)
-    samples = verify.npz_inputs(npz, verify.Runner(example_model), None)[100:]
+    samples = runtime.npz_inputs(npz, runtime.Runner(example_model), None)[100:]
     assert min_sqnr(example_model, out, samples) > 25
 
 
@@ -289,8 +289,8 @@ def test_calibration_from_a_folder_of_images(example_model, tmp_path):
     from_npz = quantized(
         example_model, tmp_path / "npz.tflite", str(ROOT / "examples" / "digits_samples.npz")
     )
-    test = verify.npz_inputs(
-        ROOT / "examples" / "digits_samples.npz", verify.Runner(example_model), None
+    test = runtime.npz_inputs(
+        ROOT / "examples" / "digits_samples.npz", runtime.Runner(example_model), None
     )[100:]
     assert min_sqnr(example_model, from_images, test) > min_sqnr(example_model, from_npz, test) - 1
     (folder / "notes.txt").write_text("not an image")

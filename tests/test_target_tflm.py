@@ -18,11 +18,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tflrewrite import reader, recipes, rewrite, writer
+from tflrewrite import reader, recipes, rewrite, runtime, writer
 from tflrewrite.cli import main
 from tflrewrite.kernels import bitpack
 from tflrewrite.model import Buffer, Quantization, Tensor
-from tflrewrite.reports import summary, verify
+from tflrewrite.reports import summary
 from tflrewrite.targets import tflm
 from tflrewrite.weights import WEIGHT_OPS, find_weights
 
@@ -41,7 +41,7 @@ def rng() -> np.random.Generator:
 
 
 needs_tflm = pytest.mark.skipif(
-    not verify.tflm_available(), reason="tflite-micro is not installed (the tflm extra)"
+    not runtime.tflm_available(), reason="tflite-micro is not installed (the tflm extra)"
 )
 
 
@@ -347,7 +347,7 @@ def test_cli_report_verifies_in_tflite_micro_and_audit_reads_the_output(tmp_path
 def test_report_says_why_verify_was_skipped_without_tflite_micro(tmp_path, monkeypatch):
     path = int8_models()["tflite_micro_speech"]
     _, packed, records = lay_down(path, tmp_path)
-    monkeypatch.setattr(verify, "tflm_available", lambda: False)
+    monkeypatch.setattr(runtime, "tflm_available", lambda: False)
     steps = [{"pass": "target:tflm", "tensors": records}]
     report = summary.build(str(path), str(packed), recipes.load("cluster"), steps, 2)
     assert "tflite-micro package is not installed" in report["verify"]["skipped"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tflrewrite import runtime
 from tflrewrite.errors import TflRewriteError
 from tflrewrite.model import Model
 
@@ -40,20 +41,18 @@ class Samples:
         return first, held_out if rest else None
 
 
-def load(spec: str, runner: object, count: int, seed: int = 0) -> Samples:
+def load(spec: str, runner: runtime.BaseRunner, count: int, seed: int = 0) -> Samples:
     """Samples from an .npz (one array per input, keyed by input name, first axis =
     samples), a folder of images (see _images), or `count` seeded random ones when `spec`
     is "random"."""
-    from tflrewrite.reports import verify
-
     if spec == RANDOM:
-        values = verify.random_inputs([runner], count, seed)
+        values = runtime.random_inputs([runner], count, seed)
         return Samples(values, f"random inputs (seed {seed}): no real data, ranges are guesses")
     if os.path.isdir(spec):
         return Samples(_images(spec, runner, count), f"{os.path.basename(spec.rstrip('/'))}/")
     if not os.path.exists(spec):
         raise TflRewriteError(f"{spec}: no such calibration file")
-    values = verify.npz_inputs(spec, runner, None)
+    values = runtime.npz_inputs(spec, runner, None)
     if not values:
         raise TflRewriteError(f"{spec}: holds no samples")
     return Samples(values, os.path.basename(spec))
@@ -62,7 +61,7 @@ def load(spec: str, runner: object, count: int, seed: int = 0) -> Samples:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
-def _images(folder: str, runner: object, count: int) -> list[list[np.ndarray]]:
+def _images(folder: str, runner: runtime.BaseRunner, count: int) -> list[list[np.ndarray]]:
     """The first `count` images of `folder` (by name), each resized (bilinear) to the
     model's one image input (1 x H x W x 1 or 3) and scaled from 0..255 to [0, 1] for a
     float input, or to the whole real range a quantized input represents."""
@@ -106,9 +105,7 @@ def for_model(
 ) -> tuple[Samples, Samples | None]:
     """(the first `count` samples of `spec` for the model at `model_path`, the rest or None):
     the second part verifies what the first calibrated."""
-    from tflrewrite.reports import verify
-
-    return load(spec, verify.Runner(model_path), count, seed).split(count)
+    return load(spec, runtime.load(model_path), count, seed).split(count)
 
 
 def ranges(
@@ -119,12 +116,9 @@ def ranges(
 ) -> dict[int, tuple[float, float]]:
     """(low, high) of every float32 activation of the main subgraph, keyed by id(tensor).
     Activations that a run never computes (an unused branch) are left out."""
-    from tflrewrite import writer
-    from tflrewrite.reports import verify
-
     if method not in METHODS:
         raise TflRewriteError(f"calibration method must be one of {', '.join(METHODS)}")
-    runner = verify.Runner("calibration model", content=writer.to_bytes(model), keep_tensors=True)
+    runner = runtime.load(model, name="calibration model", keep_tensors=True)
     sg = model.subgraphs[0]
     watched = [
         (i, t) for i, t in enumerate(sg.tensors) if t.dtype == "FLOAT32" and not t.is_constant
@@ -132,10 +126,9 @@ def ranges(
     total = len(samples.values) * (1 if method == "minmax" else 2)
     low = np.full(len(watched), np.inf)
     high = np.full(len(watched), -np.inf)
-    for k, sample in enumerate(samples.values):
-        runner.run(sample)
+    for k, _ in enumerate(runner.run_each(samples.values)):
         for j, (i, _t) in enumerate(watched):
-            value = _tensor(runner, i)
+            value = runner.stored(i)
             if value is not None and value.size:
                 low[j] = min(low[j], float(value.min()))
                 high[j] = max(high[j], float(value.max()))
@@ -150,22 +143,14 @@ def ranges(
     }
 
 
-def _tensor(runner: object, index: int) -> np.ndarray | None:
-    try:
-        return runner.interpreter.get_tensor(index)
-    except ValueError:  # never computed (LiteRT has no data for it)
-        return None
-
-
 def _clipped(runner, samples, watched, low, high, method, progress, total):
     """Ranges from histograms: the 0.01% / 99.99% percentiles, or the clipping that gives
     the least expected squared error once values are rounded to 256 int8 steps."""
     hist = np.zeros((len(watched), BINS))
     done = len(samples.values)
-    for k, sample in enumerate(samples.values):
-        runner.run(sample)
+    for k, _ in enumerate(runner.run_each(samples.values)):
         for j, (i, _t) in enumerate(watched):
-            value = _tensor(runner, i)
+            value = runner.stored(i)
             if value is not None and value.size and high[j] > low[j]:
                 hist[j] += np.histogram(value, BINS, (low[j], high[j]))[0]
         if progress:

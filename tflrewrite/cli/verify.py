@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tflrewrite import reader
+    from tflrewrite import reader, runtime
     from tflrewrite.progress import Progress
     from tflrewrite.reports import verify
 
@@ -63,22 +63,22 @@ def run(args: argparse.Namespace) -> int:
     micro = any(oc.custom_code == "TFLM_DECODE" for m in models for oc in m.opcodes)
     if micro and args.xnnpack:
         raise TflRewriteError("verify: --xnnpack cannot run TFLite Micro models")
-    if micro and not verify.tflm_available():
+    if micro and not runtime.tflm_available():
         raise TflRewriteError(
             "verify: the models hold TFLM_DECODE ops, which only TFLite Micro runs: "
             "pip install 'tflrewrite[tflm]'"
         )
     if micro:
-        ref, cand = verify.TflmRunner(args.reference), verify.TflmRunner(args.candidate)
+        ref, cand = runtime.TflmRunner(args.reference), runtime.TflmRunner(args.candidate)
     else:
-        ref = verify.Runner(args.reference, args.xnnpack)
-        cand = verify.Runner(args.candidate, args.xnnpack)
+        ref = runtime.Runner(args.reference, xnnpack=args.xnnpack)
+        cand = runtime.Runner(args.candidate, xnnpack=args.xnnpack)
     if args.inputs:
-        samples = verify.npz_inputs(args.inputs, ref, args.samples)
+        samples = runtime.npz_inputs(args.inputs, ref, args.samples)
         source = args.inputs
     else:
         n = args.samples or 16
-        samples = verify.random_inputs([ref, cand], n, args.seed)
+        samples = runtime.random_inputs([ref, cand], n, args.seed)
         source = f"random (seed {args.seed})"
     report = verify.compare(
         reference=ref,

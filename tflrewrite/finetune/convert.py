@@ -184,13 +184,13 @@ def int8_accuracy(
 ) -> float:
     """Accuracy of the .tflite in LiteRT (builtin kernels): top-1 against class ids or
     one-hot rows; for one output, above `threshold` against 0/1."""
-    from tflrewrite.reports.verify import Runner
+    from tflrewrite import runtime
 
-    runner = Runner("finetuned", content=tflite)
+    runner = runtime.load(tflite, name="finetuned")
     labels = np.asarray(y).reshape(len(samples), -1)
     hits = 0
-    for sample, label in zip(samples, labels):
-        out = runner.run(sample)[0].reshape(-1)
+    for outputs, label in zip(runner.run_each(samples), labels):
+        out = outputs[0].reshape(-1)
         guess = int(out.argmax()) if out.size > 1 else int(out[0] > threshold)
         hits += guess == (int(label.argmax()) if label.size > 1 else int(label[0]))
     return hits / max(len(samples), 1)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tflrewrite import runtime
 from tflrewrite.errors import UsageError
 from tflrewrite.kernels import adaround, kmeans1d
 from tflrewrite.kernels import prune as prune_kernels
@@ -127,7 +128,7 @@ def fit(step: str, model: Model, options, rules: tuple[Rule, ...], data, origina
     order = {id(op): i for i, op in enumerate(sg.operators)}
     fitted.sort(key=lambda item: order[id(readers[id(weights[item[0]].tensor)][0])])
     original_index = _ops_by_output(original.subgraphs[0])
-    reference = _Activations(original)
+    reference = _activations(original)
     bar = Progress(f"{step}: fitting layers", len(fitted))
     for k, (name, opts) in enumerate(fitted):
         w = weights[name]
@@ -183,32 +184,9 @@ def _magnitude(module, model: Model, fallback: dict) -> tuple[Model, list[dict]]
     return out.model, done
 
 
-# ------------------------------------------------------------------ activations
-
-
-class _Activations:
-    """A model run in LiteRT with every tensor kept, read by tensor name in real values."""
-
-    def __init__(self, model: Model):
-        from tflrewrite import writer
-        from tflrewrite.reports.verify import Runner
-
-        self.runner = Runner(
-            "model being fitted", content=writer.to_bytes(model), keep_tensors=True
-        )
-        details = self.runner.interpreter.get_tensor_details()
-        self.index = {d["name"]: d for d in details}
-
-    def run(self, sample: list[np.ndarray]) -> None:
-        self.runner.run(sample)
-
-    def get(self, name: str) -> np.ndarray:
-        d = self.index[name]
-        value = self.runner.interpreter.get_tensor(d["index"])
-        scale, zero = d["quantization"]
-        if scale:
-            return (value.astype(np.float64) - zero) * scale
-        return value.astype(np.float64)
+def _activations(model: Model) -> runtime.Runner:
+    """The model in LiteRT with every tensor kept, read by name in real values."""
+    return runtime.load(model, name="model being fitted", keep_tensors=True)
 
 
 def _base_name(name: str) -> str:
@@ -232,7 +210,7 @@ class _Stats:
 
 
 def _fit(step, model, op, w, opts, source, original, reference, data, rounding) -> dict:
-    current = _Activations(model)
+    current = _activations(model)
     stats = _collect(op, source, current, reference, data.values)
     w_orig = real_values(
         _constant_source(original, source.inputs[1])
@@ -338,8 +316,8 @@ def _collect(op, source, current, reference, samples) -> _Stats:
         for sample in samples[start : start + BATCH]:
             current.run(sample)
             reference.run(sample)
-            pcs.append(_patches(op, current.get(name_c)))
-            pos.append(_patches(op, reference.get(name_o)))
+            pcs.append(_patches(op, current.real(name_c)))
+            pos.append(_patches(op, reference.real(name_o)))
         pc, po = np.concatenate(pcs, axis=1), np.concatenate(pos, axis=1)
         h = np.matmul(pc.transpose(0, 2, 1), pc)
         g = np.matmul(po.transpose(0, 2, 1), pc)
@@ -359,14 +337,14 @@ def _collect(op, source, current, reference, samples) -> _Stats:
 def layer_hessians(model: Model, ops: list[Operator], samples: list) -> list[np.ndarray]:
     """X X^T (groups x d x d) of each op's input over `samples`, in `model` as it is: one
     LiteRT run per sample serves every layer."""
-    run = _Activations(model)
+    run = _activations(model)
     h = [None] * len(ops)
     for start in range(0, len(samples), BATCH):
         inputs = [[] for _ in ops]
         for sample in samples[start : start + BATCH]:
             run.run(sample)
             for got, op in zip(inputs, ops):
-                got.append(_patches(op, run.get(op.inputs[0].name)))
+                got.append(_patches(op, run.real(op.inputs[0].name)))
         for i, got in enumerate(inputs):
             p = np.concatenate(got, axis=1)
             x = np.matmul(p.transpose(0, 2, 1), p)

@@ -12,7 +12,8 @@ import os
 
 import numpy as np
 
-from tflrewrite.reports.verify import Runner, power_ratio_db
+from tflrewrite import runtime
+from tflrewrite.reports.verify import power_ratio_db
 
 TWIN_SUFFIX = "_int8"
 
@@ -22,16 +23,14 @@ def layer_errors(
 ) -> list[dict]:
     """[{"tensor", "op", "sqnr_db"}] for every quantized activation of the candidate that has
     a float twin in the reference, in the candidate's op order."""
-    ref = Runner(reference, keep_tensors=True)
-    cand = Runner(candidate, keep_tensors=True)
+    ref = runtime.load(reference, keep_tensors=True)
+    cand = runtime.load(candidate, keep_tensors=True)
     ref_index = {
-        d["name"]: d["index"]
-        for d in ref.interpreter.get_tensor_details()
-        if np.dtype(d["dtype"]) == np.float32
+        d["name"]: d["index"] for d in ref.tensor_details() if np.dtype(d["dtype"]) == np.float32
     }
     pairs = []  # (name, op type, candidate detail, reference index)
-    details = {d["index"]: d for d in cand.interpreter.get_tensor_details()}
-    for op in cand.interpreter._get_ops_details():
+    details = {d["index"]: d for d in cand.tensor_details()}
+    for op in cand.op_details():
         for index in op["outputs"]:
             d = details.get(int(index))
             if d is None or not d["quantization"][0]:
@@ -42,13 +41,10 @@ def layer_errors(
                 pairs.append((name, op["op_name"], d, twin))
     signal = np.zeros(len(pairs))
     noise = np.zeros(len(pairs))
-    for sample in samples:
-        ref.run(sample)
-        cand.run(sample)
+    for _ in zip(ref.run_each(samples), cand.run_each(samples)):
         for j, (_, _, d, twin) in enumerate(pairs):
-            r = ref.interpreter.get_tensor(twin).astype(np.float64)
-            scale, zero = d["quantization"]
-            c = (cand.interpreter.get_tensor(d["index"]).astype(np.float64) - zero) * scale
+            r = ref.stored(twin).astype(np.float64)  # float32: its stored values are real
+            c = cand.real(d["index"])
             if r.shape != c.shape:
                 continue
             signal[j] += float(np.sum(r * r))

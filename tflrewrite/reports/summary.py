@@ -101,19 +101,19 @@ LAYERS_SHOWN = 5
 def _verify(reference: str, candidate: str, samples: Any, source: Any, tflm: bool) -> dict:
     """Verify on `samples` (a list of samples from `source`), or on that many seeded
     random inputs (`source` is then the seed); in LiteRT, or in tflite-micro if `tflm`."""
+    from tflrewrite import runtime
     from tflrewrite.reports import verify
 
-    if tflm and not verify.tflm_available():
+    if tflm and not runtime.tflm_available():
         return {
             "skipped": "the output's TFLM_DECODE ops run only in TFLite Micro, and the "
             "tflite-micro package is not installed (pip install 'tflrewrite[tflm]')"
         }
-    runner = verify.TflmRunner if tflm else verify.Runner
     try:
-        ref, cand = runner(reference), runner(candidate)
+        ref, cand = runtime.load(reference, micro=tflm), runtime.load(candidate, micro=tflm)
         if isinstance(samples, int):
             inputs, source = (
-                verify.random_inputs([ref, cand], samples, source),
+                runtime.random_inputs([ref, cand], samples, source),
                 f"random (seed {source})",
             )
         else:

@@ -94,7 +94,7 @@ def main() -> int:
     import tf_keras
 
     from tflrewrite.reports.audit import zip_size
-    from tflrewrite.reports.verify import Runner
+    from tflrewrite.runtime import Runner
 
     data = ft.load_data(args.seed)
     x_train, _, x_test, y_test = data

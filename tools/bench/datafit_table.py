@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 import corpus  # noqa: E402
 from litert import grid_inputs  # noqa: E402
 
-from tflrewrite import calibrate, reader, recipes, rewrite, writer  # noqa: E402
+from tflrewrite import calibrate, reader, recipes, rewrite, runtime, writer  # noqa: E402
 from tflrewrite.reports import verify  # noqa: E402
 
 
@@ -52,18 +52,13 @@ class Logits:
     """A model's outputs and logits (real values) over samples."""
 
     def __init__(self, path: Path, samples: list):
-        runner = verify.Runner(path, keep_tensors=True)
+        runner = runtime.Runner(path, keep_tensors=True)
         index = logits_index(path)
-        detail = None
-        if index is not None:
-            detail = next(d for d in runner.interpreter.get_tensor_details() if d["index"] == index)
         self.outputs, self.logits = [], []
-        for sample in samples:
-            self.outputs.append(runner.run(sample)[0])
-            if detail is not None:
-                value = runner.interpreter.get_tensor(index).astype(np.float64)
-                scale, zero = detail["quantization"]
-                self.logits.append((value - zero) * scale if scale else value)
+        for outputs in runner.run_each(samples):
+            self.outputs.append(outputs[0])
+            if index is not None:
+                self.logits.append(runner.real(index))
 
     def against(self, ref: Logits) -> tuple[float, float | None, float | None]:
         out = verify.output_report("out", np.stack(ref.outputs), np.stack(self.outputs))

@@ -146,10 +146,11 @@ def _weight_sqnr(before, after) -> float:
 def _sqnr(reference: Path, candidate: str, samples: int) -> float | None:
     if not samples:
         return None
+    from tflrewrite import runtime
     from tflrewrite.reports import verify
 
-    ref, cand = verify.Runner(reference), verify.Runner(candidate)
-    inputs = verify.random_inputs([ref, cand], samples, 0)
+    ref, cand = runtime.Runner(reference), runtime.Runner(candidate)
+    inputs = runtime.random_inputs([ref, cand], samples, 0)
     return verify.compare(ref, cand, inputs, "random").min_sqnr_db
 
 

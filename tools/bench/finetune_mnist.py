@@ -221,7 +221,7 @@ def keras3_run(weights_path: str, epochs: int, lr: float, seed: int) -> dict:
 
 
 def int8_accuracy(tflite: bytes, x: np.ndarray, y: np.ndarray) -> float:
-    from tflrewrite.reports.verify import Runner
+    from tflrewrite.runtime import Runner
 
     runner = Runner("bench", content=tflite)
     hits = sum(int(runner.run([x[i : i + 1]])[0].argmax() == y[i]) for i in range(len(x)))
