@@ -32,7 +32,8 @@ from tflrewrite.kernels import prune
 def test_rows_round_trip_and_match_tflite_layout(shape, out_axis, depthwise):
     w = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
     rows = keras_layers.to_rows(w, out_axis, depthwise)
-    assert np.array_equal(keras_layers.from_rows(rows, shape, out_axis, depthwise), w)
+    back = keras_layers.from_rows(rows, shape, out_axis=out_axis, depthwise=depthwise)
+    assert np.array_equal(back, w)
     # The converter's layouts: FC (out, in), CONV_2D / TRANSPOSE_CONV OHWI, DEPTHWISE 1HWO.
     if depthwise:
         tflite = w.reshape(1, *shape[:2], -1)
@@ -49,7 +50,9 @@ def test_rows_round_trip_and_match_tflite_layout(shape, out_axis, depthwise):
 def test_plan_prunes_and_clusters_like_the_kernels(granularity, scope):
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(6, 40)).astype(np.float32)
-    options = stages.StageOptions("pcqat", 0.5, 8, granularity, scope)
+    options = stages.StageOptions(
+        stage="pcqat", sparsity=0.5, clusters=8, granularity=granularity, prune_scope=scope
+    )
     p = stages.plan(rows, options)
     if scope == "channel":
         mask = prune.smallest_k_mask(np.abs(rows), prune.prune_count(40, 0.5))

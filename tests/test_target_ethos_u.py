@@ -297,7 +297,9 @@ def per_channel_fc_model(path: Path):
     bq = Quantization(
         scale=(in_scale * scales).astype(np.float32), zero_point=np.zeros(scales.size, np.int64)
     )
-    replace_data(model, Weight(w.subgraph, bias, "bias", 0, None), b, quantization=bq)
+    replace_data(
+        model, Weight(w.subgraph, bias, "bias", out_axis=0, in_axis=None), b, quantization=bq
+    )
     return model, w.name
 
 

@@ -230,7 +230,7 @@ def test_graph_overhead_bounds_what_the_file_pays(tmp_path):
                 continue
             dense = w2.tensor.buffer.nbytes
             decodes: dict = {}
-            tflm.insert_decode(copy, sg, w2, lut, readers, decodes, 0)
+            tflm.insert_decode(copy, sg, w2, lut=lut, readers=readers, decodes=decodes, number=0)
             tflm.place_decodes(sg, decodes)
             paid = len(writer.to_bytes(copy)) - base - lut.nbytes + dense
             assert paid <= tflm.graph_overhead(w.tensor, len(readers), True), (name, w.name)
@@ -270,7 +270,7 @@ def test_per_channel_tables_along_the_last_dimension_decode_in_tflm(tmp_path):
         lut = tflm.plan(w.tensor, shared=False)
         assert lut.stride > 0 and lut.axis == 3 and lut.tables.shape[0] == w.shape[3]
         readers = [op for op in sg.operators if w.tensor in op.inputs]
-        tflm.insert_decode(model, sg, w, lut, readers, decodes, k)
+        tflm.insert_decode(model, sg, w, lut=lut, readers=readers, decodes=decodes, number=k)
         forced += 1
     for sg in model.subgraphs:
         tflm.place_decodes(sg, decodes)

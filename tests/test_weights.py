@@ -21,7 +21,7 @@ def _model(n: int) -> tuple[Model, list[Tensor]]:
 
 
 def _weight(t: Tensor, *aliases: Tensor) -> Weight:
-    return Weight(0, t, "FULLY_CONNECTED", 0, None, aliases=list(aliases))
+    return Weight(0, t, "FULLY_CONNECTED", out_axis=0, in_axis=None, aliases=list(aliases))
 
 
 def _values(t: Tensor) -> list[float]:

@@ -200,7 +200,7 @@ def _sensitivity(
     mode = quantize.options.mode if quantize else None
     base = (pruning or clustering).options
     rules = (pruning or clustering).rules
-    model_copy, chosen, _ = select(model, base, rules, lambda w, o: None)
+    model_copy, chosen, _ = select(model, base, rules, refuse=lambda w, o: None)
     sg = model_copy.subgraphs[0]
     readers = sg.consumers()
     weights, ops = [], []
@@ -299,7 +299,7 @@ def _candidates(
         else:
             opts = dataclasses.replace(prune_opts, sparsity=s)
             pruned = datafit.compress_rows(
-                "prune", rows, fit_h, zeros, stored_scales, opts, factors
+                "prune", rows, fit_h, zeros=zeros, scales=stored_scales, opts=opts, factors=factors
             )
         scales = stored_scales
         if scales is None and quantized:
@@ -313,7 +313,14 @@ def _candidates(
             else:
                 opts = dataclasses.replace(cluster_opts, clusters=k, granularity=g)
                 new = datafit.compress_rows(
-                    "cluster", rows, fit_h, pruned == 0, scales, opts, factors, refit=False
+                    "cluster",
+                    rows,
+                    fit_h,
+                    zeros=pruned == 0,
+                    scales=scales,
+                    opts=opts,
+                    factors=factors,
+                    refit=False,
                 )
             stored = _stored(new, scales, dtype)
             settings.append(Setting(s, k, g))

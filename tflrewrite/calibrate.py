@@ -111,6 +111,7 @@ def for_model(
 def ranges(
     model: Model,
     samples: Samples,
+    *,
     method: str = "minmax",
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[int, tuple[float, float]]:

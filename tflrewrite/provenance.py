@@ -17,7 +17,7 @@ TENSOR_FIELDS = ["pass", "subgraph", "tensor", "sparsity", "channel_unique"]
 
 
 def provenance(
-    recipe: Any, records: list[dict], model: Model, calibration: dict | None = None
+    recipe: Any, records: list[dict], model: Model, *, calibration: dict | None = None
 ) -> bytes:
     """The metadata entry's content: deterministic, compact JSON (no dates, no paths) with
     the recipe's options that differ from the defaults, and one row per edited tensor

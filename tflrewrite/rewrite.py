@@ -63,6 +63,6 @@ def apply(
         update_min_runtime_version(result.model)
         used = None if data is None else {"samples": len(data.values), "method": method}
         result.model.set_metadata(
-            METADATA_NAME, provenance(recipe, result.records, result.model, used)
+            METADATA_NAME, provenance(recipe, result.records, result.model, calibration=used)
         )
     return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -63,6 +63,7 @@ class Weight:
     subgraph: int  # index in Model.subgraphs
     tensor: Tensor  # the stored constant
     op_type: str  # the op that reads it (the first, when several do)
+    _: KW_ONLY
     out_axis: int
     in_axis: int | None
     dequantize: list[Operator] = field(default_factory=list)  # DEQUANTIZE ops in front of it
@@ -116,7 +117,9 @@ def find_weights(model: Model, skip: str | None = None) -> tuple[list[Weight], l
             if w is None:
                 rank = len(t.shape or (1,))
                 in_axis = None if slot[2] is None else slot[2] % rank
-                found[id(t.buffer)] = w = Weight(si, t, op.type, slot[1] % rank, in_axis)
+                found[id(t.buffer)] = w = Weight(
+                    si, t, op.type, out_axis=slot[1] % rank, in_axis=in_axis
+                )
             elif w.tensor is not t and t not in w.aliases:
                 w.aliases.append(t)
             if dq is not None and dq not in w.dequantize:

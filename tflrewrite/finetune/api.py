@@ -72,7 +72,11 @@ class Options:
     @property
     def stage_options(self) -> StageOptions:
         return StageOptions(
-            self.stage, self.sparsity, self.clusters, self.granularity, self.prune_scope
+            stage=self.stage,
+            sparsity=self.sparsity,
+            clusters=self.clusters,
+            granularity=self.granularity,
+            prune_scope=self.prune_scope,
         )
 
     @property
@@ -96,7 +100,7 @@ class Options:
         first = (
             self.epochs // 2 if self.prune_epochs is None else min(self.prune_epochs, self.epochs)
         )
-        pqat = StageOptions("pqat", s.sparsity, s.clusters, s.granularity, s.prune_scope)
+        pqat = dataclasses.replace(s, stage="pqat")
         return [Phase(pqat, first, recovery=True), Phase(s, self.epochs - first, False)]
 
     @property
@@ -187,7 +191,9 @@ def _run(tf, model, flavour, data, val, options, progress) -> Result:
         "left_alone": [{"layer": n, "reason": r} for n, r in alone],
     }
     if val_data is not None:
-        report["val_before"] = _pair(train.Trainer(model, [], [], loss).evaluate(val_data))
+        report["val_before"] = _pair(
+            train.Trainer(model, constrained=[], extra=[], loss=loss).evaluate(val_data)
+        )
     pairs, notes = keras_layers.fold_pairs(model, kernels) if options.fold_batchnorm else ([], [])
     report["not_pruned"] = _not_pruned(kernels, options)
     plans = _fine_tune(model, kernels, pairs, loss, train_data, val_data, options, progress, report)
@@ -201,7 +207,7 @@ def _run(tf, model, flavour, data, val, options, progress) -> Result:
 
         samples, y = val_data.arrays()
         threshold = 0.0 if loss.from_logits else 0.5
-        report["val_int8_accuracy"] = convert.int8_accuracy(tflite, samples, y, threshold)
+        report["val_int8_accuracy"] = convert.int8_accuracy(tflite, samples, y, threshold=threshold)
     return Result(tflite, report)
 
 
@@ -215,7 +221,8 @@ def _loss(model: Any, train_data: _Source, options: Options) -> Any:
     if isinstance(out0, list | tuple | dict):
         raise UsageError("the model has several outputs: finetune trains one-output models")
     out0 = _numpy(out0)
-    loss = train.infer_loss(np.asarray(y0), out0, options.loss, train.ends_in_probabilities(model))
+    probs = train.ends_in_probabilities(model)
+    loss = train.infer_loss(np.asarray(y0), out0, given=options.loss, probs=probs)
     if options.distill > 0 and train_data.array_data is not None:
         loss = dataclasses.replace(loss, distill=options.distill)
     if loss.distills:
@@ -259,13 +266,15 @@ def _fine_tune(model, kernels, pairs, loss, train_data, val_data, options, progr
             if k.name in report["not_pruned"]:
                 stage = dataclasses.replace(stage, sparsity=0.0)
             rows = k.rows(k.variable.numpy())
-            plans.append(stages.plan(rows, stage, keep, scales.get(id(k))))
+            plans.append(stages.plan(rows, stage, keep=keep, channel_scale=scales.get(id(k))))
         keeps = [p.keep for p in plans]
         quant = options.int8_weights if options.fake_quant and not phase.recovery else None
         constrained = [train.Constrained(k, p, quant) for k, p in zip(kernels, plans)]
         extra = [] if phase.recovery else _frozen_batchnorm_variables(pairs, bns)
         steps = train_data.steps(phase.epochs) if options.decay else None
-        trainer = train.Trainer(model, constrained, extra, loss, options.lr, steps)
+        trainer = train.Trainer(
+            model, constrained=constrained, extra=extra, loss=loss, lr=options.lr, steps=steps
+        )
         trainer.start()
         report["prepare_seconds"] += time.perf_counter() - start
         if val_data is not None and "val_start" not in report:
@@ -288,9 +297,13 @@ def _deploy(model, kernels, plans, train_data, options, report) -> bytes:
     start = time.perf_counter()
     converted = convert.to_int8(model, calibration, options.int8_weights == "channel")
     ir = _read(converted)
-    matched, missing = convert.match(kernels, plans, finals, ir)
+    matched, missing = convert.match(kernels, plans, finals, model=ir)
     tflite, checks, records = convert.apply_rewrite(
-        ir, options.stage_options, matched, options.target, report["not_pruned"]
+        ir,
+        options.stage_options,
+        matched,
+        target=options.target,
+        unpruned=report["not_pruned"],
     )
     report["convert_seconds"] = time.perf_counter() - start
     report["layers"] = checks

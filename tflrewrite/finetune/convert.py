@@ -53,7 +53,7 @@ class Matched:
 
 
 def match(
-    kernels: list[Kernel], plans: list[Plan], finals: list[np.ndarray], model: Model
+    kernels: list[Kernel], plans: list[Plan], finals: list[np.ndarray], *, model: Model
 ) -> tuple[list[Matched], list[Kernel]]:
     """Each kernel's weight in the converted model, by shape and values; and the kernels
     that have none (a converter that rewrote the layer beyond recognition)."""
@@ -131,6 +131,7 @@ def apply_rewrite(
     model: Model,
     options: StageOptions,
     matched_in: list[Matched],
+    *,
     target: str,
     unpruned: dict[str, str],
 ) -> tuple[bytes, list[dict], list[dict]]:
@@ -180,7 +181,7 @@ def _check(m: Matched, before: np.ndarray, now: np.ndarray, options: StageOption
 
 
 def int8_accuracy(
-    tflite: bytes, samples: list[list[np.ndarray]], y: np.ndarray, threshold: float
+    tflite: bytes, samples: list[list[np.ndarray]], y: np.ndarray, *, threshold: float
 ) -> float:
     """Accuracy of the .tflite in LiteRT (builtin kernels): top-1 against class ids or
     one-hot rows; for one output, above `threshold` against 0/1."""

@@ -61,10 +61,10 @@ class Kernel:
         return np.ascontiguousarray(to_rows(values, self.out_axis, self.depthwise))
 
     def from_rows(self, rows: np.ndarray) -> np.ndarray:
-        return from_rows(rows, self.shape, self.out_axis, self.depthwise)
+        return from_rows(rows, self.shape, out_axis=self.out_axis, depthwise=self.depthwise)
 
 
-def to_rows(values: Any, out_axis: int, depthwise: bool, ops: Any = np) -> Any:
+def to_rows(values: Any, out_axis: int, depthwise: bool, *, ops: Any = np) -> Any:
     """(channels, n) view of a kernel; `ops` is numpy or tf (the same calls exist in both)."""
     shape = list(values.shape)
     if depthwise:
@@ -75,7 +75,9 @@ def to_rows(values: Any, out_axis: int, depthwise: bool, ops: Any = np) -> Any:
     return ops.reshape(ops.transpose(values, perm), [shape[axis], -1])
 
 
-def from_rows(rows: Any, shape: tuple[int, ...], out_axis: int, depthwise: bool, ops: Any = np):
+def from_rows(
+    rows: Any, shape: tuple[int, ...], *, out_axis: int, depthwise: bool, ops: Any = np
+) -> Any:
     """Inverse of to_rows for a kernel of `shape`."""
     full = list(shape)
     if depthwise:

@@ -31,7 +31,7 @@ MIN_PRUNE_ROW = 16
 LOSSES = ("sparse-categorical", "categorical", "binary", "mse")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StageOptions:
     stage: str = "pcqat"
     sparsity: float = 0.5  # pqat, pcqat
@@ -78,6 +78,7 @@ class Plan:
 def plan(
     rows: np.ndarray,
     options: StageOptions,
+    *,
     keep: np.ndarray | None = None,
     channel_scale: np.ndarray | None = None,
 ) -> Plan:

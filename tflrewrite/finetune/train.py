@@ -70,7 +70,7 @@ class Constrained:
         return rows if self.quant is None else fake_quant(rows, self.quant == "channel")
 
     def param_gradient(self, grad: tf.Tensor) -> tf.Tensor:
-        g = to_rows(grad, self.kernel.out_axis, self.kernel.depthwise, tf)
+        g = to_rows(grad, self.kernel.out_axis, self.kernel.depthwise, ops=tf)
         if self.assign is None:
             return g if self.keep is None else g * self.keep
         summed = tf.math.unsorted_segment_sum(
@@ -80,7 +80,8 @@ class Constrained:
 
     def materialize(self) -> None:
         k = self.kernel
-        self.var.assign(from_rows(self.rows(), k.shape, k.out_axis, k.depthwise, tf))
+        rows = from_rows(self.rows(), k.shape, out_axis=k.out_axis, depthwise=k.depthwise, ops=tf)
+        self.var.assign(rows)
 
 
 class Adam:
@@ -186,7 +187,7 @@ class Loss:
         return self.kind != "mse"
 
 
-def infer_loss(y: np.ndarray, out: np.ndarray, given: str | None, probs: bool | None) -> Loss:
+def infer_loss(y: np.ndarray, out: np.ndarray, *, given: str | None, probs: bool | None) -> Loss:
     """The loss for targets `y` and model outputs `out` (a batch of each): sparse
     categorical for class ids, categorical for one-hot rows, binary for 0/1 against one
     output. `probs` says whether the outputs are probabilities (the model ends in softmax
@@ -257,6 +258,7 @@ class Trainer:
     def __init__(
         self,
         model: Any,
+        *,
         constrained: list[Constrained],
         extra: list[Any],
         loss: Loss,

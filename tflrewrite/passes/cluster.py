@@ -62,12 +62,12 @@ class Options:
 def run(
     model: Model, options: Options, rules: tuple[Rule, ...] = (), *, data: Data | None = None
 ) -> PassResult:
-    model, chosen, records = select(model, options, rules, lambda w, opts: None)
+    model, chosen, records = select(model, options, rules, refuse=lambda w, opts: None)
     edits = map_weights(_edit, chosen, [w.tensor.data.size for w, _ in chosen])
     fields = [
         {"clusters": o.clusters, "granularity": o.granularity, "init": o.init} for _, o in chosen
     ]
-    records += commit(model, [w for w, _ in chosen], edits, "clustered", fields)
+    records += commit(model, [w for w, _ in chosen], edits, action="clustered", fields=fields)
     return PassResult(model, records)
 
 

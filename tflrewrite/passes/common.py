@@ -119,7 +119,11 @@ def options_for(options: Any, rules: tuple[Rule, ...], name: str) -> Any | None:
 
 
 def select(
-    model: Model, options: Any, rules: tuple[Rule, ...], refuse: Callable[[Weight, Any], str | None]
+    model: Model,
+    options: Any,
+    rules: tuple[Rule, ...],
+    *,
+    refuse: Callable[[Weight, Any], str | None],
 ) -> tuple[Model, list, list[dict]]:
     """What every pass starts with: a copy of the model, the weights it will edit with their
     options, and a "skipped" record for each weight it leaves alone. `refuse(w, options)`
@@ -143,7 +147,7 @@ def select(
 
 
 def commit(
-    model: Model, weights: list[Weight], edits: list[tuple], action: str, fields: list[dict]
+    model: Model, weights: list[Weight], edits: list[tuple], *, action: str, fields: list[dict]
 ) -> list[dict]:
     """Give each weight its edited values, in order, and record what was done. An edit is
     (values, weight MSE, statistics before, statistics after). Pruning and clustering keep

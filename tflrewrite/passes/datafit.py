@@ -102,7 +102,7 @@ def fit(step: str, model: Model, options, rules: tuple[Rule, ...], data, origina
         options, rules = cluster.Options(clusters=256, granularity="channel"), ()
     magnitude = prune if step == "prune" else cluster
     refuse = prune._not_prunable if step == "prune" else _no_reason
-    model, chosen, records = select(model, options, rules, refuse)
+    model, chosen, records = select(model, options, rules, refuse=refuse)
     sg = model.subgraphs[0]
     readers = sg.consumers()
     fitted, fallback = [], {}
@@ -225,7 +225,9 @@ def _fit(step, model, op, w, opts, source, original, reference, data, rounding) 
         codes = adaround.adaround(targets, stats.h, scales, rows_now == 0)
         new_rows = codes * scales[:, :, None]
     else:
-        new_rows = compress_rows(step, targets, stats.h, rows_now == 0, scales, opts)
+        new_rows = compress_rows(
+            step, targets, stats.h, zeros=rows_now == 0, scales=scales, opts=opts
+        )
     values = _from_rows(op.type, new_rows, w_orig.shape)
     before = weight_stats(w.channels(w.tensor.data))
     stored = _stored(w.tensor, values)
@@ -239,7 +241,7 @@ def _fit(step, model, op, w, opts, source, original, reference, data, rounding) 
     )
 
 
-def compress_rows(step, targets, h, zeros, scales, opts, factors=None, refit=True) -> np.ndarray:
+def compress_rows(step, targets, h, *, zeros, scales, opts, factors=None, refit=True) -> np.ndarray:
     """groups x rows x d: the `step` ("prune", "cluster" or "refine", with the pass's
     `opts`) of weight rows that should be `targets`, on inputs whose X X^T is `h` (one per
     group); existing `zeros` stay zero. `scales` (groups x rows) are int8 weights' per-row
@@ -542,4 +544,4 @@ def _correct_bias(model, op, source, original, new_rows, rows_orig, stats) -> No
         stored = real.astype(np.float32)
     else:
         return
-    replace_data(model, Weight(0, b, op.type, 0, None), stored.reshape(b.shape))
+    replace_data(model, Weight(0, b, op.type, out_axis=0, in_axis=None), stored.reshape(b.shape))

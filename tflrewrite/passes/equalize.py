@@ -345,7 +345,12 @@ def _commit(model, weights, pairs, state, reasons) -> list[dict]:
         bias = biases.get(id(w))
         if bias is not None:
             values = state.values[id(bias)].astype(np.float32)
-            replace_data(model, Weight(w.subgraph, bias, w.op_type, 0, None), values, finite=True)
+            replace_data(
+                model,
+                Weight(w.subgraph, bias, w.op_type, out_axis=0, in_axis=None),
+                values,
+                finite=True,
+            )
         notes = [r for r in reasons.get(id(w), []) if r.startswith("not paired")]
         if notes:
             extra["not_paired"] = notes

@@ -76,7 +76,7 @@ class Options:
 def run(
     model: Model, options: Options, rules: tuple[Rule, ...] = (), *, data: Data | None = None
 ) -> PassResult:
-    model, chosen, records = select(model, options, rules, _not_prunable)
+    model, chosen, records = select(model, options, rules, refuse=_not_prunable)
     if options.scope == "global":
         masks = _global_masks([w for w, _ in chosen], options.sparsity)
         items = [(w, opts, mask) for (w, opts), mask in zip(chosen, masks)]
@@ -84,7 +84,7 @@ def run(
         items = [(w, opts, None) for w, opts in chosen]
     edits = map_weights(_edit, items, [w.tensor.data.size for w, _ in chosen])
     fields = [{"pattern": o.pattern, "scope": o.scope, "target": o.sparsity} for _, o in chosen]
-    records += commit(model, [w for w, _ in chosen], edits, "pruned", fields)
+    records += commit(model, [w for w, _ in chosen], edits, action="pruned", fields=fields)
     return PassResult(model, records)
 
 

@@ -81,8 +81,9 @@ def run(
 ) -> PassResult:
     """Mode "int8" calibrates on `data`'s samples; the weight-only modes need no data."""
     if options.mode == "int8":
-        return quantize_graph.run(model, options, rules, None if data is None else data.samples)
-    model, chosen, records = select(model, options, rules, _not_quantizable)
+        samples = None if data is None else data.samples
+        return quantize_graph.run(model, options, rules, data=samples)
+    model, chosen, records = select(model, options, rules, refuse=_not_quantizable)
     edits = map_weights(_edit, chosen, [w.tensor.data.size for w, _ in chosen])
     inserted: dict[int, int] = {}  # DEQUANTIZE ops added per subgraph, at its front
     for (w, opts), edit in zip(chosen, edits):

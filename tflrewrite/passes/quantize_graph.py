@@ -110,7 +110,7 @@ Params = tuple[float, int]  # int8 (scale, zero point)
 
 
 def run(
-    model: Model, options: object, rules: tuple[Rule, ...] = (), data: object = None
+    model: Model, options: object, rules: tuple[Rule, ...] = (), *, data: object = None
 ) -> PassResult:
     """`options` are the quantize pass's (mode "int8": method, io); `data` the calibration
     samples (calibrate.Samples)."""
@@ -123,7 +123,9 @@ def run(
     model = model.copy()
     _fold_constants(model)
     bar = Progress("calibrating", len(data.values) * (1 if options.method == "minmax" else 2))
-    ranges = calibrate.ranges(model, data, options.method, lambda done, _: bar(done))
+    ranges = calibrate.ranges(
+        model, data, method=options.method, progress=lambda done, _: bar(done)
+    )
     sg = model.subgraphs[0]
     chosen, kept_float = _choose(model, sg, ranges, options, rules)
     params = _params(sg, chosen, ranges)

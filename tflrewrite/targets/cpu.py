@@ -115,7 +115,7 @@ def _computed_weights(model: Model) -> list[dict]:
                 source = producer.inputs[0] if producer.inputs else None
                 if source is not None and source.is_constant:
                     continue  # reported by find_weights
-            w = Weight(si, t, FC, 0, 1)
+            w = Weight(si, t, FC, out_axis=0, in_axis=1)
             out.append(record(w, "skipped", "not a constant: computed at run time"))
     return out
 

@@ -70,7 +70,7 @@ def cluster(
     require_integer(model)
     model = model.copy()
     densified = _densify(model)  # so that sparse weights get clustered too
-    model, chosen, records = select(model, options, rules, _not_clusterable)
+    model, chosen, records = select(model, options, rules, refuse=_not_clusterable)
     for w, opts in chosen:
         notes = {}
         if _per_channel_fc(w):
@@ -307,7 +307,7 @@ def _rescale_biases(model: Model, w: Weight, ratio: np.ndarray) -> None:
         scale = np.broadcast_to(bq.scale.astype(np.float64), r.shape) / r
         if per_tensor:  # every channel now has the same scale
             scale = scale[:1]
-        bias = Weight(w.subgraph, b, "bias", 0, None)
+        bias = Weight(w.subgraph, b, "bias", out_axis=0, in_axis=None)
         quant = dataclasses.replace(
             bq,
             scale=scale.astype(np.float32),
@@ -380,7 +380,7 @@ def _densify(model: Model) -> list[dict]:
             if t.sparsity is not None and t.is_constant and t.shape is not None:
                 dense = densify(t)
                 t.sparsity = None
-                replace_data(model, Weight(si, t, "sparse", 0, None), dense)
+                replace_data(model, Weight(si, t, "sparse", out_axis=0, in_axis=None), dense)
                 records.append(_note(si, t, "densified", "Vela ignores sparsity"))
         for op in [op for op in sg.operators if op.type == "DENSIFY"]:
             source, out = op.inputs[0], op.outputs[0]

@@ -316,7 +316,9 @@ def _encode(
         )
     stats = weight_stats(w.channels(t.data))
     done = record(w, "encoded", **sizes, decode_ops=len(readers), before=stats, after=stats)
-    insert_decode(model, sg, w, lut, readers, decodes, number)  # the weight becomes UINT8
+    insert_decode(
+        model, sg, w, lut=lut, readers=readers, decodes=decodes, number=number
+    )  # the weight becomes UINT8
     return done
 
 
@@ -324,6 +326,7 @@ def insert_decode(
     model: Model,
     sg: Subgraph,
     w: Weight,
+    *,
     lut: Lut,
     readers: list[Operator],
     decodes: dict[int, Operator],

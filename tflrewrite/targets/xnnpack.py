@@ -178,7 +178,7 @@ def _densified(sg: Subgraph, si: int) -> list[Weight]:
     for op in sg.operators:
         t = made.get(id(op.inputs[1])) if op.type in FILTER_OPS and len(op.inputs) > 1 else None
         if t is not None and id(t) not in found:
-            found[id(t)] = Weight(si, t, op.type, 0, None)
+            found[id(t)] = Weight(si, t, op.type, out_axis=0, in_axis=None)
     return list(found.values())
 
 
