@@ -22,6 +22,7 @@ LAYERS = {
     "tflrewrite.provenance": "ir",
     "tflrewrite.runtime_version": "ir",
     "tflrewrite.schema": "io",
+    "tflrewrite.archive": "io",
     "tflrewrite.reader": "io",
     "tflrewrite.writer": "io",
     "tflrewrite.runtime": "runtime",

@@ -268,7 +268,11 @@ class Model:
     metadata: list[Metadata] | None = None
     signatures: list[Signature] | None = None
     metadata_buffers: list[Buffer] | None = None  # the deprecated Model.metadata_buffer field
-    trailing: bytes = b""  # bytes after the flatbuffer (TFLite Support appends a zip here)
+    # Bytes after the flatbuffer, kept as read, but for a zip archive among them (TFLite
+    # Support's associated files), whose offsets are held counting from its own start;
+    # the writer makes them count from the file's start again where they did so.
+    trailing: bytes = b""
+    trailing_offsets_from_file: bool = False
     buffers_after_flatbuffer: bool = False  # the >2 GB layout: Buffer.offset/size
     extra: Any = None
 

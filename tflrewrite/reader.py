@@ -5,9 +5,10 @@ view, so reading costs little more than parsing the small graph tables. Everythi
 checked before it is trusted (indices in range, data sizes that match shapes, known codes),
 and any failure becomes a ModelError naming the file and the problem.
 
-Bytes after the flatbuffer are kept as `Model.trailing` when they form a zip archive, the
-one kind of trailing data in use (TFLite Support's associated files). A flatbuffer carries
-no length of its own, so other trailing bytes cannot be told apart from it and are not kept.
+Bytes after the flatbuffer's last referenced byte are kept as `Model.trailing`: a flatbuffer
+carries no length of its own, so the reader walks every table, vector and string from the
+root to find where it ends. A zip archive there (TFLite Support's associated files) is kept
+with its offsets counting from its own start, and the writer puts them back (archive.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from tflrewrite import schema
+from tflrewrite import archive, schema
 from tflrewrite.errors import ModelError
 from tflrewrite.model import (
     Buffer,
@@ -41,6 +42,7 @@ from tflrewrite.model import (
 fb = schema.fb
 
 FILE_IDENTIFIER = b"TFL3"
+ALIGN = 16  # writers pad the flatbuffer to this; zero bytes up to it are not trailing data
 
 
 def read(path: str | os.PathLike) -> Model:
@@ -106,7 +108,7 @@ class _Reader:
             else [self.buffer_ref(buffers, int(b), "metadata_buffer") for b in raw.metadataBuffer],
             buffers_after_flatbuffer=external,
         )
-        model.trailing = self.trailing(model)
+        model.trailing, model.trailing_offsets_from_file = self.trailing(model)
         _clear(
             raw,
             "operatorCodes",
@@ -360,19 +362,31 @@ class _Reader:
         sig.extra = (raw.inputs is None, raw.outputs is None)
         return sig
 
-    def trailing(self, model: Model) -> bytes:
-        """The zip archive appended after the flatbuffer, if there is one."""
-        end = max((self.end_of(b.data) for b in model.buffers if b.data is not None), default=0)
-        tail = bytes(self.bytes[max(end, self.size - 65557) :])
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0 or at + 22 > len(tail):
-            return b""
-        eocd = self.size - len(tail) + at
-        cd_size, cd_offset = struct.unpack_from("<II", tail, at + 12)
-        start = eocd - cd_size - cd_offset
-        if start < end or start < 8 or bytes(self.bytes[start : start + 4]) != b"PK\x03\x04":
-            return b""
-        return bytes(self.bytes[start:])
+    def trailing(self, model: Model) -> tuple[bytes, bool]:
+        """The bytes after the flatbuffer's last referenced byte (and after the zero bytes
+        that pad it to 16), with a zip archive among them detached from its position (see
+        archive.detach); whether that archive's offsets counted from the file's start."""
+        ends = [self.flatbuffer_end()]
+        ends += [self.end_of(b.data) for b in model.buffers if b.data is not None]
+        ends += [
+            self.end_of(op.custom_options)
+            for sg in model.subgraphs
+            for op in sg.operators
+            if op.custom_options is not None
+        ]
+        end = max(ends)
+        padding = self.bytes[end : min(self.size, end + (-end) % ALIGN)]
+        if not padding.any():
+            end += padding.size
+        return archive.detach(bytes(self.bytes[end:]))
+
+    def flatbuffer_end(self) -> int:
+        """One past the flatbuffer's last referenced byte: the furthest end of a table,
+        vtable, string or vector reachable from the root (a flatbuffer carries no length)."""
+        try:
+            return _Extent(self.data, schema.pointers()).walk()
+        except (struct.error, IndexError, ValueError):
+            raise self.fail("corrupt flatbuffer: a table or vector lies past the end") from None
 
     def end_of(self, view: np.ndarray) -> int:
         """Where a view into the file ends, as a file offset."""
@@ -380,6 +394,69 @@ class _Reader:
             return 0
         start = view.__array_interface__["data"][0] - self.bytes.__array_interface__["data"][0]
         return start + view.size
+
+
+class _Extent:
+    """Walks every table reachable from the root, noting the furthest byte each object
+    (table, vtable, string, vector) reaches. Tables met twice are walked once."""
+
+    def __init__(self, data: Any, layout: dict[str, tuple[schema.Pointer, ...]]):
+        self.data, self.layout = data, layout
+        self.vtables: dict[int, tuple[int, int, tuple[int, ...]]] = {}
+        self.end = 8
+
+    def u32(self, at: int) -> int:
+        return _U32.unpack_from(self.data, at)[0]
+
+    def vtable(self, vt: int) -> tuple[int, int, tuple[int, ...]]:
+        """(table size, end of the vtable, field offsets) of the vtable at `vt`."""
+        known = self.vtables.get(vt)
+        if known is None:
+            size, table_size = struct.unpack_from("<HH", self.data, vt)
+            fields = struct.unpack_from(f"<{max(0, size - 4) // 2}H", self.data, vt + 4)
+            known = self.vtables[vt] = (table_size, vt + size, fields)
+        return known
+
+    def walk(self) -> int:
+        stack: list[tuple[int, str | None]] = [(self.u32(0), "Model")]
+        seen: set[int] = set()
+        while stack:
+            pos, table = stack.pop()
+            if pos in seen:
+                continue
+            seen.add(pos)
+            size, vt_end, fields = self.vtable(pos - _I32.unpack_from(self.data, pos)[0])
+            self.end = max(self.end, pos + size, vt_end)
+            for p in self.layout.get(table, ()) if table is not None else ():
+                if p.slot < len(fields) and fields[p.slot]:
+                    self.field(pos, fields, p, stack)
+        return self.end
+
+    def field(self, pos: int, fields: tuple[int, ...], p: schema.Pointer, stack: list) -> None:
+        at = pos + fields[p.slot]
+        target = at + self.u32(at)
+        if p.kind == "table":
+            stack.append((target, p.table))
+        elif p.kind == "union":
+            has_type = p.type_slot < len(fields) and fields[p.type_slot]
+            code = _U8.unpack_from(self.data, pos + fields[p.type_slot])[0] if has_type else 0
+            stack.append((target, (p.members or {}).get(code)))
+        elif p.kind == "string":
+            self.end = max(self.end, target + 5 + self.u32(target))  # length, bytes, NUL
+        elif p.kind == "scalars":
+            self.end = max(self.end, target + 4 + self.u32(target) * p.width)
+        else:  # a vector of offsets to tables or strings
+            n = self.u32(target)
+            self.end = max(self.end, target + 4 + 4 * n)
+            for i, offset in enumerate(struct.unpack_from(f"<{n}I", self.data, target + 4)):
+                element = target + 4 + 4 * i + offset
+                if p.kind == "tables":
+                    stack.append((element, p.table))
+                else:
+                    self.end = max(self.end, element + 5 + self.u32(element))
+
+
+_U8, _U32, _I32 = struct.Struct("<B"), struct.Struct("<I"), struct.Struct("<i")
 
 
 def _table_entries(m: Any, limit: int) -> int:

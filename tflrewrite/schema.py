@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from typing import Any
 
 from ai_edge_litert import schema_py_generated as fb
@@ -123,3 +124,92 @@ def _code(enum: dict[str, int], name: str) -> int:
         return int(name)
     except ValueError:
         raise ModelError(None, f"op attribute {name!r} is none of {', '.join(enum)}") from None
+
+
+# --------------------------------------------------------------------------------------
+# Where each table's fields point: what the reader walks to find the flatbuffer's end.
+
+
+@dataclasses.dataclass(frozen=True)
+class Pointer:
+    """A table field that holds an offset to something else in the flatbuffer."""
+
+    slot: int  # the field's index in the vtable
+    kind: str  # "string", "table", "union", "scalars", "tables" or "strings" (vectors)
+    width: int = 0  # bytes per element of a "scalars" vector
+    table: str | None = None  # the table a "table" or "tables" field points at
+    type_slot: int = -1  # a union's type field
+    members: dict[int, str] | None = None  # a union's type code -> table
+
+
+# The union enum behind each union field (the bindings do not say which).
+_UNION_ENUMS = {
+    ("Operator", "BuiltinOptions"): "BuiltinOptions",
+    ("Operator", "BuiltinOptions2"): "BuiltinOptions2",
+    ("QuantizationParameters", "Details"): "QuantizationDetails",
+    ("DimensionMetadata", "ArraySegments"): "SparseIndexVector",
+    ("DimensionMetadata", "ArrayIndices"): "SparseIndexVector",
+}
+
+
+class _Recorder:
+    """Stands in for a flatbuffers.Builder to learn what a generated function would build."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple]] = []
+
+    def __getattr__(self, method: str) -> Any:
+        return lambda *args: self.calls.append((method, args)) or 0
+
+
+def _recorded(function: Any, *args: Any) -> tuple[str, tuple]:
+    builder = _Recorder()
+    function(builder, *args)
+    return builder.calls[-1]
+
+
+@functools.cache
+def pointers() -> dict[str, tuple[Pointer, ...]]:
+    """Every table of the schema -> its offset fields, learned from the generated bindings:
+    `<Table>Add<Field>` says the slot and whether the field is an offset,
+    `<Table>Start<Field>Vector` a vector's element size, and the reading accessor what the
+    offset leads to (its code calls String, Indirect, Vector or Union)."""
+    names = vars(fb)
+    tables = {n for n in names if callable(names.get(n + "Start")) and isinstance(names[n], type)}
+    slots: dict[str, dict[str, tuple[int, bool]]] = {t: {} for t in tables}
+    for name in names:
+        at = name.find("Add", 1)
+        while at > 0:  # a table's own name may hold "Add" (AddOptions, AddNOptions)
+            table, field = name[:at], name[at + 3 :]
+            if table in tables and callable(getattr(names[table], field, None)):
+                method, args = _recorded(names[name], 0)
+                slots[table][field] = (args[0], method == "PrependUOffsetTRelativeSlot")
+                break
+            at = name.find("Add", at + 1)
+    return {
+        t: tuple(
+            _pointer(t, field, slot, slots[t], tables)
+            for field, (slot, is_offset) in sorted(slots[t].items(), key=lambda kv: kv[1])
+            if is_offset
+        )
+        for t in sorted(tables)
+    }
+
+
+def _pointer(table: str, field: str, slot: int, slots: dict, tables: set[str]) -> Pointer:
+    names = getattr(getattr(fb, table), field).__code__.co_names
+    target = next((n for n in names if n in tables), None)
+    if "Union" in names:
+        enum = getattr(fb, _UNION_ENUMS.get((table, field), ""), None)
+        members = {} if enum is None else {v: k for k, v in _codes(enum).items() if k in tables}
+        return Pointer(slot, "union", type_slot=slots[field + "Type"][0], members=members)
+    if "Vector" not in names:
+        return (
+            Pointer(slot, "table", table=target) if "Indirect" in names else Pointer(slot, "string")
+        )
+    if "Indirect" in names:
+        return Pointer(slot, "tables", table=target)
+    if "String" in names:
+        return Pointer(slot, "strings")
+    _, args = _recorded(getattr(fb, f"{table}Start{field}Vector"), 0)
+    return Pointer(slot, "scalars", width=args[0])

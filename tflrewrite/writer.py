@@ -7,7 +7,7 @@ Layout of a file this writer makes (offsets from the start of the file):
     [buffer data: for each buffer with data, zero padding, then
         normal layout:  uint32 length, data       (data at a multiple of 16)
         >2 GB layout:   data                       (at a multiple of 16)]
-    [Model.trailing, e.g. a zip of associated files]
+    [Model.trailing, e.g. a zip of associated files, its offsets moved to where it lands]
 
 In the normal layout each buffer's data is a flatbuffer vector that happens to sit after the
 builder's bytes; the Buffer table points at it with an ordinary forward offset. The builder
@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 import flatbuffers
 import numpy as np
 
-from tflrewrite import schema
+from tflrewrite import archive, schema
 from tflrewrite.errors import ModelError
 from tflrewrite.fileio import atomic_write
 from tflrewrite.model import Buffer, DimensionMetadata, Model, Quantization, Sparsity, Tensor
@@ -67,7 +67,9 @@ def serialize(model: Model, *, large: bool | None = None) -> FileImage:
         tail = _tail_layout(arrays, prefixed=True)
         head = _pack(model, buffers, [None if q is None else ("data", q) for q in tail.positions])
         if len(head) + tail.size <= FLATBUFFER_LIMIT:
-            return FileImage(head, tail, arrays, prefixed=True, trailing=model.trailing)
+            return FileImage(
+                head, tail, arrays, prefixed=True, trailing=_trailing(model, head, tail)
+            )
         if forced:
             raise ModelError(None, "the model is over 2 GB: it needs the large-model layout")
     tail = _tail_layout(arrays, prefixed=False)
@@ -81,7 +83,14 @@ def serialize(model: Model, *, large: bool | None = None) -> FileImage:
     ]
     head = _pack(model, buffers, where)
     assert len(head) == h, "the second packing must be the size of the first"
-    return FileImage(head, tail, arrays, prefixed=False, trailing=model.trailing)
+    return FileImage(head, tail, arrays, prefixed=False, trailing=_trailing(model, head, tail))
+
+
+def _trailing(model: Model, head: memoryview, tail: _Tail) -> bytes:
+    """The model's trailing bytes as they go after this layout (a zip archive's offsets
+    counting from the file's start where they did in the file read)."""
+    at = len(head) + tail.size
+    return archive.attach(model.trailing, at=at, from_file=model.trailing_offsets_from_file)
 
 
 class FileImage:

@@ -136,6 +136,9 @@ def _print_audit(r: Any, everything: bool, out: TextIO) -> None:
         out.write("  by op:    " + ", ".join(f"{k} {v:,}" for k, v in r.by_op.items()) + "\n")
     if r.metadata:
         out.write("  metadata: " + ", ".join(r.metadata) + "\n")
+    if r.associated_files:
+        files = ", ".join(f"{f['name']} ({f['bytes']:,} bytes)" for f in r.associated_files)
+        out.write("  associated files: " + files + "\n")
     if r.tflrewrite:
         p = r.tflrewrite
         steps = ", ".join(s.get("pass", "?") for s in p.get("steps", []))

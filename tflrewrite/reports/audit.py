@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from tflrewrite import provenance
+from tflrewrite import archive, provenance
 from tflrewrite.model import Model, Operator, Tensor
 
 # Which axis of a weight input holds the output channels, by the op that reads it; a
@@ -52,6 +52,7 @@ class Audit:
     by_dtype: dict[str, int]
     by_op: dict[str, int]
     metadata: list[str]
+    associated_files: list[dict] = field(default_factory=list)  # {"name", "bytes"} each
     tensors: list[TensorAudit] = field(default_factory=list)
     tflrewrite: dict | None = None  # the provenance entry, when tflrewrite made the model
 
@@ -100,6 +101,9 @@ def audit(model: Model, path: str | os.PathLike, file_bytes: bytes | memoryview)
         by_dtype=dict(sorted(by_dtype.items())),
         by_op=dict(sorted(by_op.items())),
         metadata=[m.name or "" for m in model.metadata or []],
+        associated_files=[
+            {"name": m.name, "bytes": m.size} for m in archive.members(model.trailing)
+        ],
         tensors=tensors,
         tflrewrite=provenance.read(model),
     )
