@@ -1,13 +1,13 @@
 """The one place that sets Numba's options for every kernel.
 
-fastmath stays off: kernel results are written into models and must equal their numpy
-twins exactly. Each kernel keeps its compiled code in __pycache__ (Numba's disk cache) so
-later runs start fast, and loads it from there without Numba's preparation to compile.
-A kernel costs nothing until it is first called: importing Numba takes a third of a second
-and making each dispatcher a millisecond, so a command pays for Numba only when it runs a
-kernel, and then only for the kernels it runs. Kernels take their scratch arrays from their
-callers: a kernel that allocates arrays itself makes Numba import its array module when it
-loads the kernel from the cache, a tenth of a second at a process's first rewrite.
+fastmath stays off: kernel results are written into models and must equal their numpy twins
+(tests/twins.py) exactly. Each kernel keeps its compiled code in __pycache__ (Numba's disk
+cache) so later runs start fast, and loads it from there without Numba's preparation to
+compile. A kernel costs nothing until it is first called: importing Numba takes a third of a
+second and making each dispatcher a millisecond, so a command pays for Numba only when it
+runs a kernel, and then only for the kernels it runs. Kernels take their scratch arrays from
+their callers: a kernel that allocates arrays itself makes Numba import its array module
+when it loads the kernel from the cache, a tenth of a second at a process's first rewrite.
 NUMBA_DISABLE_JIT=1 runs the kernels as plain Python (for coverage and debugging).
 """
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import corpus
 import numpy as np
 import pytest
+import twins
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from litert import run_all, seeded_value
@@ -308,7 +309,7 @@ def block_sparse(draw):
 def test_encode_decode_round_trip_and_twin(case):
     dense, block = case
     seg, idx, val = sparse.block_csr_encode(dense, block)
-    tseg, tidx, tval = sparse.block_csr_encode_numpy(dense, block)
+    tseg, tidx, tval = twins.block_csr_encode_numpy(dense, block)
     assert seg.dtype == tseg.dtype == np.int32 and idx.dtype == tidx.dtype == np.int32
     assert val.dtype == tval.dtype == dense.dtype and val.shape == (idx.size, block)
     assert np.array_equal(seg, tseg) and np.array_equal(idx, tidx)

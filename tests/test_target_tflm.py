@@ -15,6 +15,7 @@ from pathlib import Path
 import corpus
 import numpy as np
 import pytest
+import twins
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -434,10 +435,10 @@ def test_refusals():
 def test_bitpack_equals_its_numpy_twin(width, raw):
     indices = (np.array(raw, np.int64) % (1 << width)).astype(np.uint8)
     packed = bitpack.pack(indices, width)
-    assert packed.tobytes() == bitpack.pack_numpy(indices, width).tobytes()
+    assert packed.tobytes() == twins.pack_numpy(indices, width).tobytes()
     assert packed.size == bitpack.packed_size(indices.size, width)
     assert np.array_equal(bitpack.unpack(packed, width, indices.size), indices)
-    assert np.array_equal(bitpack.unpack_numpy(packed, width, indices.size), indices)
+    assert np.array_equal(twins.unpack_numpy(packed, width, indices.size), indices)
 
 
 def test_bitpack_fixed_bytes():
