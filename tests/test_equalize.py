@@ -121,6 +121,7 @@ def test_rules_and_skip_leave_pairs_alone(example_model):
     assert actions["fc_1"]["action"] == "equalized"
 
 
+@pytest.mark.network
 def test_mltk_float_models_compute_the_same(mltk_pairs):
     for float_path, _ in mltk_pairs:
         _, result = equalized(float_path)

@@ -85,6 +85,7 @@ def anomaly(tmp_path_factory):
     return dense, sparse_out, report
 
 
+@pytest.mark.network
 def test_anomaly_detection_int8_1x16_is_half_the_bytes_and_bit_identical(anomaly):
     dense, sparse_out, report = anomaly
     dense_bytes, sparse_bytes = dense.stat().st_size, sparse_out.stat().st_size
@@ -135,6 +136,7 @@ def test_anomaly_detection_int8_1x16_is_half_the_bytes_and_bit_identical(anomaly
     jsonschema.validate(read_provenance(s), schema)
 
 
+@pytest.mark.network
 def test_size_estimate_bounds_what_the_file_pays(anomaly):
     """encoded_size is an upper bound of the file bytes each encoded weight costs."""
     _, sparse_out, _ = anomaly
@@ -156,6 +158,7 @@ def test_size_estimate_bounds_what_the_file_pays(anomaly):
         t.sparsity, t.buffer.data = s, old
 
 
+@pytest.mark.network
 def test_default_delegate_path(anomaly):
     """With LiteRT's default delegates (XNNPACK) the sparse model runs: XNNPACK takes the
     dense ops but leaves the sparse FCs to the builtin 1x16 kernel. Dense FCs run by
@@ -220,6 +223,7 @@ def test_float_fc_1x4_runs_and_matches_to_float_rounding(tf_models, tmp_path):
 # --------------------------------------------------------------------------- what stays dense
 
 
+@pytest.mark.network
 def test_a_weight_that_would_grow_stays_dense(anomaly):
     """Unpruned int8 weights have few zeros: every 1x16 block holds a nonzero, so the sparse
     form would be the same values plus indices. Nothing changes, and the record says why."""
@@ -234,6 +238,7 @@ def test_a_weight_that_would_grow_stays_dense(anomaly):
     assert writer.to_bytes(out.model) == writer.to_bytes(model)
 
 
+@pytest.mark.network
 def test_per_channel_int8_stays_dense(anomaly):
     model = reader.read(anomaly[0])
     first = fc_weights(model)[0][1]
@@ -250,6 +255,7 @@ def test_per_channel_int8_stays_dense(anomaly):
     assert all(t.sparsity is None for _, t in fc_weights(model))  # the input is not changed
 
 
+@pytest.mark.network
 def test_shared_weight_is_encoded_for_every_fc_reader(anomaly):
     model = reader.read(anomaly[0])
     square = [op for op, t in fc_weights(model) if t.shape == (128, 128)]

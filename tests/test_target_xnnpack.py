@@ -154,6 +154,7 @@ def test_builtin_kernels_give_the_dense_outputs_exactly(convnet):
             assert np.array_equal(x, y), key
 
 
+@pytest.mark.slow
 def test_xnnpack_switches_to_sparse_inference(convnet):
     dense, out, _ = convnet
     reference = builtin(dense)
@@ -289,6 +290,7 @@ def test_cli_says_why(tf_models, tmp_path, capsys):
     assert "does not qualify" in text and "50.0% zeros" in text
 
 
+@pytest.mark.slow
 def test_verdict_predicts_what_xnnpack_does(tf_models, convnet, tmp_path):
     """With DENSIFY in front of every float filter (so the delegate always asks for sparse
     inference), XNNPACK switches exactly the regions the verdict says it switches."""
