@@ -89,6 +89,7 @@ def sqnr(model, out: Path, held_out) -> float:
     return verify.compare(ref, verify.Runner(out), held_out.values[:100], "t").min_sqnr_db
 
 
+@pytest.mark.slow
 def test_data_aware_pruning_beats_magnitude_on_held_out_digits(digits, tmp_path):
     model, data, held_out = digits
     recipe = recipes.load("prune")

@@ -150,6 +150,7 @@ def test_recipe_runs_it_first_and_records_it(example_model, tmp_path):
     jsonschema.validate(doc, json.loads((ROOT / "schemas" / "provenance.schema.json").read_text()))
 
 
+@pytest.mark.slow
 def test_cli_flag(example_model, tmp_path, capsys):
     out = tmp_path / "out.tflite"
     assert main([str(example_model), "-o", str(out), "--equalize", "--json", "-"]) == 0

@@ -142,6 +142,7 @@ def sklearn_cost(values, weights, k) -> float:
     return float(np.sum(weights * (values - centers[model.labels_]) ** 2))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sklearn_never_beats_the_optimum(seed):
     rng = np.random.default_rng(seed)

@@ -67,6 +67,7 @@ def rewrite(path, folder, *flags) -> tuple[object, dict]:
     return out, json.loads((folder / "report.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.network
 @pytest.mark.parametrize("name", int8_mltk_models())
 @pytest.mark.parametrize("granularity", ["channel", "tensor"])

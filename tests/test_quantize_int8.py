@@ -45,6 +45,7 @@ def min_sqnr(reference: Path, candidate: Path, samples: list) -> float:
 # ------------------------------------------------------------------ fidelity
 
 
+@pytest.mark.slow
 @pytest.mark.network
 @pytest.mark.parametrize(
     "pair", corpus.mltk_float_int8_pairs(), ids=lambda p: p[0].name.split("__")[0]

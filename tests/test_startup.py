@@ -68,6 +68,7 @@ def _probe(folder, modules: list[str]) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 @WITH_TRICKS
 def test_kernels_compile_on_a_miss_and_load_without_compiler_on_a_hit(tmp_path):
     (tmp_path / "probe_kernel.py").write_text(KERNEL)
@@ -184,6 +185,7 @@ def test_a_rewrite_loads_only_the_numba_it_runs(example_model, tmp_path):
         assert modules & set(NOT_LOADED) == set(), flag_set
 
 
+@pytest.mark.slow
 def test_a_kernel_is_made_once_on_first_use_from_any_thread(tmp_path):
     (tmp_path / "probe_kernel.py").write_text(KERNEL)
     code = textwrap.dedent("""

@@ -144,6 +144,7 @@ def corpus_outputs(tmp_path_factory) -> dict[str, tuple]:
 # --------------------------------------------------------------------------- the must-show
 
 
+@pytest.mark.slow
 @pytest.mark.network
 @needs_tflm
 @pytest.mark.parametrize("name", sorted(int8_models()))

@@ -176,6 +176,7 @@ def test_xnnpack_switches_to_sparse_inference(convnet):
         np.testing.assert_allclose(result["outputs"][0], reference, **TOL)
 
 
+@pytest.mark.slow
 def test_float16_weights(tf_models, tmp_path):
     """float16 weights: sparse float16 -> DENSIFY -> DEQUANTIZE, as the converter writes it."""
     flags = ("--prune", "0.75", "--quantize", "float16", "--min-size", "0")
@@ -330,6 +331,7 @@ def test_verdict_predicts_what_xnnpack_does(tf_models, convnet, tmp_path):
     assert errors["leak"] > 100 * noise, errors
 
 
+@pytest.mark.slow
 def test_damaged_models_end_cleanly(convnet, tmp_path, capsys):
     """Byte flips anywhere in the file: what the reader takes, the target takes too, ending
     in an output or an exit 2 (one line), never an exception."""
