@@ -91,23 +91,3 @@ def _unpack(packed, width, out):
             j += 1
         held -= width
         out[i] = np.uint8((acc >> np.uint32(held)) & mask)
-
-
-def pack_numpy(indices: np.ndarray, width: int) -> np.ndarray:
-    """Plain numpy twin of pack."""
-    width = _check_width(width)
-    a = _check_indices(indices, width)
-    shifts = np.arange(width - 1, -1, -1, dtype=np.uint8)
-    bits = ((a[:, None] >> shifts) & 1).astype(np.uint8).reshape(-1)
-    return np.packbits(bits)  # pads the last byte with zero bits
-
-
-def unpack_numpy(packed: np.ndarray, width: int, count: int) -> np.ndarray:
-    """Plain numpy twin of unpack."""
-    width = _check_width(width)
-    p = np.asarray(packed, dtype=np.uint8).reshape(-1)
-    if count < 0 or packed_size(count, width) > p.size:
-        raise ValueError(f"{p.size} bytes do not hold {count} indices of {width} bits")
-    bits = np.unpackbits(p)[: count * width].reshape(count, width).astype(np.uint8)
-    weights = (1 << np.arange(width - 1, -1, -1)).astype(np.uint16)
-    return (bits @ weights).astype(np.uint8)

@@ -8,12 +8,13 @@ k-medians and Bregman divergence clustering in 1D"), and the previous layer's ar
 it from below (Knuth). A layer costs O(m log m) for m distinct points; memory is
 O(m) float64 work arrays plus a k x m int32 argmin table for the backtrack.
 
-Exactness of the twins: `kmeans_1d_bruteforce` is the full O(k m^2) DP and reaches the same
-cost. The row twins (`cluster_int8_rows_numpy`, `cluster_float_rows_numpy`) must match bit
-for bit, so they run the same float64 operations in the same order (sequential prefix sums,
-`np.cumsum` in numpy) and the same search (`_np_dc_starts`): when two partitions tie
-exactly, rounding can make the computed argmin non-monotone by an ulp, and then a full scan
-and the divide and conquer return different, equally optimal, partitions.
+Exactness of the twins in tests/twins.py: `kmeans_1d_bruteforce` is the full O(k m^2) DP and
+reaches the same cost. The row twins (`cluster_int8_rows_numpy`, `cluster_float_rows_numpy`)
+must match bit for bit, so they run the same float64 operations in the same order
+(sequential prefix sums, `np.cumsum` in numpy) and the same search (`_np_dc_starts`): when
+two partitions tie exactly, rounding can make the computed argmin non-monotone by an ulp,
+and then a full scan and the divide and conquer return different, equally optimal,
+partitions.
 """
 
 from __future__ import annotations
@@ -274,129 +275,6 @@ def optimal_kmeans_1d(
     return cent[:kk].copy(), bounds[:kk].copy(), float(cost)
 
 
-# ------------------------------------------------------------------ plain numpy twins
-
-
-def _np_prefix_sums(x: np.ndarray, w: np.ndarray):
-    """The same float64 operations, in the same order, as `_prefix_sums`."""
-    mu = np.cumsum(w * x)[-1] / np.cumsum(w)[-1]
-    d = x - mu
-    wd = w * d
-    zero = np.zeros(1)
-    return (
-        np.concatenate([zero, np.cumsum(w)]),
-        np.concatenate([zero, np.cumsum(wd)]),
-        np.concatenate([zero, np.cumsum(wd * d)]),
-    )
-
-
-def _np_dp_starts(x: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
-    """O(k m^2) dynamic programme over all (i, j) without the divide and conquer."""
-    m = x.size
-    kk = min(k, m)
-    if kk == m:
-        return np.arange(m)
-    p0, p1, p2 = _np_prefix_sums(x, w)
-    i, j = np.triu_indices(m + 1, 1)
-    s0 = p0[j] - p0[i]
-    s1 = p1[j] - p1[i]
-    c = (p2[j] - p2[i]) - s1 * s1 / s0
-    cost = np.full((m + 1, m + 1), np.inf)  # cost[i, j] of points [i, j); inf where i >= j
-    cost[i, j] = np.where(c > 0.0, c, 0.0)
-    d = cost[0].copy()
-    args = np.zeros((kk, m + 1), np.int64)
-    for layer in range(2, kk + 1):
-        cand = d[:, None] + cost  # cand[i, j]
-        cand[: layer - 1] = np.inf
-        args[layer - 1] = np.argmin(cand, axis=0)  # first (leftmost) minimum
-        d = cand[args[layer - 1], np.arange(m + 1)]
-    starts = np.zeros(kk, np.int64)
-    jj = m
-    for layer in range(kk, 1, -1):
-        jj = args[layer - 1, jj]
-        starts[layer - 1] = jj
-    return starts
-
-
-def _np_dc_starts(x: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
-    """The same search as `_dp_core` (divide and conquer plus Knuth's bound), in numpy.
-
-    The twins need this rather than the full DP: on an exact tie between two partitions,
-    rounding can make the computed argmin non-monotone by an ulp, and then a full scan and the
-    divide and conquer pick different (equally optimal) partitions.
-    """
-    m = x.size
-    kk = min(k, m)
-    if kk == m:
-        return np.arange(m)
-    p0, p1, p2 = _np_prefix_sums(x, w)
-
-    def cost(i, j):  # _seg_cost for the points [i, j), i an array
-        s1 = p1[j] - p1[i]
-        c = (p2[j] - p2[i]) - s1 * s1 / (p0[j] - p0[i])
-        return np.where(c > 0.0, c, 0.0)
-
-    arg = np.zeros((kk, m + 1), np.int64)
-    js = np.arange(1, m - kk + 2)
-    dprev = np.zeros(m + 1)
-    dprev[js] = cost(np.zeros_like(js), js)
-
-    def solve(c, dprev, dcur, a, b, olo, ohi):  # layer c, j in [a, b], argmin in [olo, ohi]
-        mid = (a + b) // 2
-        hi = min(ohi, mid - 1)
-        lo = max(olo, min(arg[c - 2, min(mid, m - kk + c - 1)], hi))
-        i = np.arange(lo, hi + 1)
-        v = dprev[i] + cost(i, mid)
-        bi = lo + int(np.argmin(v))  # the first minimum, as the kernel's strict <
-        dcur[mid] = v[bi - lo]
-        arg[c - 1, mid] = bi
-        if a < mid:
-            solve(c, dprev, dcur, a, mid - 1, olo, bi)
-        if mid < b:
-            solve(c, dprev, dcur, mid + 1, b, bi, ohi)
-
-    for c in range(2, kk):
-        dcur = np.zeros(m + 1)
-        solve(c, dprev, dcur, c, m - kk + c, c - 1, m - kk + c - 1)
-        dprev = dcur
-    if kk > 1:
-        i = np.arange(max(kk - 1, arg[kk - 2, m - 1]), m)
-        arg[kk - 1, m] = i[0] + int(np.argmin(dprev[i] + cost(i, m)))
-    starts = np.zeros(kk, np.int64)
-    jj = m
-    for layer in range(kk, 1, -1):
-        jj = arg[layer - 1, jj]
-        starts[layer - 1] = jj
-    return starts
-
-
-def _np_cluster_means(x: np.ndarray, w: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """The same operations as `_cluster_mean`, cluster by cluster."""
-    ends = np.append(starts[1:], x.size)
-    out = np.empty(starts.size)
-    for c, (a, b) in enumerate(zip(starts, ends)):
-        acc = np.cumsum(w[a:b] * (x[a:b] - x[a]))[-1]
-        out[c] = min(max(x[a] + acc / np.cumsum(w[a:b])[-1], x[a]), x[b - 1])
-    return out
-
-
-def kmeans_1d_bruteforce(
-    values: np.ndarray, weights: np.ndarray | None, k: int
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Slow twin of `optimal_kmeans_1d` (full O(k m^2) DP in numpy); same inputs and outputs."""
-    v, w = _check_points(values, weights, need_sorted=True)
-    k = _check_k(k)
-    if v.size == 0:
-        return np.empty(0), np.empty(0, np.int64), 0.0
-    x, first, inverse = np.unique(v, return_index=True, return_inverse=True)
-    wx = np.bincount(inverse, weights=w)
-    starts = _np_dp_starts(x, wx, k)
-    centroids = _np_cluster_means(x, wx, starts)
-    cluster = np.searchsorted(starts, inverse, side="right") - 1
-    cost = float(np.sum(w * (v - centroids[cluster]) ** 2))
-    return centroids, first[starts].astype(np.int64), cost
-
-
 # ------------------------------------------------------------------ int8 rows
 
 
@@ -581,45 +459,6 @@ def cluster_int8(
     return out, sq, (zeros, distinct, int(seen.sum()))
 
 
-def cluster_int8_numpy(
-    q: np.ndarray, k: int, keep_zero: bool, per_row: bool
-) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, int]]:
-    """Plain numpy twin of `cluster_int8`."""
-    units = q if per_row else q.reshape(1, -1)
-    out = cluster_int8_rows_numpy(units, k, keep_zero).reshape(q.shape)
-    sq = np.sum((q.astype(np.float64) - out.astype(np.float64)) ** 2, axis=1)
-    distinct = np.array([np.unique(r).size for r in out], np.int64)
-    return out, sq, (np.count_nonzero(out == 0, axis=1), distinct, int(np.unique(out).size))
-
-
-def _round_half_away(s1: int, s0: int) -> int:
-    return (2 * s1 + s0) // (2 * s0) if s1 >= 0 else -((-2 * s1 + s0) // (2 * s0))
-
-
-def cluster_int8_rows_numpy(q: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
-    """Plain numpy twin of `cluster_int8_rows` (the same search, see `_np_dc_starts`)."""
-    _check_rows(q, "int8")
-    k = _check_k(k)
-    out = np.empty_like(q)
-    for r, row in enumerate(q):
-        levels, counts = np.unique(row.astype(np.int64), return_counts=True)
-        lut = np.zeros(256, np.int64)
-        kr = k
-        if keep_zero and np.any(levels == 0):
-            keep = levels != 0
-            levels, counts, kr = levels[keep], counts[keep], k - 1
-        if levels.size and kr > 0:
-            starts = _np_dc_starts(levels.astype(np.float64), counts.astype(np.float64), kr)
-            for a, b in zip(starts, np.append(starts[1:], levels.size)):
-                s1 = int(np.dot(counts[a:b], levels[a:b]))
-                cent = min(max(_round_half_away(s1, int(counts[a:b].sum())), -128), 127)
-                if keep_zero and cent == 0:
-                    cent = 1 if s1 >= 0 else -1
-                lut[levels[a:b] + 128] = cent
-        out[r] = lut[row.astype(np.int64) + 128]
-    return out
-
-
 # ------------------------------------------------------------------ float rows
 
 
@@ -697,27 +536,6 @@ def cluster_float_rows(x: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
         block = x[a : a + step]
         srt = np.sort(block.astype(np.float64), axis=1)
         _cluster_float_rows_kernel(block, srt, k, bool(keep_zero), out[a : a + step], *scratch)
-    return out
-
-
-def cluster_float_rows_numpy(x: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
-    """Plain numpy twin of `cluster_float_rows` (the same search, see `_np_dc_starts`)."""
-    _check_float_rows(x)
-    k = _check_k(k)
-    out = x.copy()
-    for r, row in enumerate(x.astype(np.float64)):
-        movable = row != 0.0 if keep_zero else np.ones(row.size, bool)
-        kr = k - 1 if not movable.all() else k
-        if not movable.any():
-            continue
-        if kr == 0:
-            out[r] = 0
-            continue
-        xs, counts = np.unique(row[movable], return_counts=True)
-        starts = _np_dc_starts(xs, counts.astype(np.float64), kr)
-        cent = _np_cluster_means(xs, counts.astype(np.float64), starts)
-        idx = np.searchsorted(xs[starts], row[movable], side="right") - 1
-        out[r, movable] = cent[idx].astype(x.dtype)
     return out
 
 

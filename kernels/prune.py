@@ -3,7 +3,8 @@
 Every function takes ``mag``, non-negative magnitudes (the caller passes ``|w|`` reshaped to
 rows x n), and returns a boolean mask of the same shape, True = prune. Ties are broken the
 same way everywhere: among equal magnitudes (or equal block scores) the LOWER index is
-pruned first, so results are deterministic and equal their ``*_numpy`` twins exactly.
+pruned first, so results are deterministic and equal their ``*_numpy`` twins in
+tests/twins.py exactly.
 
 Existing zeros count toward a target sparsity with no special handling: their magnitude is 0,
 so they are among the first pruned (they stay zero) and they count in ``k``. A caller that
@@ -384,65 +385,6 @@ def global_smallest_k_masks(mags: Sequence[np.ndarray], k_total: int) -> list[np
     return _split_like(mask.reshape(-1), mags)
 
 
-# --- plain-numpy twins: slow, obvious, and equal to the kernels exactly ---------------------
-
-
-def _stable_rank(a: np.ndarray) -> np.ndarray:
-    """Each element's position in a stable ascending sort along the last axis."""
-    order = np.argsort(a, axis=-1, kind="stable")
-    rank = np.empty(a.shape, np.int64)
-    np.put_along_axis(rank, order, np.broadcast_to(np.arange(a.shape[-1]), a.shape), axis=-1)
-    return rank
-
-
-def smallest_k_mask_numpy(mag: np.ndarray, k: np.ndarray | int) -> np.ndarray:
-    """Twin of :func:`smallest_k_mask` by stable argsort."""
-    a = _as_magnitudes(mag)
-    k = _as_counts(k, a.shape[0], a.shape[1], "k")
-    return _stable_rank(a) < k[:, None]
-
-
-def n_of_m_mask_numpy(mag: np.ndarray, n_keep: int, m: int) -> np.ndarray:
-    """Twin of :func:`n_of_m_mask` by stable argsort of each group."""
-    a = _as_magnitudes(mag)
-    m = _as_int(m, "m", 1)
-    n_keep = _as_int(n_keep, "n_keep", 0, m)
-    rows, n = a.shape
-    full = n - n % m
-    mask = np.zeros(a.shape, bool)
-    groups = a[:, :full].reshape(rows, full // m, m)
-    mask[:, :full] = (_stable_rank(groups) < m - n_keep).reshape(rows, full)
-    g = n - full
-    if g:
-        mask[:, full:] = _stable_rank(a[:, full:]) < max(0, g - n_keep)
-    return mask
-
-
-def block_mask_numpy(mag: np.ndarray, block: int, k_blocks: np.ndarray | int) -> np.ndarray:
-    """Twin of :func:`block_mask`: the same float64 sums, in the same order, then argsort."""
-    a = _as_magnitudes(mag)
-    block = _as_int(block, "block", 1)
-    rows, n = a.shape
-    nb = -(-n // block)
-    k_blocks = _as_counts(k_blocks, rows, nb, "k_blocks")
-    padded = np.zeros((rows, nb * block), np.float64)  # + 0.0 leaves every sum unchanged
-    padded[:, :n] = a
-    padded = padded.reshape(rows, nb, block)
-    sums = np.zeros((rows, nb), np.float64)
-    with np.errstate(over="ignore"):  # huge float64 magnitudes sum to inf, as in the kernel
-        for j in range(block):  # one column at a time: index order within each block
-            sums = sums + padded[:, :, j]
-    lengths = np.minimum(np.arange(1, nb + 1) * block, n) - np.arange(nb) * block
-    chosen = _stable_rank(sums / lengths) < k_blocks[:, None]
-    return _expand_blocks(chosen, block, n)
-
-
-def global_smallest_k_masks_numpy(mags: Sequence[np.ndarray], k_total: int) -> list[np.ndarray]:
-    """Twin of :func:`global_smallest_k_masks` by one stable argsort of everything."""
-    flat, k_total = _flatten_all(mags, k_total)
-    return _split_like(_stable_rank(flat) < k_total, mags)
-
-
 # ------------------------------------------------------------------ applying a mask
 
 
@@ -525,7 +467,8 @@ def apply_mask(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def apply_mask_numpy(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Plain numpy twin of `apply_mask`."""
+    """Plain numpy twin of `apply_mask`, kept here (not in tests/twins.py) because
+    `apply_mask` runs it for float16, which Numba lacks."""
     out = np.where(mask, np.zeros((), values.dtype), values)
     sq = np.sum(np.where(mask, values.astype(np.float64), 0.0) ** 2, axis=1)
     return out, sq
@@ -593,12 +536,3 @@ def prune_rows(
     scratch = np.empty(values.shape[1])
     _prune_rows(keys, values, k, out, sq, zeros, *_scratch(values.shape[1], keys.dtype), scratch)
     return out, sq, zeros
-
-
-def prune_rows_numpy(
-    values: np.ndarray, k: np.ndarray | int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Twin of :func:`prune_rows`: the mask twin, then the apply twin."""
-    mask = smallest_k_mask_numpy(np.abs(values.astype(np.float64)), k)
-    out, sq = apply_mask_numpy(values, mask)
-    return out, sq, np.count_nonzero(out == 0, axis=1).astype(np.int64)

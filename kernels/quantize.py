@@ -93,16 +93,3 @@ def symmetric_int8_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     if not _symmetric_int8_rows(x, keys, q, scales, sq_err, np.empty(x.shape[1])):
         raise ValueError("weights hold NaN or infinity")
     return q, scales, sq_err
-
-
-def symmetric_int8_rows_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Plain numpy twin of `symmetric_int8_rows`."""
-    x64 = np.asarray(x, np.float64)
-    peak = np.abs(x64).max(axis=1) if x64.shape[1] else np.zeros(x64.shape[0])
-    scales = np.where(peak > 0, (peak / 127.0).astype(np.float32), np.float32(1.0))
-    scales = np.maximum(scales, _TINY)
-    v = x64 / scales.astype(np.float64)[:, None]
-    m = np.minimum(np.floor(np.abs(v) + 0.5), 127.0)
-    q = np.where(v >= 0, m, -m)
-    sq_err = np.sum((x64 - q * scales.astype(np.float64)[:, None]) ** 2, axis=1)
-    return q.astype(np.int8), scales.astype(np.float32), sq_err

@@ -148,26 +148,6 @@ def solve_groups(
     return out
 
 
-def solve_numpy_reference(
-    w_star: np.ndarray,
-    u: np.ndarray,
-    pruned: np.ndarray,
-    scales: np.ndarray | None = None,
-    codes: np.ndarray | None = None,
-) -> np.ndarray:
-    """The same result column by column with no blocking (the twin tests compare)."""
-    w = np.array(w_star, dtype=np.float64)
-    out = np.zeros_like(w)
-    s = None if scales is None else np.asarray(scales, np.float64)
-    for j in range(w.shape[1]):
-        col = w[:, j]
-        q = col.copy() if s is None else nearest_code((col / s)[:, None], codes)[:, 0] * s
-        q[pruned[:, j]] = 0.0
-        out[:, j] = q
-        w[:, j + 1 :] -= np.outer((col - q) / u[j, j], u[j, j + 1 :])
-    return out
-
-
 def output_error(w: np.ndarray, w_star: np.ndarray, h: np.ndarray) -> float:
     """tr((W - W*) H (W - W*)^T): the squared output error summed over the data."""
     diff = np.asarray(w, np.float64) - np.asarray(w_star, np.float64)
@@ -306,31 +286,6 @@ def obc_prune_rows(
     out = np.empty_like(w)
     counts = np.maximum(np.asarray(k, np.int64), forced.sum(axis=1))
     _obc_prune_rows(w, hinv, np.ascontiguousarray(forced, dtype=np.bool_), counts, out)
-    return out
-
-
-def obc_prune_rows_numpy(
-    w_star: np.ndarray, h: np.ndarray, forced: np.ndarray, k: np.ndarray, damp: float = DAMP
-) -> np.ndarray:
-    """Plain numpy twin of `obc_prune_rows`."""
-    hinv0 = _damped_inverse(h, damp)
-    out = np.array(w_star, dtype=np.float64)
-    for r in range(out.shape[0]):
-        x, hinv = out[r], hinv0.copy()
-        gone = np.zeros(x.size, bool)
-        for _ in range(max(int(k[r]), int(forced[r].sum()))):
-            pending = np.flatnonzero(forced[r] & ~gone)
-            if pending.size:
-                j = int(pending[0])
-            else:
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    cost = np.where(gone, np.inf, x * x / np.diag(hinv))
-                j = int(np.argmin(cost))
-            x -= x[j] / hinv[j, j] * hinv[:, j]
-            x[j] = 0.0
-            gone[j] = True
-            hinv -= np.outer(hinv[:, j], hinv[j, :]) / hinv[j, j]
-        x[gone] = 0.0
     return out
 
 

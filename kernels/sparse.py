@@ -94,20 +94,6 @@ def _fill(blocks, kept, indices, values):
                 j += 1
 
 
-def block_csr_encode_numpy(
-    dense: np.ndarray, block: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Plain numpy twin of block_csr_encode (same outputs, same dtypes)."""
-    a = _check(dense, block)
-    rows, cols = a.shape
-    blocks = a.reshape(rows, cols // block, block)
-    kept = np.any(blocks != 0, axis=2)
-    segments = np.zeros(rows + 1, np.int32)
-    segments[1:] = np.cumsum(kept.sum(axis=1))
-    r, b = np.nonzero(kept)  # row-major: rows in order, blocks in order within a row
-    return segments, b.astype(np.int32), blocks[r, b].reshape(-1, block).astype(a.dtype)
-
-
 def block_csr_decode(
     segments: np.ndarray,
     indices: np.ndarray,

@@ -129,23 +129,3 @@ def _rows(a: np.ndarray, name: str) -> np.ndarray:
     if not isinstance(a, np.ndarray) or a.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array, not {getattr(a, 'shape', type(a))}")
     return a.astype(np.float32) if a.dtype == np.float16 else a  # Numba has no float16
-
-
-# ---- plain numpy twins, for the tests
-
-
-def int8_counts_numpy(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    distinct = np.array([np.unique(r).size for r in q], np.int64)
-    return np.count_nonzero(q == 0, axis=1), distinct, int(np.unique(q).size)
-
-
-def int8_histograms_numpy(q: np.ndarray) -> np.ndarray:
-    return np.array([np.bincount(r.astype(np.int64) + 128, minlength=256) for r in q], np.int64)
-
-
-def zeros_per_row_numpy(x: np.ndarray) -> np.ndarray:
-    return np.count_nonzero(x == 0, axis=1).astype(np.int64)
-
-
-def sq_diff_per_row_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum((a.astype(np.float64) - b.astype(np.float64)) ** 2, axis=1)

@@ -90,6 +90,7 @@ def rewrite_sqnr(tmp_path: Path, *flags: str) -> float:
     return verify.compare(runtime.Runner(MODEL), runtime.Runner(out), held_out, "t").min_sqnr_db
 
 
+@pytest.mark.slow
 def test_rounding_flag_on_the_example_model(tmp_path):
     feedback = rewrite_sqnr(tmp_path)
     ada = rewrite_sqnr(tmp_path, "--rounding", "adaround")

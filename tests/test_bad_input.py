@@ -704,6 +704,7 @@ def check_variant(path: Path, data: bytes, tmp_path: Path) -> tuple[int, int]:
     return codes[0], codes[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,i", VARIANTS, ids=[f"{name}-{i:02d}-{KINDS[i % 4]}" for name, i in VARIANTS]
 )
@@ -825,6 +826,7 @@ def run_all(jobs: list[tuple[str, list[str], Path, Path | None]]) -> list[str]:
         return [p for p in pool.map(one, jobs) if p]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS as a memory bound is Linux's")
 def test_mutated_models_as_processes(fuzz_bases, tmp_path):
     """`audit` on 10 variants, and the whole rewrite command, verify included, on up to

@@ -82,6 +82,7 @@ def held_out_sqnr(path: Path) -> float:
     return verify.compare(ref, got, held_out.values, "held out").min_sqnr_db
 
 
+@pytest.mark.slow
 def test_zip_budget_is_met_with_less_error_than_the_uniform_recipe(uniform, tmp_path):
     """At the uniform recipe's own zipped size, the per-layer choice is as small and more
     faithful on held-out digits."""
@@ -103,6 +104,7 @@ def test_zip_budget_is_met_with_less_error_than_the_uniform_recipe(uniform, tmp_
     assert again.read_bytes() == out.read_bytes()
 
 
+@pytest.mark.slow
 def test_a_budget_nothing_meets_is_one_line_and_no_output(tmp_path, capsys):
     out = tmp_path / "never.tflite"
     args = [str(MODEL), "-o", str(out), *RECIPE, "--calibration", str(SAMPLES)]
@@ -112,6 +114,7 @@ def test_a_budget_nothing_meets_is_one_line_and_no_output(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_bytes_budget_with_dense_storage_says_what_shrinks(tmp_path, capsys):
     out = tmp_path / "dense.tflite"
     args = [str(MODEL), "-o", str(out), "--cluster", "16", "--max-bytes", "10000"]
@@ -120,6 +123,7 @@ def test_bytes_budget_with_dense_storage_says_what_shrinks(tmp_path, capsys):
     assert "zipped bytes, not bytes" in err and not out.exists()
 
 
+@pytest.mark.slow
 def test_bytes_budget_with_block_sparse_fully_connected(tmp_path, capsys):
     """With --target cpu a FULLY_CONNECTED weight pruned in blocks is stored block-sparse:
     the planner prices it so, prunes it to fit, and the file meets the budget."""
@@ -150,6 +154,8 @@ def test_a_budget_needs_something_to_choose(tmp_path, capsys):
     assert "--prune and --cluster" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.network
 @pytest.mark.skipif(not vela.available(), reason="ethos-u-vela is not installed (.[ethos-u])")
 def test_vela_budget_is_met_by_vela_itself(tmp_path):
     """Vela's own report is the measure: its encoded weights fit the budget."""
@@ -164,6 +170,8 @@ def test_vela_budget_is_met_by_vela_itself(tmp_path):
     assert vela.compile_report(out).npu_encoded_weights_bytes <= limit
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_bytes_budget_with_lookup_tables(tmp_path):
     """With --target tflm the file shrinks with the clusters: its bytes meet the budget,
     and a per-tensor-quantized weight is not planned per-channel codebooks (TFLM would

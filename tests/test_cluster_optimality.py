@@ -10,6 +10,8 @@ from check_cluster_optimality import compare, units_of
 from conftest import all_models
 
 
+@pytest.mark.slow
+@pytest.mark.network
 @pytest.mark.parametrize("name", sorted(all_models()))
 def test_dp_is_never_worse_than_sklearn(name):
     pytest.importorskip("sklearn", reason="scikit-learn is a test extra")

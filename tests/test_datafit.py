@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import twins
 
 from tflrewrite import calibrate, reader, recipes, rewrite, runtime, writer
 from tflrewrite.kernels import reconstruct
@@ -36,7 +37,7 @@ def test_blocked_solve_equals_the_unblocked_reference(seed, grid):
         scales = np.abs(w).max(axis=1) / 4
         codes = np.array([[-4.0, -2.0, -1.0, 1.0, 2.0, 4.0]] * w.shape[0])
     blocked = reconstruct.solve(w, u, pruned, scales, codes, block=7)
-    reference = reconstruct.solve_numpy_reference(w, u, pruned, scales, codes)
+    reference = twins.solve_numpy_reference(w, u, pruned, scales, codes)
     np.testing.assert_allclose(blocked, reference, rtol=1e-9, atol=1e-12)
     assert np.all(blocked[pruned] == 0)
     assert np.all(blocked[~pruned] != 0)
@@ -88,6 +89,7 @@ def sqnr(model, out: Path, held_out) -> float:
     return verify.compare(ref, runtime.Runner(out), held_out.values[:100], "t").min_sqnr_db
 
 
+@pytest.mark.slow
 def test_data_aware_pruning_beats_magnitude_on_held_out_digits(digits, tmp_path):
     model, data, held_out = digits
     recipe = recipes.load("prune")
@@ -135,7 +137,7 @@ def test_obc_kernel_equals_its_numpy_twin_and_beats_one_shot_masks(seed):
     forced = rng.random(w.shape) < 0.15
     k = rng.integers(0, 20, size=w.shape[0])
     fast = reconstruct.obc_prune_rows(w, h, forced, k)
-    slow = reconstruct.obc_prune_rows_numpy(w, h, forced, k)
+    slow = twins.obc_prune_rows_numpy(w, h, forced, k)
     np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)
     zeros = fast == 0
     assert np.all(zeros[forced])

@@ -121,6 +121,7 @@ def test_rules_and_skip_leave_pairs_alone(example_model):
     assert actions["fc_1"]["action"] == "equalized"
 
 
+@pytest.mark.network
 def test_mltk_float_models_compute_the_same(mltk_pairs):
     for float_path, _ in mltk_pairs:
         _, result = equalized(float_path)
@@ -149,6 +150,7 @@ def test_recipe_runs_it_first_and_records_it(example_model, tmp_path):
     jsonschema.validate(doc, json.loads((ROOT / "schemas" / "provenance.schema.json").read_text()))
 
 
+@pytest.mark.slow
 def test_cli_flag(example_model, tmp_path, capsys):
     out = tmp_path / "out.tflite"
     assert main([str(example_model), "-o", str(out), "--equalize", "--json", "-"]) == 0

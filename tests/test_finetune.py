@@ -224,6 +224,7 @@ def _run(model, digits, **options):
     return result
 
 
+@pytest.mark.slow
 def test_pcqat_keras3_keeps_zeros_and_clusters(keras3_model, digits):
     before = [v.numpy().copy() for v in keras3_model.weights]
     result = _run(keras3_model, digits, epochs=2)  # a recovery epoch, then a pcqat one
@@ -240,12 +241,14 @@ def test_pcqat_keras3_keeps_zeros_and_clusters(keras3_model, digits):
     assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, keras3_model.weights))
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes(keras3_model, digits):
     a = _run(keras3_model, digits, seed=3)
     b = _run(keras3_model, digits, seed=3)
     assert a.tflite == b.tflite
 
 
+@pytest.mark.slow
 def test_pqat_prune_all_channel_quantization(keras3_model, digits):
     """Depthwise kernels and short channels pruned too when asked; no clusters, so the int8
     weights get one scale per channel."""
@@ -261,6 +264,7 @@ def test_pqat_prune_all_channel_quantization(keras3_model, digits):
         assert np.all(w.channels(w.tensor.data)[masks[c["layer"]]] == 0), c["layer"]
 
 
+@pytest.mark.slow
 def test_dataset_input(keras3_model, digits):
     """A tf.data.Dataset, unbatched or batched, trains as arrays do (without distillation:
     the soft targets are computed for arrays only)."""
@@ -277,6 +281,7 @@ def test_dataset_input(keras3_model, digits):
         assert len(r["epochs"]) == 1 and r["epochs"][0]["accuracy"] is not None
 
 
+@pytest.mark.slow
 def test_cqat_per_channel_clusters(keras3_model, digits):
     result = _run(keras3_model, digits, stage="cqat", granularity="channel", clusters=4)
     assert result.report["ok"] and result.report["int8_weights"] == "channel"
@@ -284,6 +289,7 @@ def test_cqat_per_channel_clusters(keras3_model, digits):
         assert stages.distinct_per_row(w.channels(w.tensor.data)).max() <= 4
 
 
+@pytest.mark.slow
 def test_other_layers_and_a_subclassed_one(digits):
     """Conv1D and Conv2DTranspose are constrained like the others; a subclassed layer with
     a weight of its own is trained as it is and named in the report."""
@@ -328,6 +334,7 @@ def test_other_layers_and_a_subclassed_one(digits):
     _check(model, result, 0.5, K)
 
 
+@pytest.mark.slow
 def test_subclassed_model(digits):
     """No layer graph: its batch norm cannot be folded before training, the converter folds
     it after, and the cluster pass restores K values per tensor in the int8 kernel."""
@@ -357,6 +364,7 @@ def test_subclassed_model(digits):
         assert np.unique(w.tensor.data).size <= K
 
 
+@pytest.mark.slow
 def test_pcqat_tf_keras(digits):
     tf_keras = pytest.importorskip("tf_keras", reason="tf_keras is not installed")
     model = _tiny(tf_keras, digits[0], digits[2])
@@ -365,6 +373,7 @@ def test_pcqat_tf_keras(digits):
     _check(model, result, 0.5, K)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(keras3_model, digits, tmp_path, capsys):
     from tflrewrite.cli import main
 

@@ -7,6 +7,7 @@ import itertools
 
 import numpy as np
 import pytest
+import twins
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -59,7 +60,7 @@ def test_dp_matches_brute_force_and_exhaustive_search(case):
     values = np.sort(np.array(raw, float)) * scale
     weights = np.array(counts, float)
     centroids, boundaries, cost = km.optimal_kmeans_1d(values, weights, k)
-    b_centroids, b_boundaries, b_cost = km.kmeans_1d_bruteforce(values, weights, k)
+    b_centroids, b_boundaries, b_cost = twins.kmeans_1d_bruteforce(values, weights, k)
     size = float(np.sum(weights * values**2))
     assert close(cost, b_cost, size)
     assert close(cost, exhaustive_cost(values, weights, k), size)
@@ -102,7 +103,7 @@ def test_larger_case_matches_brute_force():
     weights = rng.integers(1, 9, values.size).astype(float)
     for k in (1, 2, 7, 20):
         cost = km.optimal_kmeans_1d(values, weights, k)[2]
-        b_cost = km.kmeans_1d_bruteforce(values, weights, k)[2]
+        b_cost = twins.kmeans_1d_bruteforce(values, weights, k)[2]
         assert close(cost, b_cost, float(np.sum(weights * values**2)))
 
 
@@ -141,6 +142,7 @@ def sklearn_cost(values, weights, k) -> float:
     return float(np.sum(weights * (values - centers[model.labels_]) ** 2))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sklearn_never_beats_the_optimum(seed):
     rng = np.random.default_rng(seed)
@@ -181,7 +183,7 @@ def test_int8_rows_equal_numpy_twin_and_keep_their_promises(k, keep_zero):
     for q in int8_cases():
         out = km.cluster_int8_rows(q, k, keep_zero)
         assert out.dtype == np.int8 and out.shape == q.shape
-        np.testing.assert_array_equal(out, km.cluster_int8_rows_numpy(q, k, keep_zero))
+        np.testing.assert_array_equal(out, twins.cluster_int8_rows_numpy(q, k, keep_zero))
         for row, new in zip(q, out):
             assert np.unique(new).size <= k
             if keep_zero:
@@ -204,7 +206,7 @@ def test_int8_rows_equal_numpy_twin_and_keep_their_promises(k, keep_zero):
 def test_int8_with_counts_equals_twin_and_the_rows_kernel(k, keep_zero, per_row):
     for q in int8_cases():
         out, sq, counts = km.cluster_int8(q, k, keep_zero, per_row)
-        want = km.cluster_int8_numpy(q, k, keep_zero, per_row)
+        want = twins.cluster_int8_numpy(q, k, keep_zero, per_row)
         np.testing.assert_array_equal(out, want[0])
         np.testing.assert_array_equal(sq, want[1])  # integers: exact
         for got, expected in zip(counts, want[2], strict=True):
@@ -242,11 +244,11 @@ def test_twin_search_is_optimal_on_int8_histograms():
         levels, counts = np.unique(row, return_counts=True)
         x, w = levels.astype(float), counts.astype(float)
         for k in (2, 5, 16):
-            fast = km._np_dc_starts(x, w, k)
-            full = km._np_dp_starts(x, w, k)
+            fast = twins._np_dc_starts(x, w, k)
+            full = twins._np_dp_starts(x, w, k)
             costs = []
             for starts in (fast, full):
-                cent = km._np_cluster_means(x, w, starts)
+                cent = twins._np_cluster_means(x, w, starts)
                 cluster = np.searchsorted(starts, np.arange(x.size), side="right") - 1
                 costs.append(float(np.sum(w * (x - cent[cluster]) ** 2)))
             assert close(costs[0], costs[1], float(np.sum(w * x * x)))
@@ -280,7 +282,7 @@ def test_float_rows_equal_numpy_twin_and_keep_their_promises(k, keep_zero, dtype
     for x in float_cases(dtype):
         out = km.cluster_float_rows(x, k, keep_zero)
         assert out.dtype == dtype and out.shape == x.shape
-        np.testing.assert_array_equal(out, km.cluster_float_rows_numpy(x, k, keep_zero))
+        np.testing.assert_array_equal(out, twins.cluster_float_rows_numpy(x, k, keep_zero))
         for row, new in zip(x, out):
             assert np.unique(new).size <= k
             if keep_zero:
@@ -297,7 +299,7 @@ def test_float_rows_reach_the_optimal_cost():
         for row, new in zip(x, out):
             movable = row != 0 if keep_zero else np.ones(row.size, bool)
             kr = 4 if keep_zero and not movable.all() else 5
-            best = km.kmeans_1d_bruteforce(np.sort(row[movable]), None, kr)[2]
+            best = twins.kmeans_1d_bruteforce(np.sort(row[movable]), None, kr)[2]
             assert close(float(np.sum((row - new) ** 2)), best, float(np.sum(row**2)))
 
 

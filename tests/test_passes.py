@@ -67,6 +67,8 @@ def rewrite(path, folder, *flags) -> tuple[object, dict]:
     return out, json.loads((folder / "report.json").read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.network
 @pytest.mark.parametrize("name", int8_mltk_models())
 @pytest.mark.parametrize("granularity", ["channel", "tensor"])
 def test_prune_then_cluster_keeps_every_invariant(name, granularity, tmp_path):

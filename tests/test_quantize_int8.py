@@ -47,6 +47,8 @@ def min_sqnr(reference: Path, candidate: Path, samples: list) -> float:
 # ------------------------------------------------------------------ fidelity
 
 
+@pytest.mark.slow
+@pytest.mark.network
 @pytest.mark.parametrize(
     "pair", corpus.mltk_float_int8_pairs(), ids=lambda p: p[0].name.split("__")[0]
 )
@@ -175,6 +177,7 @@ def test_other_float_forms(tf_models, name, tmp_path):
 # ------------------------------------------------------------------ with the other passes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["magnitude", "data"])
 def test_prune_cluster_int8_keeps_zeros_and_clusters(example_model, method, tmp_path):
     """The compression issue's invariants hold in the full-integer output, on both paths:
@@ -241,6 +244,7 @@ def test_report_has_held_out_verify_and_layers(example_model, tmp_path, capsys):
     assert "calibrated on 50 samples" in text and "least faithful" in text
 
 
+@pytest.mark.slow
 def test_same_input_same_bytes(example_model, tmp_path):
     npz = str(ROOT / "examples" / "digits_samples.npz")
     outs = []

@@ -3,12 +3,14 @@ and how it exits. Each test runs commands in new interpreters; none of them time
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from tflrewrite.reports.audit import zip_size
@@ -47,6 +49,13 @@ PROBE = textwrap.dedent("""
 """)
 
 
+# Tests of what the start-up tricks save, which plain Numba does not.
+WITH_TRICKS = pytest.mark.skipif(
+    "1" in (os.environ.get("NUMBA_DISABLE_JIT"), os.environ.get("TFLREWRITE_PLAIN_NUMBA")),
+    reason="kernels run as Python, or with plain Numba",
+)
+
+
 def _probe(folder, modules: list[str]) -> dict:
     env = dict(os.environ, NUMBA_CACHE_DIR=str(folder / "numba-cache"))
     result = subprocess.run(
@@ -59,7 +68,8 @@ def _probe(folder, modules: list[str]) -> dict:
     return json.loads(result.stdout)
 
 
-@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="kernels run as Python")
+@pytest.mark.slow
+@WITH_TRICKS
 def test_kernels_compile_on_a_miss_and_load_without_compiler_on_a_hit(tmp_path):
     (tmp_path / "probe_kernel.py").write_text(KERNEL)
     watched = [*REFRESH_ONLY, "scipy.linalg"]
@@ -130,8 +140,11 @@ def test_zip_size_soon_gives_zip_size_or_none(example_model, tmp_path):
     assert zip_size_soon(str(tmp_path)) is None  # not a file
 
 
-# What Numba imports only to look, or for kernels that allocate arrays themselves.
-NOT_LOADED = ("numba.np.arrayobj", "numpy.ma", "scipy", "yaml")
+# What Numba imports only to look, or for kernels that allocate arrays themselves (numpy 1.x
+# imports numpy.ma itself).
+NOT_LOADED = ("numba.np.arrayobj", "scipy", "yaml") + (
+    ("numpy.ma",) if int(np.__version__.split(".")[0]) >= 2 else ()
+)
 
 RUN_AND_LIST = textwrap.dedent("""
     import contextlib, io, json, sys
@@ -160,7 +173,8 @@ def test_commands_without_kernels_do_not_import_numba(example_model):
     assert "numba" not in _modules_after("audit", str(example_model))
 
 
-@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="kernels run as Python")
+@pytest.mark.slow
+@WITH_TRICKS
 def test_a_rewrite_loads_only_the_numba_it_runs(example_model, tmp_path):
     flags = ["--prune", "0.5", "--cluster", "16", "--quantize", "int8-weights", "--no-verify"]
     for flag_set in (flags, [*flags[:2], "--prune-pattern", "2:4", *flags[2:]]):
@@ -171,6 +185,7 @@ def test_a_rewrite_loads_only_the_numba_it_runs(example_model, tmp_path):
         assert modules & set(NOT_LOADED) == set(), flag_set
 
 
+@pytest.mark.slow
 def test_a_kernel_is_made_once_on_first_use_from_any_thread(tmp_path):
     (tmp_path / "probe_kernel.py").write_text(KERNEL)
     code = textwrap.dedent("""
@@ -233,3 +248,103 @@ def _outcome(typeof, value):
         return typeof(value)
     except Exception as e:  # noqa: BLE001 - compared, not handled
         return type(e)
+
+
+# Runs kernels of every kind on fixed data; prints a digest of all their outputs and the class
+# of one kernel's disk cache. argv[1] == "untested": as under a Numba release the tricks are
+# not tested on.
+KERNEL_RESULTS = textwrap.dedent("""
+    import hashlib, json, sys
+    import numpy as np
+    from tflrewrite.kernels import _jit
+    if sys.argv[1] == "untested":  # (not by Numba's version: its cache keeps the version)
+        _jit.TESTED = ((0, 0), (0, 1))
+    from tflrewrite.kernels import bitpack, kmeans1d, prune, quantize, reconstruct, sparse, stats
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 48)).astype(np.float32)
+    q = rng.integers(-128, 128, (6, 48)).astype(np.int8)
+    h = np.cov(rng.standard_normal((48, 200)))
+    results = [
+        prune.prune_rows(w, 20),
+        prune.n_of_m_mask(np.abs(w), 2, 4),
+        prune.block_mask(np.abs(w), 4, 3),
+        quantize.symmetric_int8_rows(w.astype(np.float64)),
+        kmeans1d.cluster_int8(q, 5, True, True),
+        kmeans1d.cluster_float_rows(w, 4, True),
+        kmeans1d.optimal_kmeans_1d(np.sort(w.ravel()), None, 7),
+        stats.int8_counts(q),
+        stats.sq_diff_per_row(w, w[::-1].copy()),
+        bitpack.unpack(bitpack.pack(q.ravel().view(np.uint8) % 32, 5), 5, q.size),
+        sparse.block_csr_encode(np.where(np.abs(w) > 1, w, 0), 4),
+        reconstruct.obc_prune_rows(w, h, w == 0, np.full(6, 12)),
+    ]
+    digest = hashlib.sha256()
+    def add(r):
+        if isinstance(r, (tuple, list)):
+            for part in r:
+                add(part)
+        else:
+            digest.update(np.ascontiguousarray(r).tobytes())
+    add(results)
+    cache = type(quantize._symmetric_int8_rows.dispatcher._cache).__name__
+    print(json.dumps({"digest": digest.hexdigest(), "cache": cache}))
+""")
+
+
+def _kernel_results(mode: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TFLREWRITE_PLAIN_NUMBA"}
+    if mode == "plain":
+        env["TFLREWRITE_PLAIN_NUMBA"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", KERNEL_RESULTS, mode], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="kernels run as Python")
+def test_kernels_give_the_same_results_without_the_start_up_tricks():
+    tricks, plain, untested = (_kernel_results(m) for m in ("tricks", "plain", "untested"))
+    assert tricks["cache"] == "CacheFirst"
+    assert plain["cache"] == untested["cache"] == "FunctionCache"
+    assert tricks["digest"] == plain["digest"] == untested["digest"]
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="kernels run as Python")
+@pytest.mark.parametrize(
+    "owner, name",
+    [("FunctionCache", "_load_overload"), ("Dispatcher", "typeof_pyval"), ("rtsys", "initialize")],
+)
+def test_a_numba_without_what_the_tricks_use_gets_plain_numba(monkeypatch, owner, name):
+    import numba
+    from numba.core.caching import FunctionCache
+    from numba.core.dispatcher import Dispatcher
+    from numba.core.runtime.nrt import rtsys
+
+    from tflrewrite.kernels import _jit
+
+    target = {"FunctionCache": FunctionCache, "Dispatcher": Dispatcher, "rtsys": rtsys}[owner]
+    assert _jit._cache_first(numba) is not None
+    monkeypatch.setattr(target, name, None)
+    assert _jit._cache_first(numba) is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("scipy") is None, reason="needs SciPy")
+def test_a_numba_that_needs_scipy_at_import_gets_it(tmp_path):
+    (tmp_path / "numba").mkdir()
+    (tmp_path / "numba" / "__init__.py").write_text("import scipy\n\n__version__ = '0.68.1'\n")
+    code = textwrap.dedent("""
+        import sys
+        sys.path.insert(0, sys.argv[1])
+        from tflrewrite.kernels._jit import _import_numba
+
+        numba = _import_numba()
+        print(numba.__file__.startswith(sys.argv[1]), "scipy" in sys.modules)
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]

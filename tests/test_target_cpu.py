@@ -13,6 +13,7 @@ from pathlib import Path
 import corpus
 import numpy as np
 import pytest
+import twins
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from litert import run_all, seeded_value
@@ -84,6 +85,7 @@ def anomaly(tmp_path_factory):
     return dense, sparse_out, report
 
 
+@pytest.mark.network
 def test_anomaly_detection_int8_1x16_is_half_the_bytes_and_bit_identical(anomaly):
     dense, sparse_out, report = anomaly
     dense_bytes, sparse_bytes = dense.stat().st_size, sparse_out.stat().st_size
@@ -134,6 +136,7 @@ def test_anomaly_detection_int8_1x16_is_half_the_bytes_and_bit_identical(anomaly
     jsonschema.validate(read_provenance(s), schema)
 
 
+@pytest.mark.network
 def test_size_estimate_bounds_what_the_file_pays(anomaly):
     """encoded_size is an upper bound of the file bytes each encoded weight costs."""
     _, sparse_out, _ = anomaly
@@ -155,6 +158,7 @@ def test_size_estimate_bounds_what_the_file_pays(anomaly):
         t.sparsity, t.buffer.data = s, old
 
 
+@pytest.mark.network
 def test_default_delegate_path(anomaly):
     """With LiteRT's default delegates (XNNPACK) the sparse model runs: XNNPACK takes the
     dense ops but leaves the sparse FCs to the builtin 1x16 kernel. Dense FCs run by
@@ -219,6 +223,7 @@ def test_float_fc_1x4_runs_and_matches_to_float_rounding(tf_models, tmp_path):
 # --------------------------------------------------------------------------- what stays dense
 
 
+@pytest.mark.network
 def test_a_weight_that_would_grow_stays_dense(anomaly):
     """Unpruned int8 weights have few zeros: every 1x16 block holds a nonzero, so the sparse
     form would be the same values plus indices. Nothing changes, and the record says why."""
@@ -233,6 +238,7 @@ def test_a_weight_that_would_grow_stays_dense(anomaly):
     assert writer.to_bytes(out.model) == writer.to_bytes(model)
 
 
+@pytest.mark.network
 def test_per_channel_int8_stays_dense(anomaly):
     model = reader.read(anomaly[0])
     first = fc_weights(model)[0][1]
@@ -249,6 +255,7 @@ def test_per_channel_int8_stays_dense(anomaly):
     assert all(t.sparsity is None for _, t in fc_weights(model))  # the input is not changed
 
 
+@pytest.mark.network
 def test_shared_weight_is_encoded_for_every_fc_reader(anomaly):
     model = reader.read(anomaly[0])
     square = [op for op, t in fc_weights(model) if t.shape == (128, 128)]
@@ -308,7 +315,7 @@ def block_sparse(draw):
 def test_encode_decode_round_trip_and_twin(case):
     dense, block = case
     seg, idx, val = sparse.block_csr_encode(dense, block)
-    tseg, tidx, tval = sparse.block_csr_encode_numpy(dense, block)
+    tseg, tidx, tval = twins.block_csr_encode_numpy(dense, block)
     assert seg.dtype == tseg.dtype == np.int32 and idx.dtype == tidx.dtype == np.int32
     assert val.dtype == tval.dtype == dense.dtype and val.shape == (idx.size, block)
     assert np.array_equal(seg, tseg) and np.array_equal(idx, tidx)

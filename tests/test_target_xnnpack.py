@@ -155,6 +155,7 @@ def test_builtin_kernels_give_the_dense_outputs_exactly(convnet):
             assert np.array_equal(x, y), key
 
 
+@pytest.mark.slow
 def test_xnnpack_switches_to_sparse_inference(convnet):
     dense, out, _ = convnet
     reference = builtin(dense)
@@ -176,6 +177,7 @@ def test_xnnpack_switches_to_sparse_inference(convnet):
         np.testing.assert_allclose(result["outputs"][0], reference, **TOL)
 
 
+@pytest.mark.slow
 def test_float16_weights(tf_models, tmp_path):
     """float16 weights: sparse float16 -> DENSIFY -> DEQUANTIZE, as the converter writes it."""
     flags = ("--prune", "0.75", "--quantize", "float16", "--min-size", "0")
@@ -290,6 +292,7 @@ def test_cli_says_why(tf_models, tmp_path, capsys):
     assert "does not qualify" in text and "50.0% zeros" in text
 
 
+@pytest.mark.slow
 def test_verdict_predicts_what_xnnpack_does(tf_models, convnet, tmp_path):
     """With DENSIFY in front of every float filter (so the delegate always asks for sparse
     inference), XNNPACK switches exactly the regions the verdict says it switches."""
@@ -329,6 +332,7 @@ def test_verdict_predicts_what_xnnpack_does(tf_models, convnet, tmp_path):
     assert errors["leak"] > 100 * noise, errors
 
 
+@pytest.mark.slow
 def test_damaged_models_end_cleanly(convnet, tmp_path, capsys):
     """Byte flips anywhere in the file: what the reader takes, the target takes too, ending
     in an output or an exit 2 (one line), never an exception."""

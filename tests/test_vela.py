@@ -31,6 +31,7 @@ def _audit_vela(path, capsys, *extra):
     return doc["vela"]
 
 
+@pytest.mark.network
 @needs_vela
 @pytest.mark.parametrize("name", MODELS)
 def test_vela_reports_encoded_weights_and_npu_operators(name, capsys):
@@ -41,6 +42,7 @@ def test_vela_reports_encoded_weights_and_npu_operators(name, capsys):
     assert v["sram_used_bytes"] > 0 and v["cycles_total"] > 0 and v["inference_time_s"] > 0
 
 
+@pytest.mark.network
 @needs_vela
 def test_tensor_clustering_shrinks_vela_encoded_weights(tmp_path, capsys):
     src = _model(MODELS[0])
@@ -52,6 +54,7 @@ def test_tensor_clustering_shrinks_vela_encoded_weights(tmp_path, capsys):
     assert after < 0.8 * before, (before, after)
 
 
+@pytest.mark.network
 @needs_vela
 def test_text_report_and_accelerator(capsys):
     path = _model(MODELS[1])
@@ -60,6 +63,7 @@ def test_text_report_and_accelerator(capsys):
     assert "ethos-u85-256" in out and "NPU encoded weights" in out and "on the NPU" in out
 
 
+@pytest.mark.network
 @needs_vela
 def test_unknown_accelerator_is_one_line_and_exit_2(capsys):
     assert main(["audit", str(_model(MODELS[1])), "--accelerator", "ethos-u99"]) == 2
