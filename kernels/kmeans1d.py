@@ -588,7 +588,7 @@ def lloyd_1d(
 
 
 def initial_centroids(
-    values: np.ndarray, weights: np.ndarray | None, k: int, method: str, seed: int = 0
+    values: np.ndarray, weights: np.ndarray | None, k: int, *, method: str, seed: int = 0
 ) -> np.ndarray:
     """Starting centroids for `lloyd_1d`, after TF Model Optimization's initialisations.
 

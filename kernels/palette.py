@@ -99,6 +99,7 @@ def index_bits(counts: np.ndarray, zeros: float) -> tuple[np.ndarray, float]:
 def shared_palette(
     rows: np.ndarray,
     scales: np.ndarray,
+    *,
     k: int,
     keep_zero: bool,
     budget: float = 0.0,

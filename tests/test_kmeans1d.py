@@ -320,7 +320,7 @@ def test_lloyd_descends_and_never_beats_the_optimum(method):
     weights = rng.integers(1, 4, values.size).astype(float)
     k = 6
     best = km.optimal_kmeans_1d(np.sort(values), weights[np.argsort(values)], k)[2]
-    c = km.initial_centroids(values, weights, k, method, seed=1)
+    c = km.initial_centroids(values, weights, k, method=method, seed=1)
     assert c.size == k and values.min() <= c.min() and c.max() <= values.max()
     previous = np.inf
     for _ in range(40):  # one update at a time
@@ -329,21 +329,25 @@ def test_lloyd_descends_and_never_beats_the_optimum(method):
         assert cost >= best * (1 - 1e-12)
         previous = cost
     c_all, cost_all = km.lloyd_1d(
-        values, weights, km.initial_centroids(values, weights, k, method, 1)
+        values, weights, km.initial_centroids(values, weights, k, method=method, seed=1)
     )
     assert cost_all >= best * (1 - 1e-12) and c_all.size == k
 
 
 def test_initialisations():
     values = np.array([0.0, 1.0, 2.0, 3.0, 10.0])
-    np.testing.assert_allclose(km.initial_centroids(values, None, 3, "linear", 0), [0, 5, 10])
-    density = km.initial_centroids(values, None, 2, "density", 0)
+    np.testing.assert_allclose(
+        km.initial_centroids(values, None, 3, method="linear", seed=0), [0, 5, 10]
+    )
+    density = km.initial_centroids(values, None, 2, method="density", seed=0)
     assert density[0] == 0.0 and density[-1] == 10.0
-    a = km.initial_centroids(values, None, 3, "kmeans++", seed=3)
-    np.testing.assert_array_equal(a, km.initial_centroids(values, None, 3, "kmeans++", seed=3))
+    a = km.initial_centroids(values, None, 3, method="kmeans++", seed=3)
+    np.testing.assert_array_equal(
+        a, km.initial_centroids(values, None, 3, method="kmeans++", seed=3)
+    )
     assert set(a) <= set(values)
     with pytest.raises(ValueError, match="unknown method"):
-        km.initial_centroids(values, None, 3, "random", 0)
+        km.initial_centroids(values, None, 3, method="random", seed=0)
 
 
 def test_lloyd_from_the_optimum_stays_there():

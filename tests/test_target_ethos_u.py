@@ -242,8 +242,8 @@ def test_shared_palette_promises(channels, n, k, keep_zero, per_channel):
     rows = np.round(real / (scales[:, None] if per_channel else scales[0])).astype(np.int8)
     if not per_channel:
         rows = rows.reshape(1, -1)
-    got = palette.shared_palette(rows, scales, k, keep_zero)
-    again = palette.shared_palette(rows, scales, k, keep_zero)
+    got = palette.shared_palette(rows, scales, k=k, keep_zero=keep_zero)
+    again = palette.shared_palette(rows, scales, k=k, keep_zero=keep_zero)
     assert np.array_equal(got.values, again.values) and np.array_equal(got.scales, again.scales)
     assert got.values.shape == rows.shape and got.values.dtype == np.int8
     assert np.unique(got.values).size <= k
@@ -257,7 +257,7 @@ def test_shared_palette_promises(channels, n, k, keep_zero, per_channel):
     assert got.start_sq_error == pytest.approx(np.sum((rows * s0 - start * s0) ** 2), rel=1e-9)
     err = np.sum((rows * s0 - got.values * got.scales.astype(np.float64)[:, None]) ** 2)
     assert got.sq_error == pytest.approx(err, rel=1e-9)
-    fixed = palette.shared_palette(rows, scales, k, keep_zero, refit=False)
+    fixed = palette.shared_palette(rows, scales, k=k, keep_zero=keep_zero, refit=False)
     assert np.array_equal(fixed.scales, np.asarray(scales, np.float32))
 
 

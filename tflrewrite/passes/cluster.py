@@ -132,7 +132,7 @@ def _lloyd_rows(rows: np.ndarray, opts: Options) -> np.ndarray:
         if values.size == 0 or k < 1:
             continue
         init = kmeans1d.initial_centroids(
-            values, counts.astype(np.float64), k, opts.init, opts.seed
+            values, counts.astype(np.float64), k, method=opts.init, seed=opts.seed
         )
         centroids, _ = kmeans1d.lloyd_1d(values, counts.astype(np.float64), init)
         nearest = np.abs(row[keep, None].astype(np.float64) - centroids[None, :]).argmin(axis=1)

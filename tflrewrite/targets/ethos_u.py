@@ -196,7 +196,7 @@ def _cluster(model: Model, w: Weight, opts: cluster_pass.Options, notes: dict) -
     rows, scales, per_channel = _scale_rows(w)
     refit = _rescalable_biases(model, w) is not None
     found = kernels.shared_palette(
-        rows, scales, opts.clusters, opts.preserve_sparsity, BUDGET, refit=refit
+        rows, scales, k=opts.clusters, keep_zero=opts.preserve_sparsity, budget=BUDGET, refit=refit
     )
     values = w.from_channels(found.values) if per_channel else found.values.reshape(w.shape)
     _set_values(model, w, values, scales, found.scales)
@@ -353,7 +353,7 @@ def _requantize_record(model: Model, w: Weight) -> dict:
     if distinct <= kernels.PALETTE_MAX:
         rows, scales, _ = _scale_rows(w)
         keep_zero = bool(np.any(rows == 0))
-        found = kernels.shared_palette(rows, scales, distinct, keep_zero)
+        found = kernels.shared_palette(rows, scales, k=distinct, keep_zero=keep_zero)
         _set_values(model, w, found.values.reshape(w.shape), scales, found.scales)
         extra["reclustered"] = distinct
     return record(
