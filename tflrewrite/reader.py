@@ -196,9 +196,6 @@ class _Reader:
     def ints(self, start: int, n: int) -> tuple[int, ...] | None:
         return None if start < 0 else _int32s(n).unpack_from(self.view, start)
 
-    def text(self, start: int, n: int) -> str | None:
-        return None if start < 0 else str(self.view[start : start + n], "utf-8", "surrogateescape")
-
     def array(self, start: int, n: int, dtype: str) -> np.ndarray | None:
         if start < 0:
             return None

@@ -130,8 +130,9 @@ class FileImage:
         yield self.trailing
 
     def write_to(self, f: BinaryIO) -> None:
+        """Write the file to `f`: straight to its file descriptor where it has one."""
         try:
-            fd = f.fileno()
+            fd = f.fileno() if hasattr(os, "writev") else None
         except (AttributeError, OSError):  # io.UnsupportedOperation is an OSError
             fd = None
         if fd is None:
