@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import struct
 from typing import Any
 
 from ai_edge_litert import schema_py_generated as fb
@@ -36,6 +37,14 @@ OPERATOR_CODES: dict[str, int] = _codes(fb.BuiltinOperator)
 OPERATOR_NAMES: dict[int, str] = {v: k for k, v in OPERATOR_CODES.items()}
 BUILTIN_OPTIONS_CODES: dict[str, int] = _codes(fb.BuiltinOptions)
 BUILTIN_OPTIONS2_CODES: dict[str, int] = _codes(fb.BuiltinOptions2)
+# The options class of each union type code (the object API's `<Name>T`), as the generated
+# BuiltinOptionsCreator picks it, in one lookup instead of a chain of a hundred comparisons.
+OPTIONS_CLASSES: dict[int, type] = {
+    code: getattr(fb, name + "T") for name, code in BUILTIN_OPTIONS_CODES.items() if code
+}
+OPTIONS2_CLASSES: dict[int, type] = {
+    code: getattr(fb, name + "T") for name, code in BUILTIN_OPTIONS2_CODES.items() if code
+}
 
 PADDING_CODES: dict[str, int] = _codes(fb.Padding)
 ACTIVATION_CODES: dict[str, int] = _codes(fb.ActivationFunctionType)
@@ -62,6 +71,22 @@ _ATTR_FIELDS: dict[str, tuple[tuple[str, ...], dict[str, int] | None]] = {
     "asymmetric_quantize_inputs": (("asymmetricQuantizeInputs",), None),
 }
 
+# The flatbuffers Builder's method for each kind of scalar field, and its struct format.
+_SLOT_FORMATS: dict[str, str] = {
+    "PrependBoolSlot": "?",
+    "PrependInt8Slot": "b",
+    "PrependUint8Slot": "B",
+    "PrependInt16Slot": "h",
+    "PrependUint16Slot": "H",
+    "PrependInt32Slot": "i",
+    "PrependUint32Slot": "I",
+    "PrependInt64Slot": "q",
+    "PrependUint64Slot": "Q",
+    "PrependFloat32Slot": "f",
+    "PrependFloat64Slot": "d",
+}
+_PLAIN = (int, float, bool, type(None))
+
 # Builtin codes above 127 do not fit the int8 field of old readers, which see this instead.
 PLACEHOLDER_FOR_GREATER_OP_CODES = 127
 
@@ -71,6 +96,59 @@ def options_code(options: Any, table: dict[str, int]) -> int:
     if options is None:
         return 0
     return table[type(options).__name__[:-1]]
+
+
+def scalar_fields(options: Any) -> tuple[int, tuple[tuple[int, str, Any, Any], ...]] | None:
+    """How an object-API table of plain values (numbers, None) packs itself: its number of
+    field slots, and (slot, struct format, value, default) for each scalar field in the
+    order its Pack adds them. None for one that holds more (a string, vector or table).
+
+    Pack is run against a stand-in for the flatbuffers Builder that records the calls, so
+    the layout is the bindings' own; fields left None are offsets Pack leaves out."""
+    if not all(type(v) in _PLAIN for v in vars(options).values()):
+        return None
+    recorder = _Recorder()
+    try:
+        options.Pack(recorder)
+    except _NotPlainError:
+        return None
+    return recorder.slots, tuple(recorder.fields)
+
+
+@functools.cache
+def field_sizes(cls: type) -> tuple[int, ...]:
+    """The byte size of each field slot of an object-API table class: its scalars as a
+    default object packs them, 4 (an offset) for the rest."""
+    layout = scalar_fields(cls())
+    if layout is None:
+        return ()
+    sizes = [4] * layout[0]
+    for slot, fmt, _, _ in layout[1]:
+        sizes[slot] = struct.calcsize("<" + fmt)
+    return tuple(sizes)
+
+
+class _NotPlainError(Exception):
+    pass
+
+
+class _Recorder:
+    """Stands in for a flatbuffers Builder: records the scalar fields a table adds."""
+
+    def __init__(self) -> None:
+        self.slots, self.fields = 0, []
+
+    def StartObject(self, slots: int) -> None:  # noqa: N802 - the Builder's name
+        self.slots = slots
+
+    def EndObject(self) -> int:  # noqa: N802 - the Builder's name
+        return 0
+
+    def __getattr__(self, name: str) -> Any:
+        fmt = _SLOT_FORMATS.get(name)
+        if fmt is None:
+            raise _NotPlainError(name)
+        return lambda slot, value, default: self.fields.append((slot, fmt, value, default))
 
 
 def make_options(name: str, **fields: Any) -> Any:
@@ -152,7 +230,7 @@ _UNION_ENUMS = {
 }
 
 
-class _Recorder:
+class _CallRecorder:
     """Stands in for a flatbuffers.Builder to learn what a generated function would build."""
 
     def __init__(self) -> None:
@@ -163,7 +241,7 @@ class _Recorder:
 
 
 def _recorded(function: Any, *args: Any) -> tuple[str, tuple]:
-    builder = _Recorder()
+    builder = _CallRecorder()
     function(builder, *args)
     return builder.calls[-1]
 
