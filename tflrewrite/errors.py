@@ -1,4 +1,4 @@
-"""The errors tflrewrite raises on purpose: the CLI turns each into one line and exit code 2."""
+"""The errors tflrewrite raises on purpose: the CLI turns each into one line and its exit code."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import os
 
 
 class TflRewriteError(Exception):
-    """Something the user can fix: bad input, bad options, a refused overwrite."""
+    """Something the user can fix: bad input, bad options, a refused overwrite, an output
+    that cannot be written."""
+
+    exit_code = 2
 
 
 class ModelError(TflRewriteError):
@@ -17,6 +20,16 @@ class ModelError(TflRewriteError):
         self.problem = problem
         super().__init__(problem if path is None else f"{self.path}: {problem}")
 
+    def __reduce__(self) -> tuple:  # pickled back from the child process that runs models
+        return type(self), (self.path, self.problem)
+
 
 class UsageError(TflRewriteError):
     """Options that do not fit together or do not fit the model."""
+
+
+class RuntimeCrashError(TflRewriteError):
+    """A runtime (LiteRT, tflite-micro) died running a model, in the child process that ran
+    it (runtime.Child): a failed check rather than bad usage, so exit code 1."""
+
+    exit_code = 1

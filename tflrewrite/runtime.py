@@ -6,18 +6,27 @@ kept intermediates in the same real (dequantized) values, loads with the same ke
 (LiteRT's builtin ones, one thread, unless asked for XNNPACK) and fails with the same
 messages; and so that serialising a Model to run it is not a pass's business.
 The interpreters' packages are imported only when a model is loaded: commands that run
-nothing (audit, recipes) never import them.
+nothing (audit, recipes) never import them. A Child runs functions that run models in a
+child process, where a runtime's crash ends the child rather than the command.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
-from collections.abc import Iterable, Iterator
+import pickle
+import signal
+import struct
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from tflrewrite.errors import TflRewriteError
+from tflrewrite.errors import RuntimeCrashError, TflRewriteError
 from tflrewrite.model import Model
 
 
@@ -87,6 +96,7 @@ class Runner(BaseRunner):
         )
         self.path = os.fspath(path)
         source = {"model_path": self.path} if content is None else {"model_content": content}
+        _tell("doing", (self.path, "LiteRT", "loading"))
         try:
             self.interpreter = Interpreter(
                 **source,
@@ -107,6 +117,7 @@ class Runner(BaseRunner):
         self._by_index: dict[int, dict] = {}
 
     def run(self, sample: list[np.ndarray]) -> list[np.ndarray]:
+        _tell("doing", (self.path, "LiteRT", "running"))
         try:
             for detail, value in zip(self.inputs, sample):
                 self.interpreter.set_tensor(detail["index"], _to_stored(value, detail))
@@ -177,6 +188,7 @@ class TflmRunner(BaseRunner):
             with open(self.path, "rb") as f:
                 content = f.read()
         self._data = content  # the interpreter reads the model where it lies
+        _tell("doing", (self.path, "tflite-micro", "loading"))
         try:
             self.interpreter = micro.Interpreter.from_bytes(self._data, arena_size=_arena(model))
             sg = model.subgraphs[0]
@@ -194,6 +206,7 @@ class TflmRunner(BaseRunner):
             ) from None
 
     def run(self, sample: list[np.ndarray]) -> list[np.ndarray]:
+        _tell("doing", (self.path, "tflite-micro", "running"))
         try:
             for i, (detail, value) in enumerate(zip(self.inputs, sample)):
                 self.interpreter.set_input(_to_stored(value, detail), i)
@@ -331,3 +344,251 @@ def _to_real(value: np.ndarray, detail: dict) -> np.ndarray:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+# ------------------------------------------------------------------ a child process
+
+# In a Child's process, the stream of messages to the parent; None in every other process.
+_parent: Any = None
+
+
+def _tell(kind: str, value: Any) -> None:
+    if _parent is not None:
+        _send(_parent, pickle.dumps((kind, value), protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _send(stream: BinaryIO, message: bytes) -> None:
+    """One message: its length, then its bytes (a pickle), so that a message the other
+    side cannot unpickle still leaves the stream in step."""
+    stream.write(struct.pack("<Q", len(message)) + message)
+    stream.flush()
+
+
+def _receive(stream: BinaryIO) -> bytes:
+    """The next message's bytes; EOFError where the stream ends before it does."""
+    head = stream.read(8)
+    if len(head) < 8:
+        raise EOFError
+    (size,) = struct.unpack("<Q", head)
+    message = stream.read(size)
+    if len(message) < size:
+        raise EOFError
+    return message
+
+
+def progress(done: int, total: int) -> None:
+    """How far a function running in a Child has got, passed on to the `progress` that the
+    parent gave Child.call; nothing outside a Child."""
+    _tell("progress", (done, total))
+
+
+# What the child runs: this process's import path, then the loop of _serve. The cyclic
+# collector runs rarely, as in the command's own process (tflrewrite.__main__): the
+# imports make tens of thousands of objects that live as long as the child, and little
+# cyclic garbage.
+_BOOT = (
+    "import gc, sys; gc.set_threshold(50_000, *gc.get_threshold()[1:]); sys.path[:] = {path!r}; "
+    "from tflrewrite.runtime import _serve; _serve({fd})"
+)
+
+
+class Child:
+    """A child process that runs functions for this one, so that a runtime's crash (a
+    segfault or an abort in native code) ends the child, not the command: `call` then
+    raises RuntimeCrashError naming the model that the runtime was loading or running (the
+    runners say which as they go).
+
+    The child is a fresh interpreter, as multiprocessing's "spawn" makes (forking a process
+    that holds Numba's and LiteRT's threads is unsafe), but started without re-running the
+    parent's main module: a script that calls tflrewrite needs no `__main__` guard. It
+    imports `preload` as soon as it starts, while the parent goes on; it ignores SIGINT (a
+    Ctrl-C reaches the whole process group, and the parent, which decides, ends it); its
+    stdout and stderr go to a temporary file that the parent passes on to its stderr after
+    each call, so that what a runtime prints as it dies never makes more than the one line.
+    Calls and results travel pickled over a socket pair. Use it as a context manager, or
+    close() it.
+    """
+
+    def __init__(self, preload: Sequence[str] = ()):
+        import socket
+        import subprocess
+
+        self._output = tempfile.TemporaryFile()
+        self._passed = 0  # bytes of the child's output passed on so far
+        self._crash: str | None = None
+        ours, theirs = socket.socketpair()
+        with theirs:
+            boot = _BOOT.format(path=list(sys.path), fd=theirs.fileno())
+            try:
+                self._process = subprocess.Popen(
+                    [sys.executable, "-c", boot, *preload],
+                    stdin=subprocess.DEVNULL,
+                    stdout=self._output,
+                    stderr=self._output,
+                    pass_fds=(theirs.fileno(),),
+                )
+            except OSError as e:
+                ours.close()
+                self._output.close()
+                raise TflRewriteError(
+                    f"cannot start {sys.executable or 'Python'} to run the models: {e}"
+                ) from None
+        self._socket = ours
+        self._reader = ours.makefile("rb")
+        self._writer = ours.makefile("wb")
+
+    def call(
+        self,
+        function: Callable[..., Any],
+        /,
+        *args: Any,
+        progress: Callable[[int, int], None] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """function(*args, **kwargs) in the child: a module-level function, picklable
+        arguments and result. Its exceptions are raised here; `progress(done, total)` gets
+        what it tells runtime.progress."""
+        if self._crash is not None:
+            raise RuntimeCrashError(self._crash)
+        try:
+            kind, value = self._exchange((function, args, kwargs), progress)
+        except BaseException:  # an interrupt, a crash, or arguments that do not pickle
+            self.close()
+            raise
+        self._pass_on_output()
+        if kind == "error":
+            raise value
+        return value
+
+    def _exchange(self, job: tuple, progress: Callable[[int, int], None] | None) -> tuple:
+        doing = None
+        message = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            _send(self._writer, message)
+            while True:
+                kind, value = pickle.loads(_receive(self._reader))
+                if kind == "doing":
+                    doing = value
+                elif kind == "progress" and progress is not None:
+                    progress(*value)
+                elif kind in ("ok", "error"):
+                    return kind, value
+        except (EOFError, BrokenPipeError, ConnectionResetError):  # the child died
+            self._crash = self._crash_text(doing)
+            raise RuntimeCrashError(self._crash) from None
+
+    def close(self) -> None:
+        """End the child. It holds nothing that needs a clean exit (it writes no files, and
+        its output was passed on after each call), so it is killed, which is quicker than
+        its interpreter's shutdown."""
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()
+        for stream in (self._reader, self._writer, self._socket, self._output):
+            try:
+                stream.close()
+            except OSError:  # the writer's last flush, to a child that is gone
+                pass
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _pass_on_output(self) -> None:
+        text = self._new_output()
+        if text:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+    def _new_output(self) -> str:
+        fd = self._output.fileno()
+        # pread: the child writes through the same open file, whose offset must stay its own
+        data = os.pread(fd, max(os.fstat(fd).st_size - self._passed, 0), self._passed)
+        self._passed += len(data)
+        return data.decode("utf-8", "backslashreplace")
+
+    def _crash_text(self, doing: tuple[str, str, str] | None) -> str:
+        import subprocess
+
+        try:
+            code = self._process.wait(timeout=10.0)
+        except subprocess.TimeoutExpired:  # its end of the socket is closed, yet it lives
+            self._process.kill()
+            code = None
+        if code is None:
+            how = "stopped answering"
+        elif code < 0:
+            how = f"killed by {signal.Signals(-code).name}: {signal.strsignal(-code)}"
+        else:
+            how = f"exit status {code}"
+        said = [line.strip() for line in self._new_output().splitlines() if line.strip()]
+        if said:
+            how += f"; its last words: {said[-1][:160]}"
+        if doing is None:
+            return f"the process that runs the models died ({how})"
+        path, runtime, verb = doing
+        return f"{path}: {runtime} crashed {verb} it ({how})"
+
+
+def isolated(
+    function: Callable[..., Any],
+    /,
+    *args: Any,
+    progress: Callable[[int, int], None] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """function(*args, **kwargs) in a Child of its own, which ends with the call."""
+    with Child() as child:
+        return child.call(function, *args, progress=progress, **kwargs)
+
+
+def _serve(fd: int) -> None:
+    """The child's loop: import the modules named after the boot code, then run each
+    (function, args, kwargs) that comes and send back ("ok", result) or ("error",
+    exception); end when the parent closes its end."""
+    import socket
+
+    global _parent
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in sys.argv[1:]:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the call that needs it will say why
+            pass
+    sock = socket.socket(fileno=fd)
+    jobs = sock.makefile("rb")
+    _parent = sock.makefile("wb")
+    while True:
+        try:
+            job = _receive(jobs)
+        except EOFError:
+            return
+        try:
+            function, args, kwargs = pickle.loads(job)
+            reply = ("ok", function(*args, **kwargs))
+        except Exception as e:  # noqa: BLE001 - raised again in the parent
+            reply = ("error", _portable(e))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            message = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:  # noqa: BLE001 - a result that does not pickle
+            message = pickle.dumps(("error", _portable(e)), protocol=pickle.HIGHEST_PROTOCOL)
+        _send(_parent, message)
+
+
+def _portable(e: Exception) -> Exception:
+    """`e` as it can travel to the parent: itself where it pickles and unpickles, else a
+    TflRewriteError or RuntimeError with its text; the child's traceback goes along as a
+    note on anything that is not a TflRewriteError (that is, on bugs)."""
+    if not isinstance(e, TflRewriteError):
+        e.add_note("in tflrewrite's runtime child process:\n" + traceback.format_exc().rstrip())
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:  # noqa: BLE001
+        if isinstance(e, TflRewriteError):
+            return TflRewriteError(str(e))
+        return RuntimeError(f"{type(e).__name__}: {e}")

@@ -43,7 +43,10 @@ examples:
   tflrewrite audit before.tflite after.tflite --compare
   tflrewrite verify model.tflite out.tflite --min-sqnr 30
 
-exit codes: 0 done, 1 a budget or verification check failed, 2 bad usage or bad input.
+exit codes: 0 done; 1 a budget or verification check failed, or LiteRT (tflite-micro)
+crashed running a model (the output is written; the report says which); 2 bad usage, bad
+input, or an output that cannot be written (nothing is left of it); 130 and 143 interrupted
+(SIGINT, SIGTERM), leaving no partial output.
 """
 
 
@@ -291,13 +294,28 @@ def run(args: argparse.Namespace) -> int:
     from tflrewrite.reports import summary
 
     input_zip = summary.zip_size_soon(args.model)  # the report's figure, beside the work
-    from tflrewrite import reader, recipes, rewrite, writer
+    from tflrewrite import recipes
     from tflrewrite.fileio import check_output_path
 
     output = args.output or default_output(args.model)
     recipe = recipe_from_args(args)
     check_output_path(output, [args.model], args.force)
     recipes.check(recipe, calibrated=args.calibration is not None, method=args.method)
+    # LiteRT runs in a child process for the report (a crash there ends only the child),
+    # started now so that it loads while this one rewrites.
+    child = None if args.no_verify else summary.runner_soon()
+    try:
+        return _rewrite(args, recipe, output, input_zip, child)
+    finally:
+        if child is not None:
+            child.close()
+
+
+def _rewrite(args: argparse.Namespace, recipe: Any, output: str, input_zip: Any, child: Any) -> int:
+    """The rewrite itself, its output and its report, once the flags are known to be good."""
+    from tflrewrite import reader, rewrite, writer
+    from tflrewrite.reports import summary
+
     data, held_out = _calibration(args)
     model = reader.read(args.model)
     method = args.method or "data"
@@ -330,11 +348,18 @@ def run(args: argparse.Namespace) -> int:
         verify_samples=0 if args.no_verify else args.samples,
         data=None if args.no_verify else held_out,
         input_zip=input_zip,
+        child=child,
     )
     if args.json:
         write_json(args.json, report)
     if args.json != "-":
         summary.print_report(report, sys.stdout, verbose=args.verbose)
+    if "crash" in report:  # a runtime died running the models, in the report's child process
+        print(
+            f"tflrewrite: {report['crash']}; {output} is written, its report is incomplete",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

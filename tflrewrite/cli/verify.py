@@ -68,24 +68,24 @@ def run(args: argparse.Namespace) -> int:
             "verify: the models hold TFLM_DECODE ops, which only TFLite Micro runs: "
             "pip install 'tflrewrite[tflm]'"
         )
-    if micro:
-        ref, cand = runtime.TflmRunner(args.reference), runtime.TflmRunner(args.candidate)
-    else:
-        ref = runtime.Runner(args.reference, xnnpack=args.xnnpack)
-        cand = runtime.Runner(args.candidate, xnnpack=args.xnnpack)
-    if args.inputs:
-        samples = runtime.npz_inputs(args.inputs, ref, args.samples)
-        source = args.inputs
-    else:
-        n = args.samples or 16
-        samples = runtime.random_inputs([ref, cand], n, args.seed)
-        source = f"random (seed {args.seed})"
-    report = verify.compare(
-        reference=ref,
-        candidate=cand,
-        samples=samples,
-        source=source,
-        progress=Progress("verify", len(samples)),
+    bar: list[Progress] = []
+
+    def show(done: int, total: int) -> None:
+        if not bar:
+            bar.append(Progress("verify", total))
+        bar[0](done)
+
+    # In a child process: a runtime that crashes ends it, and this gives one line, exit 1.
+    report = runtime.isolated(
+        verify.compare_files,
+        args.reference,
+        args.candidate,
+        npz=args.inputs,
+        count=args.samples if args.inputs else (args.samples or 16),
+        seed=args.seed,
+        micro=micro,
+        xnnpack=args.xnnpack,
+        progress=show,
     )
     if args.json:
         write_json(args.json, report.to_json())

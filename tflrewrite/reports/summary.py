@@ -3,15 +3,20 @@ and how far the rewritten model's outputs moved (verify on seeded inputs)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from tflrewrite.errors import TflRewriteError
+from tflrewrite.errors import RuntimeCrashError, TflRewriteError
 from tflrewrite.reports.audit import zip_size
 from tflrewrite.reports.text import clip, db, fmt, print_table, ratio
+
+if TYPE_CHECKING:
+    from tflrewrite.runtime import Child
 
 # Zipping costs about a second of CPU per 20 MB; past this the report leaves it to `audit`.
 ZIP_LIMIT = 64 * 2**20
@@ -41,6 +46,15 @@ def zip_size_soon(path: str) -> Future[int] | None:
     return future
 
 
+def runner_soon() -> Child:
+    """The child process that build runs the models in, started now: it imports LiteRT
+    (PRELOAD) while the command rewrites the model. Pass it to build; close it where the
+    command ends before build has run (closing it twice does no harm)."""
+    from tflrewrite import runtime
+
+    return runtime.Child(preload=PRELOAD)
+
+
 def _zip_file_size(path: str) -> int:
     with open(path, "rb") as f:
         return zip_size(f.read(), os.path.basename(path))
@@ -55,12 +69,15 @@ def build(
     seed: int = 0,
     data: Any = None,
     input_zip: Future[int] | None = None,
+    child: Child | None = None,
 ) -> dict:
     """The report of a rewrite. Verify runs on `data` (calibrate.Samples: real samples the
     calibration did not use, where there are some) or on `verify_samples` seeded random
     inputs; with real samples it also measures each quantized activation (reports.layers).
     `input_zip` is the input's zipped size from zip_size_soon(input_path), if the caller
-    started it; the output's is measured beside it either way."""
+    started it; the output's is measured beside it either way. The models run in `child`
+    (from runner_soon), which build closes once they have run, or in a runtime.Child of
+    its own."""
     report: dict[str, Any] = {
         "input": input_path,
         "output": output_path,
@@ -78,14 +95,38 @@ def build(
     # LiteRT has no TFLM_DECODE kernel: a model laid down for TFLite Micro runs in its
     # interpreter, and the input with it so that both sides run the same kernels.
     tflm = any(step["pass"] == "target:tflm" for step in records)
-    if data is not None:
-        report["verify"] = _verify(input_path, output_path, data.values, data.source, tflm)
-        if not tflm:
-            report["layers"] = _layers(input_path, output_path, data.values[:LAYER_SAMPLES])
-    elif verify_samples:
-        report["verify"] = _verify(input_path, output_path, verify_samples, seed, tflm)
+    if data is None and not verify_samples:
+        return report
+    from tflrewrite import runtime
+    from tflrewrite.reports.layers import layer_errors
+    from tflrewrite.reports.verify import compare_files
+
+    if tflm and not runtime.tflm_available():
+        report["verify"] = {
+            "skipped": "the output's TFLM_DECODE ops run only in TFLite Micro, and the "
+            "tflite-micro package is not installed (pip install 'tflrewrite[tflm]')"
+        }
+        return report
+    # The runtimes run in a child process, so that one that crashes ends the report, not
+    # the command: the report then holds the error, and its "crash" says what died.
+    if data is None:
+        given = {"count": verify_samples, "seed": seed}
+    else:
+        given = {"samples": data.values, "source": data.source}
+    with child or runtime.Child(preload=PRELOAD) as runner:
+        with _measured(report, "verify"):
+            result = runner.call(compare_files, input_path, output_path, micro=tflm, **given)
+            report["verify"] = {**result.to_json(), "runtime": "tflite-micro" if tflm else "LiteRT"}
+        if data is not None and not tflm and "crash" not in report:
+            with _measured(report, "layers"):
+                report["layers"] = runner.call(
+                    layer_errors, input_path, output_path, data.values[:LAYER_SAMPLES]
+                )
     return report
 
+
+# What the child that runs the models imports as it starts, while this process goes on.
+PRELOAD = ("tflrewrite.reports.verify", "tflrewrite.reports.layers", "ai_edge_litert.interpreter")
 
 # Records that are not about a weight, and how the text report says them.
 NOTES = {
@@ -98,40 +139,16 @@ LAYER_SAMPLES = 16
 LAYERS_SHOWN = 5
 
 
-def _verify(reference: str, candidate: str, samples: Any, source: Any, tflm: bool) -> dict:
-    """Verify on `samples` (a list of samples from `source`), or on that many seeded
-    random inputs (`source` is then the seed); in LiteRT, or in tflite-micro if `tflm`."""
-    from tflrewrite import runtime
-    from tflrewrite.reports import verify
-
-    if tflm and not runtime.tflm_available():
-        return {
-            "skipped": "the output's TFLM_DECODE ops run only in TFLite Micro, and the "
-            "tflite-micro package is not installed (pip install 'tflrewrite[tflm]')"
-        }
+@contextlib.contextmanager
+def _measured(report: dict, key: str) -> Iterator[None]:
+    """Where a measurement fails, report[key] = {"error": why}; where a runtime crashed,
+    report["crash"] says so too."""
     try:
-        ref, cand = runtime.load(reference, micro=tflm), runtime.load(candidate, micro=tflm)
-        if isinstance(samples, int):
-            inputs, source = (
-                runtime.random_inputs([ref, cand], samples, source),
-                f"random (seed {source})",
-            )
-        else:
-            inputs = samples
-        result = verify.compare(ref, cand, inputs, source).to_json()
+        yield
     except TflRewriteError as e:
-        return {"error": str(e)}
-    result["runtime"] = "tflite-micro" if tflm else "LiteRT"
-    return result
-
-
-def _layers(reference: str, candidate: str, samples: list) -> list[dict] | dict:
-    from tflrewrite.reports.layers import layer_errors
-
-    try:
-        return layer_errors(reference, candidate, samples)
-    except TflRewriteError as e:
-        return {"error": str(e)}
+        report[key] = {"error": str(e)}
+        if isinstance(e, RuntimeCrashError):
+            report["crash"] = str(e)
 
 
 def print_report(report: dict, out: TextIO, verbose: bool = False) -> None:

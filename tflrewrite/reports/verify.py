@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from tflrewrite import runtime
 from tflrewrite.errors import TflRewriteError
 from tflrewrite.runtime import BaseRunner
 
@@ -76,6 +77,33 @@ def compare(
     for detail, r, c in zip(reference.outputs, refs, cands):
         report.outputs.append(output_report(detail["name"], np.stack(r), np.stack(c)))
     return report
+
+
+def compare_files(
+    reference: str,
+    candidate: str,
+    *,
+    samples: list[list[np.ndarray]] | None = None,
+    source: str = "",
+    npz: str | None = None,
+    count: int | None = None,
+    seed: int = 0,
+    micro: bool = False,
+    xnnpack: bool = False,
+) -> VerifyReport:
+    """Load two model files (in tflite-micro where `micro`, else in LiteRT) and compare them
+    on `samples` (which came from `source`), on the samples in the .npz `npz` (the first
+    `count`), or on `count` seeded random inputs. Made to run in a runtime.Child: it tells
+    runtime.progress how far it has got."""
+    ref = runtime.load(reference, micro=micro, xnnpack=xnnpack)
+    cand = runtime.load(candidate, micro=micro, xnnpack=xnnpack)
+    if samples is None and npz is not None:
+        samples, source = runtime.npz_inputs(npz, ref, count), npz
+    elif samples is None:
+        samples = runtime.random_inputs([ref, cand], count or 0, seed)
+        source = f"random (seed {seed})"
+    total = len(samples)
+    return compare(ref, cand, samples, source, progress=lambda k: runtime.progress(k, total))
 
 
 def output_report(name: str, ref: np.ndarray, cand: np.ndarray) -> OutputReport:
