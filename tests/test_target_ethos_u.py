@@ -403,7 +403,7 @@ def test_densify_blocks():
 
 def _sparse_tensor(values, shape, sparsity):
     raw = np.ascontiguousarray(values, np.int8).reshape(-1).view(np.uint8)
-    return Tensor("w", "INT8", tuple(shape), Buffer(raw), sparsity=sparsity)
+    return Tensor("w", "INT8", tuple(shape), buffer=Buffer(raw), sparsity=sparsity)
 
 
 @pytest.mark.network

@@ -361,7 +361,9 @@ def test_report_says_why_verify_was_skipped_without_tflite_micro(tmp_path, monke
     _, packed, records = lay_down(path, tmp_path)
     monkeypatch.setattr(runtime, "tflm_available", lambda: False)
     steps = [{"pass": "target:tflm", "tensors": records}]
-    report = summary.build(str(path), str(packed), recipes.load("cluster"), steps, 2)
+    report = summary.build(
+        str(path), str(packed), recipe=recipes.load("cluster"), records=steps, verify_samples=2
+    )
     assert "tflite-micro package is not installed" in report["verify"]["skipped"]
 
 
@@ -372,7 +374,7 @@ def weight(values: np.ndarray, scales: int = 1, axis: int = 0) -> Tensor:
     q = Quantization(np.full(scales, 0.01, np.float32), np.zeros(scales, np.int64), axis=axis)
     raw = np.ascontiguousarray(values).reshape(-1).view(np.uint8)
     dtype = "INT8" if values.dtype == np.int8 else "FLOAT32"
-    return Tensor("w", dtype, values.shape, Buffer(raw), quantization=q)
+    return Tensor("w", dtype, values.shape, buffer=Buffer(raw), quantization=q)
 
 
 def roundtrip(t: Tensor) -> tflm.Lut:

@@ -15,7 +15,7 @@ def _model(n: int) -> tuple[Model, list[Tensor]]:
     tensors = []
     for i in range(n):
         buffer = model.add_buffer(np.full(4, i, np.float32))
-        tensors.append(Tensor(f"w{i}", "FLOAT32", (4,), buffer))
+        tensors.append(Tensor(f"w{i}", "FLOAT32", (4,), buffer=buffer))
     model.subgraphs.append(Subgraph(tensors=list(tensors)))
     return model, tensors
 
@@ -41,7 +41,7 @@ def test_each_new_buffer_takes_the_place_of_the_one_it_replaces():
 
 def test_a_buffer_another_tensor_still_holds_stays():
     model, (a, b) = _model(2)
-    other = Tensor("reads_a", "FLOAT32", (4,), a.buffer)  # not a weight, same buffer
+    other = Tensor("reads_a", "FLOAT32", (4,), buffer=a.buffer)  # not a weight, same buffer
     model.subgraphs[0].tensors.append(other)
     old = a.buffer
     replace_data(model, _weight(a), np.ones(4, np.float32))
@@ -57,13 +57,13 @@ def test_changes_made_beside_replace_data_lose_nothing(tmp_path):
     replace_data(model, _weight(a), np.ones(4, np.float32))  # the index now exists
     model.buffers.insert(1, Buffer(np.zeros(8, np.uint8)))  # places move
     extra = model.add_buffer(np.full(4, 9, np.float32))  # a buffer it has not seen
-    c = Tensor("c", "FLOAT32", (4,), extra)
+    c = Tensor("c", "FLOAT32", (4,), buffer=extra)
     model.subgraphs[0].tensors.append(c)
     replace_data(model, _weight(c), np.full(4, 3, np.float32))
     assert extra not in model.buffers and model.buffers[-1] is c.buffer
     # A holder it has not seen: its buffer may leave the list, and the writer, which
     # writes every buffer a tensor holds, still keeps its values.
-    late = Tensor("late", "FLOAT32", (4,), b.buffer)
+    late = Tensor("late", "FLOAT32", (4,), buffer=b.buffer)
     model.subgraphs[0].tensors.append(late)
     replace_data(model, _weight(b), np.full(4, 2, np.float32))
     out = tmp_path / "m.tflite"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -105,6 +105,7 @@ class Tensor:
     name: str
     dtype: str
     shape: tuple[int, ...] | None
+    _: KW_ONLY
     buffer: Buffer
     shape_signature: tuple[int, ...] | None = None
     quantization: Quantization | None = None
@@ -247,6 +248,7 @@ class Subgraph:
 class Signature:
     key: str | None
     subgraph: Subgraph
+    _: KW_ONLY
     inputs: list[tuple[str | None, Tensor]] = field(default_factory=list)
     outputs: list[tuple[str | None, Tensor]] = field(default_factory=list)
     extra: Any = None

@@ -561,7 +561,10 @@ class _Reader:
             return out
 
         sig = Signature(
-            _text(raw.signatureKey), sg, pairs(raw.inputs, "input"), pairs(raw.outputs, "output")
+            _text(raw.signatureKey),
+            sg,
+            inputs=pairs(raw.inputs, "input"),
+            outputs=pairs(raw.outputs, "output"),
         )
         sig.extra = (raw.inputs is None, raw.outputs is None)
         return sig

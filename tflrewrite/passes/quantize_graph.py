@@ -167,7 +167,7 @@ def _fold_constants(model: Model) -> None:
                 if t is not None and t.is_constant and t.dtype == "INT8" and _affine(t):
                     if id(t) not in dequantized:
                         real = model.add_buffer(real_values(t).astype(np.float32))
-                        dequantized[id(t)] = Tensor(t.name, "FLOAT32", t.shape, real)
+                        dequantized[id(t)] = Tensor(t.name, "FLOAT32", t.shape, buffer=real)
                         sg.tensors.append(dequantized[id(t)])
                     op.inputs[i] = dequantized[id(t)]
 
@@ -342,7 +342,7 @@ class _Rewriter:
             f"{t.name}_{dtype.lower()}",
             dtype,
             t.shape,
-            self.model.empty_buffer(),
+            buffer=self.model.empty_buffer(),
             shape_signature=t.shape_signature,
             quantization=self._quantization(t, dtype) if dtype != "FLOAT32" else None,
         )
@@ -479,7 +479,9 @@ class _Rewriter:
         """A constant holding `stored`, named and shaped as the float tensor it replaces,
         shared by every op that asks with the same key."""
         dtype = {np.dtype(np.int8): "INT8", np.dtype(np.int32): "INT32"}[stored.dtype]
-        q = Tensor(like.name, dtype, like.shape, self.model.add_buffer(stored), quantization=quant)
+        q = Tensor(
+            like.name, dtype, like.shape, buffer=self.model.add_buffer(stored), quantization=quant
+        )
         self.sg.tensors.append(q)
         self.constants[key] = q
         return q

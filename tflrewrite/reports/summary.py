@@ -63,6 +63,7 @@ def _zip_file_size(path: str) -> int:
 def build(
     input_path: str,
     output_path: str,
+    *,
     recipe: Any,
     records: list[dict],
     verify_samples: int = 8,

@@ -338,7 +338,7 @@ def insert_decode(
     t = w.tensor
     table_bytes = lut.ancillary()
     ancillary = Tensor(
-        f"tflm_lut_{number}", "UINT8", (table_bytes.size,), model.add_buffer(table_bytes)
+        f"tflm_lut_{number}", "UINT8", (table_bytes.size,), buffer=model.add_buffer(table_bytes)
     )
     sg.tensors.append(ancillary)
     opcode = model.opcode("CUSTOM", 1, DECODE)
@@ -348,7 +348,7 @@ def insert_decode(
             name,
             t.dtype,
             t.shape,
-            model.empty_buffer(),
+            buffer=model.empty_buffer(),
             shape_signature=t.shape_signature,
             quantization=t.quantization,
             has_rank=t.has_rank,

@@ -649,7 +649,7 @@ def _encode(model: Model, sg: Subgraph, w: Weight) -> dict:
         f"{t.name}_densified",
         t.dtype,
         t.shape,
-        model.empty_buffer(),
+        buffer=model.empty_buffer(),
         shape_signature=t.shape_signature,
     )
     sg.tensors.append(out)
