@@ -141,8 +141,8 @@ def test_zip_size_soon_gives_zip_size_or_none(example_model, tmp_path):
 
 
 # What Numba imports only to look, or for kernels that allocate arrays themselves (numpy 1.x
-# imports numpy.ma itself).
-NOT_LOADED = ("numba.np.arrayobj", "scipy", "yaml") + (
+# imports numpy.ma itself); and matplotlib, which only --html draws with.
+NOT_LOADED = ("numba.np.arrayobj", "scipy", "yaml", "matplotlib") + (
     ("numpy.ma",) if int(np.__version__.split(".")[0]) >= 2 else ()
 )
 

@@ -33,12 +33,15 @@ def apply(
     target: str = "generic",
     data: Any = None,
     method: str = "data",
+    on_step: Callable[[str, Model], None] | None = None,
 ) -> Result:
     """The model after every step of `recipe`, laid down for `target` (see
     tflrewrite.targets); the input model is left as it was. `data` (calibrate.Samples)
     calibrates full-integer quantization and, with `method` "data", guides pruning and
     clustering (Recipe.planned chooses the passes). Settings that do not go together are
-    refused as recipes.check refuses them."""
+    refused as recipes.check refuses them. `on_step(name, model)` sees the model after each
+    step (the target's too, as "target:NAME"), for reports that show the stages; it must not
+    change it."""
     check(recipe, calibrated=data is not None, method=None if data is None else method)
     laid = targets.load(target)
     steps = recipe.planned(own_steps=laid.steps, data_aware=data is not None and method == "data")
@@ -51,6 +54,8 @@ def apply(
         out = step.runner.run(result.model, step.options, step.rules, data=given)
         result.model = out.model
         result.records.append({"pass": step.name, "tensors": out.records})
+        if on_step:
+            on_step(step.name, result.model)
         if step.runner.preserves_function:  # the same function: aim at it from here on
             reference = result.model
     if laid.run is not None:
@@ -59,6 +64,8 @@ def apply(
         out = laid.run(result.model)
         result.model = out.model
         result.records.append({"pass": f"target:{target}", "tensors": out.records})
+        if on_step:
+            on_step(f"target:{target}", result.model)
     if recipe.steps or laid.run is not None:
         update_min_runtime_version(result.model)
         used = None if data is None else {"samples": len(data.values), "method": method}

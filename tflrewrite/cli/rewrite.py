@@ -13,6 +13,8 @@ from tflrewrite.cli.common import Parser, formatter, fraction, positive, size, w
 from tflrewrite.errors import UsageError
 from tflrewrite.targets import TARGETS
 
+HTML_EXTRA = "pip install 'tflrewrite[html]'"
+
 DESCRIPTION = """\
 Rewrite a trained TensorFlow Lite model into a smaller deployment model, and measure it.
 
@@ -228,6 +230,23 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("report")
     g.add_argument("--json", metavar="FILE|-", help="also write the report as JSON")
     g.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write the report as one self-contained HTML page, for a browser offline: "
+        "sizes before and after by op type and by tensor, histograms of the largest weights "
+        "after each step (zeros counted), and per layer the sparsity, distinct values and "
+        f"the SQNR of its output against the input model (charts by matplotlib: {HTML_EXTRA})",
+    )
+    g.add_argument(
+        "--overlay",
+        metavar="FILE.json",
+        help="also write Model Explorer overlays of the output, one file per measure: "
+        "FILE.sqnr.json (each op's output SQNR against the input model), FILE.sparsity.json "
+        "and FILE.bytes.json; view them with `model-explorer OUT "
+        "--node_data_paths=FILE.sqnr.json,FILE.sparsity.json,FILE.bytes.json` "
+        "(pip install ai-edge-model-explorer)",
+    )
+    g.add_argument(
         "--no-verify",
         action="store_true",
         help="skip running both models in LiteRT after the rewrite",
@@ -300,6 +319,8 @@ def run(args: argparse.Namespace) -> int:
     output = args.output or default_output(args.model)
     recipe = recipe_from_args(args)
     check_output_path(output, [args.model], args.force)
+    for extra in _extra_outputs(args):
+        check_output_path(extra, [args.model], args.force)
     recipes.check(recipe, calibrated=args.calibration is not None, method=args.method)
     # LiteRT runs in a child process for the report (a crash there ends only the child),
     # started now so that it loads while this one rewrites.
@@ -320,9 +341,16 @@ def _rewrite(args: argparse.Namespace, recipe: Any, output: str, input_zip: Any,
     model = reader.read(args.model)
     method = args.method or "data"
     budget = _budget(args)
+    stages = _stages(args, model)
     if budget is None:
         result = rewrite.apply(
-            model, recipe, progress=_step_note, target=args.target, data=data, method=method
+            model,
+            recipe,
+            progress=_step_note,
+            target=args.target,
+            data=data,
+            method=method,
+            on_step=None if stages is None else stages.add,
         )
     else:
         from tflrewrite import budget as budgets
@@ -354,6 +382,9 @@ def _rewrite(args: argparse.Namespace, recipe: Any, output: str, input_zip: Any,
         write_json(args.json, report)
     if args.json != "-":
         summary.print_report(report, sys.stdout, verbose=args.verbose)
+    _write_extras(
+        args, report, original=model, rewritten=result.model, stages=stages, samples=held_out
+    )
     if "crash" in report:  # a runtime died running the models, in the report's child process
         print(
             f"tflrewrite: {report['crash']}; {output} is written, its report is incomplete",
@@ -396,3 +427,61 @@ def _calibration(args: argparse.Namespace) -> tuple[Any, Any]:
 def _step_note(name: str) -> None:
     if sys.stderr.isatty():
         sys.stderr.write(f"tflrewrite: {name}...\n")
+
+
+def _extra_outputs(args: argparse.Namespace) -> list[str]:
+    """The --html and --overlay files, refused before any work where they cannot be made."""
+    files = []
+    if args.html:
+        from tflrewrite.reports import html
+
+        html.check_available()
+        files.append(args.html)
+    if args.overlay:
+        from tflrewrite.reports import overlay
+
+        files.extend(overlay.paths(args.overlay).values())
+    return files
+
+
+def _stages(args: argparse.Namespace, model: Any) -> Any:
+    """The weights' histograms after each step, for --html, or None."""
+    if not args.html:
+        return None
+    from tflrewrite.reports.stages import Stages
+
+    return Stages(model)
+
+
+def _write_extras(
+    args: argparse.Namespace,
+    report: dict,
+    *,
+    original: Any,
+    rewritten: Any,
+    stages: Any,
+    samples: Any,
+) -> None:
+    """--html and --overlay, from the report and the models; each says where it went."""
+    if not (args.html or args.overlay):
+        return
+    from tflrewrite.reports import nodes
+
+    sqnr = nodes.measure_sqnr(report, samples=samples, count=args.samples)
+    ops = nodes.per_op(original, rewritten, sqnr)
+    say = sys.stderr if args.json == "-" else sys.stdout
+    if args.overlay:
+        from tflrewrite.reports import overlay
+
+        files = overlay.write(args.overlay, model=rewritten, ops=ops)
+        say.write(f"\noverlays: {overlay.command(report['output'], files)}\n")
+    if args.html:
+        from tflrewrite.reports import html
+
+        if stages is not None and len(stages.names) == 1:  # a budget's runs: the chosen one
+            stages.add("output", rewritten)
+        page = html.rewrite_report(
+            report, original=original, rewritten=rewritten, stages=stages, ops=ops, sqnr=sqnr
+        )
+        html.write(args.html, page)
+        say.write(f"html report: {args.html}\n")

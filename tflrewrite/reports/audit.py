@@ -75,22 +75,7 @@ def audit(model: Model, path: str | os.PathLike, file_bytes: bytes | memoryview)
     for sg in model.subgraphs:
         for op in sg.operators:
             operators[op.type] = operators.get(op.type, 0) + 1
-    buffer_users: dict[int, int] = {}
-    for _, _, t in model.tensors():
-        buffer_users[id(t.buffer)] = buffer_users.get(id(t.buffer), 0) + 1
-
-    tensors, by_dtype, by_op, counted = [], {}, {}, set()
-    for si, sg in enumerate(model.subgraphs):
-        readers = sg.consumers()
-        for ti, t in enumerate(sg.tensors):
-            ops = readers.get(id(t), [])
-            entry = _tensor_audit(si, ti, t, ops, buffer_users.get(id(t.buffer), 0) > 1)
-            tensors.append(entry)
-            if t.is_constant and id(t.buffer) not in counted:
-                counted.add(id(t.buffer))
-                by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + t.buffer.nbytes
-                for op_type in sorted({op.type for op in ops}) or ["(unused)"]:
-                    by_op[op_type] = by_op.get(op_type, 0) + t.buffer.nbytes
+    tensors, by_dtype, by_op = breakdown(model)
     return Audit(
         file=os.fspath(path),
         bytes=len(file_bytes),
@@ -107,6 +92,27 @@ def audit(model: Model, path: str | os.PathLike, file_bytes: bytes | memoryview)
         tensors=tensors,
         tflrewrite=provenance.read(model),
     )
+
+
+def breakdown(model: Model) -> tuple[list[TensorAudit], dict[str, int], dict[str, int]]:
+    """Every tensor's audit, and the constant bytes by dtype and by the types of the ops that
+    read them (each buffer counted once, for each type of op that reads it)."""
+    buffer_users: dict[int, int] = {}
+    for _, _, t in model.tensors():
+        buffer_users[id(t.buffer)] = buffer_users.get(id(t.buffer), 0) + 1
+    tensors, by_dtype, by_op, counted = [], {}, {}, set()
+    for si, sg in enumerate(model.subgraphs):
+        readers = sg.consumers()
+        for ti, t in enumerate(sg.tensors):
+            ops = readers.get(id(t), [])
+            entry = _tensor_audit(si, ti, t, ops, buffer_users.get(id(t.buffer), 0) > 1)
+            tensors.append(entry)
+            if t.is_constant and id(t.buffer) not in counted:
+                counted.add(id(t.buffer))
+                by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + t.buffer.nbytes
+                for op_type in sorted({op.type for op in ops}) or ["(unused)"]:
+                    by_op[op_type] = by_op.get(op_type, 0) + t.buffer.nbytes
+    return tensors, by_dtype, by_op
 
 
 def weight_axis(t: Tensor, consumers: list[Operator]) -> int | None:
