@@ -108,7 +108,7 @@ def apply(
     budget: Budget,
     *,
     progress: Callable[[str], None] | None = None,
-    target: str = "generic",
+    target: str = targets.DEFAULT,
     data: Any = None,
     method: str = "data",
     accelerator: str | None = None,

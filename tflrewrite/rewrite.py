@@ -30,7 +30,7 @@ def apply(
     recipe: Recipe,
     *,
     progress: Callable[[str], None] | None = None,
-    target: str = "generic",
+    target: str = targets.DEFAULT,
     data: Any = None,
     method: str = "data",
     on_step: Callable[[str, Model], None] | None = None,

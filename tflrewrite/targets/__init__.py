@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # the command's --help imports this module: it stays light
     from tflrewrite.passes.common import Pass, PassResult
     from tflrewrite.weights import Weight
 
+DEFAULT = "generic"  # the passes' own output: dense, as portable as the input
+
 TARGETS = {
     "generic": "dense weights, exactly as the passes left them (the most portable output)",
     "cpu": "FULLY_CONNECTED weights block-sparse where LiteRT's CPU kernel reads them and "
