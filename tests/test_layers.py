@@ -19,6 +19,7 @@ LAYERS = {
     "tflrewrite.kernels": "kernels",
     "tflrewrite.model": "ir",
     "tflrewrite.weights": "ir",
+    "tflrewrite.sparsity": "ir",
     "tflrewrite.provenance": "ir",
     "tflrewrite.runtime_version": "ir",
     "tflrewrite.schema": "io",

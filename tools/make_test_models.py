@@ -437,6 +437,63 @@ def make_sparse_fc_int8(tf, model, x_train):
     )
 
 
+def build_sparse_pointwise(tf, train, sparsity=0.75):
+    """A MobileNet-like stack of 1x1 convolutions after a 3x3 stem, a global mean and a Dense
+    classifier, trained on digits, then magnitude-pruned: the 1x1 kernels and the Dense
+    kernel to `sparsity` zeros (the stem stays dense), fine-tuned one epoch with the masks
+    re-applied after every step so the zeros survive."""
+    keras = tf.keras
+    inp = keras.Input(shape=(8, 8, 1), batch_size=1, name="image")
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="stem")(inp)
+    for i, width in enumerate((128, 256, 256)):
+        x = keras.layers.Conv2D(width, 1, activation="relu", name=f"pw{i + 1}")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dense(10, name="logits")(x)
+    model = keras.Model(inp, x, name="sparse_pointwise")
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    x_train, y_train = train
+    model.fit(x_train, y_train, batch_size=16, epochs=2, verbose=0)
+    masks = {}
+    for name in ("pw1", "pw2", "pw3", "logits"):
+        layer = model.get_layer(name)
+        kernel, bias = layer.get_weights()
+        masks[name] = (np.abs(kernel) > np.quantile(np.abs(kernel), sparsity)).astype(np.float32)
+        layer.set_weights([kernel * masks[name], bias])
+
+    class ReapplyMasks(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            for lname, mask in masks.items():
+                layer = self.model.get_layer(lname)
+                layer.kernel.assign(layer.kernel * mask)
+
+    model.fit(x_train, y_train, batch_size=16, epochs=1, verbose=0, callbacks=[ReapplyMasks()])
+    for lname, mask in masks.items():
+        layer = model.get_layer(lname)
+        layer.kernel.assign(layer.kernel * mask)
+    return model
+
+
+def make_pointwise(tf, model, *, sparse: bool, float16: bool):
+    """`build_sparse_pointwise`'s model converted with EXPERIMENTAL_SPARSITY (sparse: 1x1
+    and Dense kernels stored sparse behind DENSIFY) or without it (its dense equivalent:
+    the same weights), float32 or with float16 weights behind DEQUANTIZE."""
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
+    if float16:
+        conv.optimizations.append(tf.lite.Optimize.DEFAULT)
+        conv.target_spec.supported_types = [tf.float16]
+    what = "sparse behind DENSIFY (EXPERIMENTAL_SPARSITY)" if sparse else "dense"
+    dtype = "float16 weights behind DEQUANTIZE" if float16 else "float32"
+    return _convert(conv), (
+        f"3x3 stem + 1x1 convs 16-128-256-256 + MEAN + Dense(10), {dtype}; 1x1 and Dense "
+        f"kernels 75% zeros (magnitude-pruned, fine-tuned), {what}"
+    )
+
+
 def make_control_flow(tf):
     class ControlFlow(tf.Module):
         def __init__(self):
@@ -874,6 +931,24 @@ def main(argv: list[str]) -> int:
             )
 
         attempt("with_metadata", _md)
+
+        with _quiet_fds():
+            pointwise = build_sparse_pointwise(tf, train)
+        for name, sparse, float16 in (
+            ("sparse_pointwise", True, False),
+            ("sparse_pointwise_f16", True, True),
+            ("dense_pointwise", False, False),
+            ("dense_pointwise_f16", False, True),
+        ):
+
+            def _pw(name=name, sparse=sparse, float16=float16):
+                data, notes = make_pointwise(tf, pointwise, sparse=sparse, float16=float16)
+                if sparse:
+                    notes = sparse_notes(data, notes)
+                kind = ("sparse_" if sparse else "") + ("float16" if float16 else "float32")
+                add(name, kind, data, notes, True)
+
+            attempt(name, _pw)
 
     for entry in manifest.values():
         entry.setdefault("flatbuffer_bytes", entry["size_bytes"])

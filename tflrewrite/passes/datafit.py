@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tflrewrite import runtime
+from tflrewrite import runtime, weights
 from tflrewrite.errors import UsageError
 from tflrewrite.kernels import adaround, kmeans1d
 from tflrewrite.kernels import prune as prune_kernels
@@ -152,6 +152,8 @@ def not_fittable(w: Weight, readers: dict, step: str) -> str | None:
         return "not in the main subgraph"
     if w.dequantize:
         return "read through DEQUANTIZE"
+    if w.sparse is not None:
+        return "stored sparse (behind DENSIFY, or read so by FULLY_CONNECTED)"
     if len(ops) != 1 or w.aliases:
         return "shared by several ops"
     if ops[0].type not in LAYER_OPS:
@@ -392,11 +394,8 @@ def _window(size: int, k: int, stride: int, dilation: int, padding: str) -> tupl
 
 def _constant_source(model: Model, t: Tensor) -> Tensor:
     """`t` if it is a constant; else the constant a DEQUANTIZE turns into it (float16 or
-    int8 weights of the original model)."""
-    if t.is_constant:
-        return t
-    producer = next(p for p in model.subgraphs[0].operators if t in p.outputs)
-    return producer.inputs[0]
+    int8 weights of the original model), dense where it is sparse behind DENSIFY."""
+    return weights.source_constant(model, t)
 
 
 def layer_rows(op_type: str, w: np.ndarray) -> np.ndarray:

@@ -101,6 +101,8 @@ def run(
         if reason:
             reasons[id(w)] = [reason]
         usable[id(w.tensor)] = w
+        for op in w.densify:  # a sparse weight: its layer reads what DENSIFY writes
+            usable[id(op.outputs[0])] = w
     pairs = []
     for si, sg in enumerate(model.subgraphs):
         pairs += _pairs(sg, si, usable, reasons)

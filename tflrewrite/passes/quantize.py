@@ -6,6 +6,12 @@ LiteRT evaluates a DEQUANTIZE of a constant once, when the interpreter is prepar
 file shrinks while the arithmetic stays float; biases stay float and need no new scales.
 Float16 weights already behind a DEQUANTIZE keep that op, which now reads int8.
 
+A sparse weight (behind DENSIFY) gets its new values sparse in its own layout, the DENSIFY
+writing the int8 or float16 tensor its DEQUANTIZE reads (the DENSIFY kernel takes float32,
+float16 and int8), or dense behind DEQUANTIZE where sparse would not be smaller: the
+record's "stored" says which. One that FULLY_CONNECTED reads sparse itself is left alone:
+LiteRT has no sparse kernel for float activations with int8 or float16 weights.
+
 Rounding is half away from zero, as TFLite's own weight quantizer rounds; zero maps to
 zero and a unit's K distinct values map to at most K int8 values, so earlier pruning and
 per-channel clustering survive.
@@ -21,7 +27,7 @@ from tflrewrite import calibrate
 from tflrewrite.errors import UsageError
 from tflrewrite.kernels import quantize as kernels
 from tflrewrite.kernels import stats
-from tflrewrite.model import Model, Operator, Quantization, Tensor
+from tflrewrite.model import Model, Opcode, Operator, Quantization, Tensor
 from tflrewrite.passes import quantize_graph
 from tflrewrite.passes.common import (
     Data,
@@ -35,7 +41,7 @@ from tflrewrite.passes.common import (
     stats_of,
     weight_stats,
 )
-from tflrewrite.weights import Weight, record, replace_data
+from tflrewrite.weights import Weight, densified_bytes, densify_weight, record, replace_data
 
 MODES = ("int8", "int8-weights", "float16")
 ROUNDINGS = ("feedback", "adaround")
@@ -87,10 +93,11 @@ def run(
     edits = map_weights(_edit, chosen, [w.tensor.data.size for w, _ in chosen])
     inserted: dict[int, int] = {}  # DEQUANTIZE ops added per subgraph, at its front
     for (w, opts), edit in zip(chosen, edits):
+        storage = _storage(model, w, edit[0]) if w.sparse is not None else None
         position = inserted.get(w.subgraph, 0)
-        if not w.dequantize:
+        if not w.dequantize and w.sparse is None:
             inserted[w.subgraph] = position + 1
-        records.append(_commit(model, w, opts, edit, position))
+        records.append(_commit(model, w, opts, edit, position, storage))
     _drop_unused_opcodes(model)
     return PassResult(model, records)
 
@@ -106,6 +113,11 @@ def _not_quantizable(w: Weight, opts: Options) -> str | None:
         return "already float16"
     if w.aliases and not w.dequantize:
         return "its buffer is used by several tensors"
+    if w.sparse is not None and not w.densify:
+        return (
+            "read sparse by FULLY_CONNECTED: LiteRT has no sparse kernel for float "
+            "activations with int8 or float16 weights (--quantize int8 takes it)"
+        )
     return None
 
 
@@ -143,18 +155,61 @@ def _edit(item: tuple) -> tuple:
     )
 
 
-def _commit(model: Model, w: Weight, opts: Options, edit: tuple, position: int) -> dict:
+def _storage(model: Model, w: Weight, stored: np.ndarray) -> str:
+    """How a sparse weight stores its new values: sparse in its layout where that is
+    smaller, else dense (made so here, its DENSIFY ops gone)."""
+    sparse, dense = densified_bytes(w, stored)
+    how = "int8" if stored.dtype == np.int8 else "float16"
+    if sparse < dense:
+        return (
+            f"{how} sparse behind DENSIFY -> DEQUANTIZE, in the input's layout "
+            f"({sparse:,} bytes against {dense:,} dense)"
+        )
+    densify_weight(model, w)
+    return f"{how} dense behind DEQUANTIZE ({dense:,} bytes against {sparse:,} sparse)"
+
+
+def _commit(
+    model: Model, w: Weight, opts: Options, edit: tuple, position: int, storage: str | None
+) -> dict:
     stored, dtype, quant, version, error, before, after = edit
     opcode = model.opcode("DEQUANTIZE", version)
-    if w.dequantize:
+    if w.dequantize or w.sparse is not None:
         replace_data(model, w, stored, dtype=dtype, quantization=quant)
+        if w.sparse is not None and not w.dequantize:
+            _dequantize_densified(model, w, opcode)
         for op in w.dequantize:
             op.opcode = opcode
     else:
         _insert_dequantize(model, w, stored, dtype, quant, opcode, position)
-    return record(
+    rec = record(
         w, "quantized", mode=opts.mode, before=before, after=remember_stats(w, after), mse=error
     )
+    if storage is not None:
+        rec["stored"] = storage
+    return rec
+
+
+def _dequantize_densified(model: Model, w: Weight, opcode: Opcode) -> None:
+    """A DEQUANTIZE after each DENSIFY of a sparse weight that now writes int8 or float16:
+    it writes a new float32 tensor (the DENSIFY output's name with a suffix), which the
+    weight's ops read instead."""
+    sg = model.subgraphs[w.subgraph]
+    for dz in w.densify:
+        out = dz.outputs[0]
+        real = Tensor(
+            f"{out.name}/dequantize",
+            "FLOAT32",
+            out.shape,
+            buffer=model.empty_buffer(),
+            shape_signature=out.shape_signature,
+        )
+        sg.tensors.append(real)
+        for op in sg.operators:
+            op.inputs = [real if x is out else x for x in op.inputs]
+        dq = Operator(opcode=opcode, inputs=[out], outputs=[real])
+        sg.operators.insert(sg.operators.index(dz) + 1, dq)
+        w.dequantize.append(dq)
 
 
 def _insert_dequantize(

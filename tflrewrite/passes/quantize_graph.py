@@ -13,6 +13,15 @@
   ...). Tensors tied that way form groups (union-find) whose range is the union of theirs.
 - Op versions rise to those of the int8 kernels, as the TF converter writes them.
 
+Sparse weights (a constant with SparsityParameters behind DENSIFY, and a DEQUANTIZE after
+it, as the TF converter writes them with EXPERIMENTAL_SPARSITY) are folded into dense float
+weights first, like DEQUANTIZE of a constant. A CONV_2D or DEPTHWISE_CONV_2D that goes int8
+gets its int8 weights back sparse behind DENSIFY, in the input's layout, where that is
+smaller (LiteRT's int8 kernels read what DENSIFY writes); a FULLY_CONNECTED gets them dense,
+because LiteRT's XNNPACK delegate (ai-edge-litert 2.3.0, its default) fails to prepare an
+int8 FULLY_CONNECTED whose weights come from DENSIFY. Weights of ops that stay float get
+their DENSIFY (and DEQUANTIZE) back, as the input had them.
+
 Ops without an int8 kernel here (and every op outside the main subgraph) stay float, with
 DEQUANTIZE before and QUANTIZE after them, and the records name them and say why. The
 interface is float by default (a QUANTIZE after each input, a DEQUANTIZE before each output);
@@ -26,13 +35,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tflrewrite import calibrate
+from tflrewrite import calibrate, sparsity
 from tflrewrite.errors import TflRewriteError, UsageError
 from tflrewrite.kernels import quantize as kernels
 from tflrewrite.model import Model, Operator, Quantization, Subgraph, Tensor
 from tflrewrite.passes.common import PassResult, Rule, options_for, weight_stats
 from tflrewrite.progress import Progress
-from tflrewrite.weights import real_values
+from tflrewrite.weights import DENSIFY_BYTES, real_values
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,9 @@ CONVERSIONS = {
     ("UINT8", "FLOAT32"): ("DEQUANTIZE", 1),
 }
 IO_TYPES = {"float": "FLOAT32", "int8": "INT8", "uint8": "UINT8"}
+# Int8 ops whose weights may stay sparse behind DENSIFY (checked in LiteRT, with and
+# without XNNPACK, by tests/test_sparse_weights.py).
+SPARSE_INT8_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 INT32_MAX = 2**31 - 1
 
 
@@ -121,6 +133,7 @@ def run(
             "random inputs (poor ranges; the report says so)"
         )
     model = model.copy()
+    folded = _fold_sparse(model)
     _fold_constants(model)
     bar = Progress("calibrating", len(data.values) * (1 if options.method == "minmax" else 2))
     ranges = calibrate.ranges(
@@ -129,8 +142,9 @@ def run(
     sg = model.subgraphs[0]
     chosen, kept_float = _choose(model, sg, ranges, options, rules)
     params = _params(sg, chosen, ranges)
-    records = _Rewriter(model, sg, chosen, params, IO_TYPES[options.io]).run()
+    records = _Rewriter(model, sg, chosen, params, IO_TYPES[options.io], folded).run()
     records += [_op_record(op, "kept float", reason) for op, reason in kept_float]
+    _unfold(model, sg, folded)
     _drop_unused(model)
     records.append(
         {
@@ -146,6 +160,94 @@ def run(
 
 
 # ------------------------------------------------------------------ before: plain float
+
+
+@dataclass(eq=False)
+class _Folded:
+    """A weight of the main subgraph that was computed from a sparse constant, now a dense
+    constant: the sparse constant, and how to undo the fold for ops that stay float."""
+
+    tensor: Tensor  # the dense constant the ops read now
+    source: Tensor  # the sparse constant (its sparsity is the layout to write int8 in)
+    ops: list[Operator]  # the DENSIFY (and DEQUANTIZE) that computed it, in graph order
+    direct: bool = False  # `source` was read as it is (FULLY_CONNECTED's sparse kernel)
+
+
+def _fold_sparse(model: Model) -> dict[int, _Folded]:
+    """The main subgraph's sparse constants as dense ones: what a DENSIFY of a constant
+    writes becomes a constant, as does a DEQUANTIZE of that, and a sparse constant an op
+    reads as it is gets a dense twin. Keyed by id of the dense tensor."""
+    sg = model.subgraphs[0]
+    folded: dict[int, _Folded] = {}
+    outputs = {id(t) for t in sg.outputs}
+    for op in list(sg.operators):
+        source = op.inputs[0] if op.type == "DENSIFY" and len(op.inputs) == 1 else None
+        out = op.outputs[0] if len(op.outputs) == 1 else None
+        dense = _decoded(source)
+        if dense is None or out is None or id(out) in outputs:
+            continue
+        out.buffer = model.add_buffer(dense)
+        sg.operators.remove(op)
+        folded[id(out)] = _Folded(out, source, [op])
+        for dq in list(sg.operators):
+            if dq.type == "DEQUANTIZE" and dq.inputs[0] is out and id(dq.outputs[0]) not in outputs:
+                real = dq.outputs[0]  # keeps its quantization: unfolded, it is as it was
+                real.buffer = model.add_buffer(real_values(out).astype(np.float32))
+                sg.operators.remove(dq)
+                folded[id(real)] = _Folded(real, source, [op, dq])
+    twins: dict[int, Tensor] = {}
+    for op in sg.operators:
+        if op.type == "DENSIFY":  # one left: it writes a subgraph output
+            continue
+        for i, t in enumerate(op.inputs):
+            dense = _decoded(t) if t is not None and id(t) not in twins else None
+            if dense is not None:
+                twin = Tensor(t.name, t.dtype, t.shape, buffer=model.add_buffer(dense))
+                twin.quantization = t.quantization
+                sg.tensors.append(twin)
+                twins[id(t)] = twin
+                folded[id(twin)] = _Folded(twin, t, [], direct=True)
+            if t is not None and id(t) in twins:
+                op.inputs[i] = twins[id(t)]
+    return folded
+
+
+def _decoded(t: Tensor | None) -> np.ndarray | None:
+    """The dense values of a sparse constant, or None (not one, or not decodable)."""
+    if t is None or t.sparsity is None or not t.is_constant or t.shape is None:
+        return None
+    if t.np_dtype is None:
+        return None
+    try:
+        return sparsity.decode(t.data, t.sparsity, t.shape)
+    except sparsity.SparsityError:
+        return None
+
+
+def _unfold(model: Model, sg: Subgraph, folded: dict[int, _Folded]) -> None:
+    """Weights that ops still read as float get back the form the input had: sparse
+    constants read as they were, DENSIFY (and DEQUANTIZE) ops before their first reader."""
+    readers = sg.consumers()
+    ops: list[Operator] = []
+    folds: set[int] = set()  # the buffers the fold gave them
+    first = len(sg.operators)
+    for f in folded.values():
+        users = readers.get(id(f.tensor), [])
+        if not users:
+            continue
+        if f.direct:
+            for op in users:
+                op.inputs = [f.source if t is f.tensor else t for t in op.inputs]
+            continue
+        first = min([first, *(sg.operators.index(op) for op in users)])
+        for op in f.ops:
+            if op not in ops:
+                folds.add(id(op.outputs[0].buffer))
+                op.outputs[0].buffer = model.empty_buffer()
+                ops.append(op)
+    ops.sort(key=lambda op: op.type != "DENSIFY")  # each DEQUANTIZE reads a DENSIFY's output
+    sg.operators[first:first] = ops
+    model.buffers = [b for b in model.buffers if id(b) not in folds]
 
 
 def _fold_constants(model: Model) -> None:
@@ -306,8 +408,9 @@ class _Rewriter:
     and shared by every later consumer.
     """
 
-    def __init__(self, model, sg, chosen, params, io):
+    def __init__(self, model, sg, chosen, params, io, folded):
         self.model, self.sg, self.params, self.io = model, sg, params, io
+        self.folded: dict[int, _Folded] = folded
         self.chosen = {id(op) for op in chosen}
         self.activations = {id(t) for t in sg.tensors if t.dtype == "FLOAT32" and not t.is_constant}
         self.forms: dict[tuple[int, str], Tensor] = {}  # (id(tensor), dtype) -> tensor
@@ -436,22 +539,70 @@ class _Rewriter:
             rest = [d for i, d in enumerate(values.shape) if i != axis]
             stored = np.moveaxis(q_rows.reshape([values.shape[axis], *rest]), 0, axis)
         quant = Quantization(scales, np.zeros(scales.size, np.int64), axis=axis or 0)
-        q = self._new_constant(key, w, np.ascontiguousarray(stored), quant)
-        self.records.append(
-            {
-                "subgraph": 0,
-                "tensor": w.name,
-                "op": op.type,
-                "dtype": "INT8",
-                "shape": list(w.shape or ()),
-                "action": "quantized",
-                "mode": "int8",
-                "before": weight_stats(rows),
-                "after": weight_stats(q_rows),
-                "mse": float(sq_err.sum()) / max(rows.size, 1),
-            }
-        )
+        stored = np.ascontiguousarray(stored)
+        folded = self.folded.get(id(w))
+        how = None if folded is None else self._sparse_or_dense(op, folded, stored)
+        if how is not None and how[0]:
+            q = self._densified_constant(key, w, folded.source, how[0], quant)
+        else:
+            q = self._new_constant(key, w, stored, quant)
+        rec = {
+            "subgraph": 0,
+            "tensor": w.name,
+            "op": op.type,
+            "dtype": "INT8",
+            "shape": list(w.shape or ()),
+            "action": "quantized",
+            "mode": "int8",
+            "before": weight_stats(rows),
+            "after": weight_stats(q_rows),
+            "mse": float(sq_err.sum()) / max(rows.size, 1),
+        }
+        if how is not None:
+            rec["stored"] = how[1]
+        self.records.append(rec)
         return q, scales
+
+    def _sparse_or_dense(self, op: Operator, f: _Folded, stored: np.ndarray) -> tuple:
+        """((values, sparsity) to store `stored` sparse in `f`'s layout, or None for dense;
+        what the record says of it) for int8 weights that were sparse in the input."""
+        if f.direct:
+            why = "int8 FULLY_CONNECTED reads only 1x16 blocks (--target cpu writes them)"
+            return None, f"int8 dense: {why}"
+        if op.type not in SPARSE_INT8_OPS:
+            why = (
+                "LiteRT's XNNPACK delegate fails on an int8 FULLY_CONNECTED whose weights "
+                "come from DENSIFY"
+                if op.type == "FULLY_CONNECTED"
+                else f"int8 {op.type} with weights from DENSIFY is untested here"
+            )
+            return None, f"int8 dense: {why}"
+        values, layout = sparsity.encode(stored, f.source.sparsity)
+        sparse = (
+            sparsity.file_bytes(values.nbytes, layout) + DENSIFY_BYTES + len(f.tensor.name.encode())
+        )
+        dense = -(-stored.nbytes // 16) * 16
+        if sparse < dense:
+            what = f"({sparse:,} bytes against {dense:,} dense)"
+            return (values, layout), f"int8 sparse behind DENSIFY, in the input's layout {what}"
+        return None, f"int8 dense ({dense:,} bytes against {sparse:,} sparse)"
+
+    def _densified_constant(
+        self, key: tuple, like: Tensor, source: Tensor, encoded: tuple, quant
+    ) -> Tensor:
+        """The int8 weights a DENSIFY writes from their sparse form `encoded` (values,
+        sparsity), named as the float tensor and the sparse constant they replace."""
+        values, layout = encoded
+        sparse = Tensor(
+            source.name, "INT8", like.shape, buffer=self.model.add_buffer(values), sparsity=layout
+        )
+        q = Tensor(
+            like.name, "INT8", like.shape, buffer=self.model.empty_buffer(), quantization=quant
+        )
+        self.sg.tensors += [sparse, q]
+        self.ops.append(Operator(self.model.opcode("DENSIFY"), [sparse], [q]))
+        self.constants[key] = q
+        return q
 
     def _bias(self, b: Tensor, data: Tensor, w_scales: np.ndarray) -> Tensor:
         in_scale = self.params[id(data)][0]

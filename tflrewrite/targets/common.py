@@ -1,10 +1,15 @@
-"""What the targets share: the operators that read a weight, and the refusals every target
-makes whatever its runtime."""
+"""What the targets share: the operators that read a weight, the refusals every target
+makes whatever its runtime, and dense storage of sparse constants for runtimes that read
+weights dense."""
 
 from __future__ import annotations
 
-from tflrewrite.model import Operator, Subgraph, Tensor
-from tflrewrite.weights import Weight
+import numpy as np
+
+from tflrewrite import sparsity
+from tflrewrite.model import Model, Operator, Subgraph, Tensor
+from tflrewrite.passes.common import weight_stats
+from tflrewrite.weights import Weight, replace_data
 
 
 def readers(sg: Subgraph, t: Tensor) -> list[Operator]:
@@ -21,3 +26,48 @@ def refusal(w: Weight, sg: Subgraph) -> str | None:
     if w.tensor in sg.inputs or w.tensor in sg.outputs:
         return "a subgraph input or output"
     return None
+
+
+def densify(model: Model, why: str) -> list[dict]:
+    """Sparse constants made dense, and DENSIFY operators of constants replaced by their
+    dense result, for runtimes that read every weight buffer as dense (`why` says so in
+    the records). A sparse constant whose parameters do not decode is left as it is."""
+    records = []
+    for si, sg in enumerate(model.subgraphs):
+        for t in sg.tensors:
+            if t.sparsity is not None and t.is_constant and t.shape is not None:
+                try:
+                    dense = sparsity.decode(t.data, t.sparsity, t.shape)
+                except sparsity.SparsityError:
+                    continue
+                t.sparsity = None
+                replace_data(model, Weight(si, t, "sparse", out_axis=0, in_axis=None), dense)
+                records.append(_note(si, t, "densified", why))
+        for op in [op for op in sg.operators if op.type == "DENSIFY"]:
+            source, out = op.inputs[0], op.outputs[0]
+            if source is None or out is None or not source.is_constant or out in sg.outputs:
+                continue
+            if source.sparsity is not None:
+                continue  # not decodable above
+            out.buffer = source.buffer  # dense by now
+            sg.operators.remove(op)
+            if not any(source in (*o.inputs, *o.outputs) for o in sg.operators):
+                if source not in sg.inputs and source not in sg.outputs:
+                    sg.tensors.remove(source)
+            records.append(_note(si, out, "densified", "its DENSIFY operator removed"))
+    return records
+
+
+def _note(si: int, t: Tensor, action: str, reason: str) -> dict:
+    stats = weight_stats(np.asarray(t.data).reshape(1, -1)) if t.is_constant else {}
+    return {
+        "subgraph": si,
+        "tensor": t.name,
+        "op": None,
+        "dtype": t.dtype,
+        "shape": list(t.shape or ()),
+        "action": action,
+        "reason": reason,
+        "before": stats,
+        "after": stats,
+    }

@@ -115,6 +115,11 @@ def _computed_weights(model: Model) -> list[dict]:
                 source = producer.inputs[0] if producer.inputs else None
                 if source is not None and source.is_constant:
                     continue  # reported by find_weights
+                producer = producers.get(id(source)) if source is not None else None
+            if producer is not None and producer.type == "DENSIFY":
+                source = producer.inputs[0] if producer.inputs else None
+                if source is not None and source.is_constant:
+                    continue  # reported by find_weights
             w = Weight(si, t, FC, out_axis=0, in_axis=1)
             out.append(record(w, "skipped", "not a constant: computed at run time"))
     return out
@@ -150,6 +155,13 @@ def block_sparsity(rows: int, block: int, segments: np.ndarray, indices: np.ndar
 
 def not_encodable(w: Weight, sg: Subgraph, readers: list[Operator]) -> str | None:
     t = w.tensor
+    if w.densify:
+        return (
+            "stored sparse behind DENSIFY: the FC kernel sees a dense tensor made at run "
+            "time; kept as the passes left it"
+        )
+    if w.sparse is not None:
+        return "stored sparse already, read so by the FULLY_CONNECTED kernel"
     if w.dequantize:
         return (
             "read through DEQUANTIZE: the FC kernel sees a dense tensor made at run time "

@@ -44,7 +44,7 @@ from tflrewrite.passes.common import (
     stats_of,
     weight_stats,
 )
-from tflrewrite.targets import Target
+from tflrewrite.targets import Target, common
 from tflrewrite.weights import WEIGHT_OPS, Weight, find_weights, record, replace_data
 
 FC = "FULLY_CONNECTED"
@@ -58,6 +58,8 @@ INTEGER_ACTIVATIONS = ("INT8", "INT16")
 # MLPerf-Tiny models 0.05 would save about 1% more bytes for about 0.2 dB of weight SQNR.
 BUDGET = 0.0
 
+VELA_DENSE = "Vela ignores sparsity"
+
 
 def cluster(
     model: Model,
@@ -69,7 +71,7 @@ def cluster(
     """The recipe's cluster step, laid down for the codec (see the module docstring)."""
     require_integer(model)
     model = model.copy()
-    densified = _densify(model)  # so that sparse weights get clustered too
+    densified = common.densify(model, VELA_DENSE)  # so that sparse weights get clustered too
     model, chosen, records = select(model, options, rules, refuse=_not_clusterable)
     for w, opts in chosen:
         notes = {}
@@ -94,7 +96,7 @@ def run(model: Model) -> PassResult:
     per-tensor (re-clustered when they were clustered); report weights Vela runs on the CPU."""
     model = model.copy()
     require_integer(model)
-    records = _densify(model)
+    records = common.densify(model, VELA_DENSE)
     weights, skipped = find_weights(model)
     records += skipped
     for w in weights:
@@ -366,84 +368,6 @@ def _requantize_record(model: Model, w: Weight) -> dict:
         after=remember_stats(w, weight_stats(w.channels(w.tensor.data))),
         mse=done["mse"],
     )
-
-
-# ---------------------------------------------------------------- densify
-
-
-def _densify(model: Model) -> list[dict]:
-    """Sparse constants made dense, and DENSIFY operators of constants replaced by their
-    dense result: Vela reads every weight buffer as dense."""
-    records = []
-    for si, sg in enumerate(model.subgraphs):
-        for t in sg.tensors:
-            if t.sparsity is not None and t.is_constant and t.shape is not None:
-                dense = densify(t)
-                t.sparsity = None
-                replace_data(model, Weight(si, t, "sparse", out_axis=0, in_axis=None), dense)
-                records.append(_note(si, t, "densified", "Vela ignores sparsity"))
-        for op in [op for op in sg.operators if op.type == "DENSIFY"]:
-            source, out = op.inputs[0], op.outputs[0]
-            if source is None or out is None or not source.is_constant or out in sg.outputs:
-                continue
-            out.buffer = source.buffer  # dense by now
-            sg.operators.remove(op)
-            if not any(source in (*o.inputs, *o.outputs) for o in sg.operators):
-                if source not in sg.inputs and source not in sg.outputs:
-                    sg.tensors.remove(source)
-            records.append(_note(si, out, "densified", "its DENSIFY operator removed"))
-    return records
-
-
-def densify(t: Tensor) -> np.ndarray:
-    """The dense array of a sparse tensor (TFLite SparsityParameters, any traversal order and
-    block map), in the layout TFLite's format converter gives it."""
-    sp = t.sparsity
-    values = t.data.reshape(-1)
-    shape = tuple(int(d) for d in t.shape)
-    rank = len(shape)
-    block_map = [int(d) for d in (sp.block_map if sp.block_map is not None else [])]
-    order = [int(d) for d in sp.traversal_order]
-    meta = sp.dim_metadata
-    block = {rank + i: int(meta[order.index(rank + i)].dense_size) for i in range(len(block_map))}
-    pos = np.zeros(1, np.int64)  # where each partial path is in the next level's arrays
-    coords = np.zeros((1, len(order)), np.int64)
-    for level, dim in enumerate(order):
-        m = meta[level]
-        if m.format == "DENSE":
-            n = int(m.dense_size)
-            pos = (pos[:, None] * n + np.arange(n)).reshape(-1)
-            coords = np.repeat(coords, n, axis=0)
-            coords[:, dim] = np.tile(np.arange(n), coords.shape[0] // n)
-        else:
-            seg = np.asarray(m.segments).astype(np.int64)
-            idx = np.asarray(m.indices).astype(np.int64)
-            starts, counts = seg[pos], seg[pos + 1] - seg[pos]
-            offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-            pos = np.repeat(starts, counts) + offsets
-            coords = np.repeat(coords, counts, axis=0)
-            coords[:, dim] = idx[pos]
-    at = [coords[:, d] for d in range(rank)]
-    for i, d in enumerate(block_map):
-        at[d] = at[d] * block[rank + i] + coords[:, rank + i]
-    dense = np.zeros(shape, values.dtype)
-    dense[tuple(at)] = values[pos]
-    return dense
-
-
-def _note(si: int, t: Tensor, action: str, reason: str) -> dict:
-    stats = weight_stats(np.asarray(t.data).reshape(1, -1)) if t.is_constant else {}
-    return {
-        "subgraph": si,
-        "tensor": t.name,
-        "op": None,
-        "dtype": t.dtype,
-        "shape": list(t.shape or ()),
-        "action": action,
-        "reason": reason,
-        "before": stats,
-        "after": stats,
-    }
 
 
 TARGET = Target(

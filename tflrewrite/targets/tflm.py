@@ -106,7 +106,9 @@ class Lut:
 
 def run(model: Model) -> PassResult:
     model = model.copy()
-    weights, records = find_weights(model)
+    records = common.densify(model, "TFLite Micro has no DENSIFY kernel")
+    weights, skipped = find_weights(model)
+    records += skipped
     decodes: dict[int, Operator] = {}  # by id(reader): the DECODE placed before it
     for w in weights:
         sg = model.subgraphs[w.subgraph]

@@ -149,11 +149,12 @@ def run(model: Model, options: Options | None = None) -> PassResult:
     for si, sg in enumerate(model.subgraphs):
         verdict = analyze(sg, si)
         log.info("subgraph %d: %s", si, verdict.reason)
-        mine = [w for w in weights if w.subgraph == si]
+        mine = [w for w in weights if w.subgraph == si and w.sparse is None]
         chosen = _chosen_filters(sg, verdict, options)
-        for w in _densified(sg, si):
-            why = "already stored sparse behind DENSIFY"
-            records.append(record(w, "skipped", why, sparse_inference=verdict.reason))
+        for w in weights:
+            if w.subgraph == si and w.sparse is not None:
+                why = "already stored sparse behind DENSIFY" if w.densify else "stored sparse"
+                records.append(record(w, "skipped", why, sparse_inference=verdict.reason))
         densified = 0
         for w in mine:
             why = _not_encodable(sg, w, verdict, chosen)
@@ -166,20 +167,6 @@ def run(model: Model, options: Options | None = None) -> PassResult:
         if verdict.qualifies and not densified:
             log.warning("subgraph %d qualifies, but no filter in it was stored sparse", si)
     return PassResult(model, records)
-
-
-def _densified(sg: Subgraph, si: int) -> list[Weight]:
-    """Filters that reach their ops through a DENSIFY already (find_weights skips them)."""
-    made = {id(op.outputs[0]): op.inputs[0] for op in sg.operators if op.type == "DENSIFY"}
-    for op in sg.operators:
-        if op.type == "DEQUANTIZE" and op.inputs and id(op.inputs[0]) in made:
-            made[id(op.outputs[0])] = made[id(op.inputs[0])]
-    found: dict[int, Weight] = {}
-    for op in sg.operators:
-        t = made.get(id(op.inputs[1])) if op.type in FILTER_OPS and len(op.inputs) > 1 else None
-        if t is not None and id(t) not in found:
-            found[id(t)] = Weight(si, t, op.type, out_axis=0, in_axis=None)
-    return list(found.values())
 
 
 def check(model: Model) -> list[Verdict]:
