@@ -38,6 +38,8 @@ examples:
   tflrewrite float.tflite --quantize int8-weights --cluster 16 --granularity channel
   tflrewrite float.tflite --prune 0.5 --cluster 16 --quantize int8 --calibration s.npz
       --max-zip-bytes 40k     the settings per layer with least error in 40 kB zipped
+  tflrewrite float.tflite --quantize int8 --calibration s.npz --max-zip-bytes 40k
+                          a budget alone: prune and cluster settings chosen per layer
   tflrewrite model.tflite -o out.tflite --force  replaces out.tflite if it exists
   tflrewrite audit model.tflite --max-zip-bytes 200k      exit 1 when over budget (for CI)
   tflrewrite audit before.tflite after.tflite --compare
@@ -45,6 +47,15 @@ examples:
 
 exit codes: 0 done, 1 a budget or verification check failed, 2 bad usage or bad input.
 """
+
+BUDGET_HELP = """\
+The settings of --prune and --cluster are chosen per layer to meet the budget with the
+least estimated output error. Given settings are the fallback: they also run as given,
+and a budget they meet is met, never with more error than theirs (estimated, and with
+--calibration measured on the samples). A budget alone chooses among sparsity 0-0.9
+and 4-256 clusters, one codebook per tensor or per channel (--quantize stays as given).
+Large layers whose settings differ by coarse steps get settings in between. The report
+lists the setting each layer got and what it was chosen over."""
 
 
 def _targets_help() -> str:
@@ -186,10 +197,7 @@ def parser() -> argparse.ArgumentParser:
         "for each removed weight, clusters with error feedback, and corrects biases, "
         "layer by layer; magnitude ignores the data (the data-free path)",
     )
-    g = p.add_argument_group(
-        "size budget (per-layer --prune / --cluster settings chosen to fit it with "
-        "the least estimated output error; one at a time)"
-    )
+    g = p.add_argument_group("size budget (one at a time)", BUDGET_HELP)
     budget = g.add_mutually_exclusive_group()
     budget.add_argument(
         "--max-zip-bytes",
@@ -297,18 +305,20 @@ def run(args: argparse.Namespace) -> int:
     output = args.output or default_output(args.model)
     recipe = recipe_from_args(args)
     check_output_path(output, [args.model], args.force)
+    budget = _budget(args)
+    if budget is not None:  # the planner chooses prune and cluster settings: add them if need be
+        from tflrewrite import budget as budgets
+
+        recipe = budgets.with_planner_steps(recipe)
     recipes.check(recipe, calibrated=args.calibration is not None, method=args.method)
     data, held_out = _calibration(args)
     model = reader.read(args.model)
     method = args.method or "data"
-    budget = _budget(args)
     if budget is None:
         result = rewrite.apply(
             model, recipe, progress=_step_note, target=args.target, data=data, method=method
         )
     else:
-        from tflrewrite import budget as budgets
-
         result = budgets.apply(
             model,
             recipe,
