@@ -40,6 +40,8 @@ examples:
   tflrewrite float.tflite --quantize int8-weights --cluster 16 --granularity channel
   tflrewrite float.tflite --prune 0.5 --cluster 16 --quantize int8 --calibration s.npz
       --max-zip-bytes 40k     the settings per layer with least error in 40 kB zipped
+  tflrewrite float.tflite --quantize int8 --calibration s.npz --max-zip-bytes 40k
+                          a budget alone: prune and cluster settings chosen per layer
   tflrewrite model.tflite -o out.tflite --force  replaces out.tflite if it exists
   tflrewrite audit model.tflite --max-zip-bytes 200k      exit 1 when over budget (for CI)
   tflrewrite audit before.tflite after.tflite --compare
@@ -50,6 +52,15 @@ crashed running a model (the output is written; the report says which); 2 bad us
 input, or an output that cannot be written (nothing is left of it); 130 and 143 interrupted
 (SIGINT, SIGTERM), leaving no partial output.
 """
+
+BUDGET_HELP = """\
+The settings of --prune and --cluster are chosen per layer to meet the budget with the
+least estimated output error. Given settings are the fallback: they also run as given,
+and a budget they meet is met, never with more error than theirs (estimated, and with
+--calibration measured on the samples). A budget alone chooses among sparsity 0-0.9
+and 4-256 clusters, one codebook per tensor or per channel (--quantize stays as given).
+Large layers whose settings differ by coarse steps get settings in between. The report
+lists the setting each layer got and what it was chosen over."""
 
 
 def _targets_help() -> str:
@@ -191,10 +202,7 @@ def parser() -> argparse.ArgumentParser:
         "for each removed weight, clusters with error feedback, and corrects biases, "
         "layer by layer; magnitude ignores the data (the data-free path)",
     )
-    g = p.add_argument_group(
-        "size budget (per-layer --prune / --cluster settings chosen to fit it with "
-        "the least estimated output error; one at a time)"
-    )
+    g = p.add_argument_group("size budget (one at a time)", BUDGET_HELP)
     budget = g.add_mutually_exclusive_group()
     budget.add_argument(
         "--max-zip-bytes",
@@ -321,18 +329,27 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(output, [args.model], args.force)
     for extra in _extra_outputs(args):
         check_output_path(extra, [args.model], args.force)
+    budget = _budget(args)
+    if budget is not None:  # the planner chooses prune and cluster settings: add them if need be
+        from tflrewrite import budget as budgets
+
+        recipe = budgets.with_planner_steps(recipe)
     recipes.check(recipe, calibrated=args.calibration is not None, method=args.method)
     # LiteRT runs in a child process for the report (a crash there ends only the child),
     # started now so that it loads while this one rewrites.
     child = None if args.no_verify else summary.runner_soon()
     try:
-        return _rewrite(args, recipe, output, input_zip, child)
+        return _rewrite(
+            args, recipe, budget=budget, output=output, input_zip=input_zip, child=child
+        )
     finally:
         if child is not None:
             child.close()
 
 
-def _rewrite(args: argparse.Namespace, recipe: Any, output: str, input_zip: Any, child: Any) -> int:
+def _rewrite(
+    args: argparse.Namespace, recipe: Any, *, budget: Any, output: str, input_zip: Any, child: Any
+) -> int:
     """The rewrite itself, its output and its report, once the flags are known to be good."""
     from tflrewrite import reader, rewrite, writer
     from tflrewrite.reports import summary
@@ -340,7 +357,6 @@ def _rewrite(args: argparse.Namespace, recipe: Any, output: str, input_zip: Any,
     data, held_out = _calibration(args)
     model = reader.read(args.model)
     method = args.method or "data"
-    budget = _budget(args)
     stages = _stages(args, model)
     if budget is None:
         result = rewrite.apply(

@@ -240,10 +240,20 @@ def print_report(report: dict, out: TextIO, verbose: bool = False) -> None:
 
 
 def _print_budget(step: dict, out: TextIO) -> None:
+    kept = "per layer, the least estimated error that fits"
+    if step.get("kept") == "uniform":
+        kept = f"the recipe's own settings, kept: {step['why']}"
     out.write(
         f"\nbudget: {step['measure']} at most {step['limit']:,}: {step['got']:,} after "
-        f"{step['runs']} run(s); per layer, the least estimated error that fits:\n"
+        f"{step['runs']} run(s); {kept}:\n"
     )
+    if "calibration_sqnr_db" in step:
+        sqnr = step["calibration_sqnr_db"]
+        out.write(
+            f"  output SQNR on the calibration samples: {db(sqnr['planned'])} dB planned, "
+            f"{db(sqnr['uniform'])} dB the recipe as given ({step['uniform_got']:,} "
+            f"{step['measure']})\n"
+        )
     table = [("tensor", "sparsity", "clusters", "est. dB", "est. bytes", "chosen over")]
     for t in step["tensors"]:
         table.append(
