@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from tflrewrite import rewrite, targets, writer
+from tflrewrite import pipeline, targets, writer
 from tflrewrite.errors import TflRewriteError, UsageError
 from tflrewrite.kernels import reconstruct as kernels
 from tflrewrite.model import Model
@@ -113,8 +113,8 @@ def apply(
     method: str = "data",
     accelerator: str | None = None,
     name: str = "model.tflite",
-) -> rewrite.Result:
-    """rewrite.apply with per-layer settings of `recipe`'s pruning and clustering chosen to
+) -> pipeline.Result:
+    """pipeline.apply with per-layer settings of `recipe`'s pruning and clustering chosen to
     meet `budget` (see the module's notes). `name` is the output's file name, which a zip
     archive holds too."""
     steps = {s.name: s for s in recipe.steps}
@@ -144,7 +144,7 @@ def apply(
         if chosen in tried:
             break  # the same choice again would measure the same
         tried.add(chosen)
-        result = rewrite.apply(
+        result = pipeline.apply(
             model,
             _with_choice(recipe, layers, chosen),
             progress=progress,
