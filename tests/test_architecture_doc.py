@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tflrewrite import reader, recipes, rewrite
+from tflrewrite import pipeline, reader, recipes
 from tflrewrite.passes import PASSES
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "ARCHITECTURE.md"
@@ -29,7 +29,7 @@ def test_the_worked_example_is_a_working_pass(example_model, monkeypatch):
     monkeypatch.setitem(PASSES, "threshold", threshold.PASS)
     recipe = recipes.from_dict({"threshold": {"below": 0.05}}, "example")
     model = reader.read(example_model)
-    result = rewrite.apply(model, recipe)
+    result = pipeline.apply(model, recipe)
     (step,) = [r for r in result.records if r["pass"] == "threshold"]
     edited = [t for t in step["tensors"] if t["action"] == "thresholded"]
     assert edited

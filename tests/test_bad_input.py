@@ -43,6 +43,9 @@ class Hang(BaseException):
     """Raised by SIGALRM: a BaseException so that no `except Exception` can swallow it."""
 
 
+# The rewrite these tests run: a lossless copy, read and written back (the default recipe
+# would refuse an int8 model, before any of the writing these tests watch).
+COPY = ["--recipe", "identity"]
 TIME_LIMIT_S = 10.0  # a healthy case takes well under 0.2 s; a hang takes forever
 MiB = 1 << 20
 
@@ -106,9 +109,9 @@ def assert_refused(path: Path, problem: str, tmp_path: Path, default_output=True
     out = out_dir / "out.tflite"
     before = path.read_bytes() if path.is_file() and os.access(path, os.R_OK) else None
     folders = {d: listing(d) for d in {path.parent, out_dir} if d.is_dir()}
-    commands = [["audit", str(path)], [str(path), "-o", str(out)]]
+    commands = [["audit", str(path)], [str(path), "-o", str(out), *COPY]]
     if default_output:
-        commands.append([str(path)])
+        commands.append([str(path), *COPY])
     for argv in commands:
         code, stdout, stderr, _ = run_cli(argv)
         assert code == 2, f"{argv}: exit {code}, stderr {stderr!r}"
@@ -131,7 +134,7 @@ def warm_imports(tf_models, tmp_path_factory) -> None:
     modules they load on first use (about 16 MiB, the passes and their kernels)."""
     good = tf_models["int8_full"]
     out = tmp_path_factory.mktemp("warm") / "out.tflite"
-    for argv in (["audit", str(good)], [str(good), "-o", str(out), "--no-verify"]):
+    for argv in (["audit", str(good)], [str(good), "-o", str(out), "--no-verify", *COPY]):
         assert run_cli(argv)[0] == 0
 
 
@@ -562,7 +565,7 @@ def good(tmp_path, base_bytes) -> Path:
 def test_output_equal_to_input_is_refused(good, base_bytes, force):
     spellings = [str(good), os.path.join(str(good.parent), ".", good.name)]
     for out in spellings:
-        code, stdout, stderr, _ = run_cli([str(good), "-o", out] + ["--force"] * force)
+        code, stdout, stderr, _ = run_cli([str(good), "-o", out, *COPY] + ["--force"] * force)
         assert code == 2
         line = assert_one_line(stderr, out)
         assert "input" in line and stdout == ""
@@ -573,18 +576,18 @@ def test_output_equal_to_input_is_refused(good, base_bytes, force):
 def test_output_as_a_link_to_the_input_is_refused(good, base_bytes, tmp_path):
     link = tmp_path / "link.tflite"
     link.symlink_to(good)
-    code, _, stderr, _ = run_cli([str(good), "-o", str(link), "--force"])
+    code, _, stderr, _ = run_cli([str(good), "-o", str(link), "--force", *COPY])
     assert code == 2 and "input" in assert_one_line(stderr, link)
     assert good.read_bytes() == base_bytes and link.is_symlink()
 
 
 def test_existing_output_needs_force(good, base_bytes, tmp_path):
     out = write(tmp_path, "out.tflite", b"keep me")
-    code, stdout, stderr, _ = run_cli([str(good), "-o", str(out)])
+    code, stdout, stderr, _ = run_cli([str(good), "-o", str(out), *COPY])
     assert code == 2 and "--force" in assert_one_line(stderr, out) and stdout == ""
     assert out.read_bytes() == b"keep me"
 
-    code, stdout, stderr, _ = run_cli([str(good), "-o", str(out), "--force"])
+    code, stdout, stderr, _ = run_cli([str(good), "-o", str(out), "--force", *COPY])
     assert code == 0 and stderr == "" and str(out) in stdout
     assert reader.read(out).subgraphs
     assert good.read_bytes() == base_bytes
@@ -594,7 +597,7 @@ def test_existing_output_needs_force(good, base_bytes, tmp_path):
 def test_bad_input_with_force_leaves_existing_output_alone(tmp_path):
     bad = write(tmp_path, "bad.tflite", b"not a model at all")
     out = write(tmp_path, "out.tflite", b"keep me")
-    code, _, stderr, _ = run_cli([str(bad), "-o", str(out), "--force"])
+    code, _, stderr, _ = run_cli([str(bad), "-o", str(out), "--force", *COPY])
     assert code == 2 and "not a TFLite model" in assert_one_line(stderr, bad)
     assert out.read_bytes() == b"keep me"
     assert listing(tmp_path) == ["bad.tflite", "out.tflite"]
@@ -686,7 +689,7 @@ def check_variant(path: Path, data: bytes, tmp_path: Path) -> tuple[int, int]:
     out = tmp_path / "out.tflite"
     codes = []
     # --no-verify: running LiteRT is checked in child processes (see below)
-    for argv in (["audit", str(path)], [str(path), "-o", str(out), "--no-verify"]):
+    for argv in (["audit", str(path)], [str(path), "-o", str(out), "--no-verify", *COPY]):
         code, stdout, stderr, peak = run_cli(argv)
         assert code in (0, 2), f"{argv}: exit {code}, stderr {stderr!r}"
         assert "Traceback" not in stdout + stderr
@@ -845,7 +848,8 @@ def test_mutated_models_as_processes(fuzz_bases, tmp_path):
         except Exception:  # noqa: BLE001 - refused: the in-process test covers it
             continue
         out = tmp_path / f"{name}-{i:02d}.out.tflite"
-        readable[name].append((label + " rewrite", [str(path), "-o", str(out)], path, out))
+        argv = [str(path), "-o", str(out), *COPY]
+        readable[name].append((label + " rewrite", argv, path, out))
     assert audit_codes == {0, 2}, "the audited variants should show both outcomes"
     turns = [job for group in itertools.zip_longest(*readable.values()) for job in group if job]
     assert len(turns) >= REWRITES, "too few variants are readable to test the whole command"
@@ -875,7 +879,7 @@ def test_audit_of_non_utf8_names_on_a_utf8_terminal(tmp_path, base_bytes):
 def test_rewrite_of_non_utf8_names(tmp_path, base_bytes):
     path = write(tmp_path, "m.tflite", edited(base_bytes, _non_utf8_names))
     out = tmp_path / "out.tflite"
-    assert process_problem(run_process([str(path), "-o", str(out)]), path, out) == ""
+    assert process_problem(run_process([str(path), "-o", str(out), *COPY]), path, out) == ""
 
 
 # ------------------------------------------------------------------ known gaps (not the reader)
@@ -894,4 +898,4 @@ def test_rewrite_of_a_model_whose_input_is_a_resource(tmp_path, tf_models):
     data = edited(tf_models["string_and_variables"].read_bytes(), _resource_as_input)
     path = write(tmp_path, "m.tflite", data)
     out = tmp_path / "out.tflite"
-    assert process_problem(run_process([str(path), "-o", str(out)]), path, out) == ""
+    assert process_problem(run_process([str(path), "-o", str(out), *COPY]), path, out) == ""

@@ -60,7 +60,10 @@ def test_rewrite_json_report(model, tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["output_bytes"] == os.path.getsize(out)
     assert doc["input_bytes"] == os.path.getsize(model)
-    assert doc["recipe"] == "identity"
+    # No recipe and no flags: the tree's default for a float model, int8 weights.
+    assert doc["recipe"] == "int8-weights"
+    assert doc["default"]["model"] == "float" and doc["default"]["recipe"] == "int8-weights"
+    assert doc["verdict"]["grade"] == "near-lossless"
 
 
 def test_unknown_recipe_is_a_usage_error(model, capsys):
@@ -126,7 +129,7 @@ def test_audit_several_models_and_compare(model, tf_models, capsys):
 
 def test_verify_identical_models(model, tmp_path, capsys):
     out = tmp_path / "out.tflite"
-    assert main([str(model), "-o", str(out)]) == 0
+    assert main([str(model), "-o", str(out), "--recipe", "identity"]) == 0
     capsys.readouterr()
     assert main(["verify", str(model), str(out), "--json", "-", "--min-sqnr", "200"]) == 0
     doc = json.loads(capsys.readouterr().out)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import twins
 
-from tflrewrite import calibrate, reader, recipes, rewrite, runtime, writer
+from tflrewrite import calibrate, pipeline, reader, recipes, runtime, writer
 from tflrewrite.kernels import reconstruct
 from tflrewrite.reports import verify
 
@@ -93,8 +93,8 @@ def sqnr(model, out: Path, held_out) -> float:
 def test_data_aware_pruning_beats_magnitude_on_held_out_digits(digits, tmp_path):
     model, data, held_out = digits
     recipe = recipes.load("prune")
-    fitted = rewrite.apply(model, recipe, data=data, method="data")
-    plain = rewrite.apply(model, recipe, data=data, method="magnitude")
+    fitted = pipeline.apply(model, recipe, data=data, method="data")
+    plain = pipeline.apply(model, recipe, data=data, method="magnitude")
     assert (
         sqnr(fitted.model, tmp_path / "d.tflite", held_out)
         > sqnr(plain.model, tmp_path / "m.tflite", held_out) + 3
@@ -113,8 +113,8 @@ def test_refine_and_cluster_keep_the_int8_invariants(digits, tmp_path):
     recipe = recipes.load("prune-cluster-full-int8").with_options(
         {"cluster": {"granularity": "channel"}}
     )
-    out = rewrite.apply(model, recipe, data=data).model
-    full = rewrite.apply(model, recipes.load("full-int8"), data=data)
+    out = pipeline.apply(model, recipe, data=data).model
+    full = pipeline.apply(model, recipes.load("full-int8"), data=data)
     assert [r["pass"] for r in full.records] == ["quantize", "refine"]
     for m in (out, full.model):
         for _, _, t in m.tensors():

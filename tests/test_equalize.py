@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from litert import run_all
 
-from tflrewrite import provenance, reader, recipes, rewrite, writer
+from tflrewrite import pipeline, provenance, reader, recipes, writer
 from tflrewrite.cli import main
 from tflrewrite.passes import equalize
 from tflrewrite.weights import find_weights
@@ -142,7 +142,7 @@ def mltk_pairs():
 def test_recipe_runs_it_first_and_records_it(example_model, tmp_path):
     recipe = recipes.load("cluster").with_options({"equalize": {"iterations": 5}})
     assert [s.name for s in recipe.steps] == ["equalize", "cluster"]
-    result = rewrite.apply(reader.read(example_model), recipe)
+    result = pipeline.apply(reader.read(example_model), recipe)
     doc = json.loads(result.model.metadata_entry(provenance.METADATA_NAME).buffer.data.tobytes())
     assert doc["steps"][0] == {"pass": "equalize", "options": {"iterations": 5}, "rules": 0}
     assert {row[0] for row in doc["tensors"]} == {"equalize", "cluster"}

@@ -1,5 +1,5 @@
 """The HTML report (--html): every section of a prune, cluster and int8-weights rewrite of the
-example model, the weights' histograms at each step from rewrite.apply's on_step, a page
+example model, the weights' histograms at each step from pipeline.apply's on_step, a page
 that loads nothing from the network, and one that renders in headless Chromium without an
 error (Debian's chromium package; tools/headless.py drives it)."""
 
@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from tflrewrite import reader, recipes, rewrite
+from tflrewrite import pipeline, reader, recipes
 from tflrewrite.cli import main
 from tflrewrite.reports import html
 from tflrewrite.reports.stages import Stages
@@ -83,7 +83,7 @@ def test_on_step_sees_each_step_and_the_histograms_count_zeros(example_model):
         seen.append(name)
         stages.add(name, stepped)
 
-    result = rewrite.apply(model, recipe, on_step=on_step)
+    result = pipeline.apply(model, recipe, on_step=on_step)
     assert seen == [r["pass"] for r in result.records] == ["prune", "quantize", "cluster"]
     assert stages.names == ["original", *seen]
     largest = stages.weights[0]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from litert import grid_inputs
 
-from tflrewrite import calibrate, reader, recipes, rewrite, runtime, writer
+from tflrewrite import calibrate, pipeline, reader, recipes, runtime, writer
 from tflrewrite.cli import main
 from tflrewrite.passes import quantize
 from tflrewrite.passes.common import Data
@@ -188,8 +188,8 @@ def test_prune_cluster_int8_keeps_zeros_and_clusters(example_model, method, tmp_
     model = reader.read(example_model)
     steps = {"prune": {"sparsity": 0.5}, "cluster": {"granularity": "channel"}}
     full = recipes.load("identity").with_options({**steps, "quantize": {"mode": "int8"}})
-    pruned = rewrite.apply(model, recipes.load("prune"), data=data, method=method).model
-    out = rewrite.apply(model, full, data=data, method=method).model
+    pruned = pipeline.apply(model, recipes.load("prune"), data=data, method=method).model
+    out = pipeline.apply(model, full, data=data, method=method).model
     zeros = {
         t.name: t.data == 0
         for _, _, t in pruned.tensors()
@@ -322,7 +322,7 @@ def test_calibration_from_a_folder_of_images(example_model, tmp_path):
     "args, message",
     [
         (["--quantize", "int8"], "needs calibration data"),
-        (["--calibration", "x.npz"], "nothing uses it"),
+        (["--quantize", "float16", "--calibration", "x.npz"], "nothing uses it"),
         (["--prune", "0.5", "--method", "data"], "needs --calibration"),
         (["--quantize", "int8-weights", "--io", "int8"], "options of mode int8"),
         (["--quantize", "int8", "--calibration", "random", "--calibration-samples", "0"], "0"),

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from litert import run_all
 
-from tflrewrite import reader, recipes, rewrite, sparsity, writer
+from tflrewrite import pipeline, reader, recipes, sparsity, writer
 from tflrewrite.cli import main
 from tflrewrite.kernels import kmeans1d, palette
 from tflrewrite.kernels import sparse as sparse_kernels
@@ -64,7 +64,7 @@ def mltk_int8() -> dict[str, Path]:
 
 def rewritten(path: Path, overrides: dict, target: str = "ethos-u"):
     recipe = recipes.Recipe("test", "test").with_options(overrides)
-    return rewrite.apply(reader.read(path), recipe, target=target)
+    return pipeline.apply(reader.read(path), recipe, target=target)
 
 
 def step_records(result, name: str) -> list[dict]:
@@ -318,7 +318,7 @@ def test_per_channel_fully_connected_becomes_per_tensor(tmp_path, overrides):
     src = tmp_path / "per_channel.tflite"
     writer.write(model, src)
     recipe = recipes.Recipe("test", "test").with_options(overrides)
-    result = rewrite.apply(reader.read(src), recipe, target="ethos-u")
+    result = pipeline.apply(reader.read(src), recipe, target="ethos-u")
     out = tmp_path / "out.tflite"
     writer.write(result.model, out)
     done = reader.read(out)
@@ -343,7 +343,7 @@ def test_clustered_per_channel_fc_is_clustered_again(tmp_path):
     """A per-channel FC weight clustered per tensor in the stored domain, then laid down
     for Ethos-U without a cluster step: per-tensor, and still at most as many values."""
     model, name = per_channel_fc_model(mltk_int8()["autoencoder_example"])
-    clustered = rewrite.apply(
+    clustered = pipeline.apply(
         model, recipes.Recipe("t", "t").with_options({"cluster": {"clusters": 8}})
     )
     result = ethos_u.run(clustered.model)

@@ -19,7 +19,7 @@ import twins
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tflrewrite import reader, recipes, rewrite, runtime, writer
+from tflrewrite import pipeline, reader, recipes, runtime, writer
 from tflrewrite.cli import main
 from tflrewrite.kernels import bitpack
 from tflrewrite.model import Buffer, Quantization, Tensor
@@ -61,7 +61,7 @@ def lay_down(model_path: Path, folder: Path, *, granularity: str = "tensor") -> 
     model = reader.read(model_path)
     out = []
     for target in ("generic", "tflm"):
-        result = rewrite.apply(model, recipe, target=target)
+        result = pipeline.apply(model, recipe, target=target)
         path = folder / f"{model_path.stem}.{granularity}.{target}.tflite"
         writer.write(result.model, path)
         out.append((path, result.records))
@@ -224,7 +224,7 @@ def test_graph_overhead_bounds_what_the_file_pays(tmp_path):
     indices and tables (written alone, so that it pays for the opcode entry too)."""
     models = int8_models()
     for name in ("image_classification", "keyword_spotting", "tflite_micro_speech"):
-        model = rewrite.apply(reader.read(models[name]), recipes.load("cluster")).model
+        model = pipeline.apply(reader.read(models[name]), recipes.load("cluster")).model
         base = len(writer.to_bytes(model))
         for w in find_weights(model)[0]:
             copy = model.copy()

@@ -63,7 +63,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from tflrewrite import rewrite, runtime, targets, writer
+from tflrewrite import pipeline, runtime, targets, writer
 from tflrewrite.errors import TflRewriteError
 from tflrewrite.kernels import reconstruct as kernels
 from tflrewrite.model import Model
@@ -143,7 +143,7 @@ class _Run:
     """One real run of the recipe with a choice, and what it measured."""
 
     chosen: tuple[int, ...]
-    result: rewrite.Result
+    result: pipeline.Result
     got: int
     image: Any = None  # writer.FileImage of the output (zip budgets)
     slots: list = field(default_factory=list)  # per layer: (index in image.arrays, dtype)
@@ -195,8 +195,8 @@ def apply(
     method: str = "data",
     accelerator: str | None = None,
     name: str = "model.tflite",
-) -> rewrite.Result:
-    """rewrite.apply with per-layer settings of `recipe`'s pruning and clustering chosen to
+) -> pipeline.Result:
+    """pipeline.apply with per-layer settings of `recipe`'s pruning and clustering chosen to
     meet `budget` (see the module's notes). `name` is the output's file name, which a zip
     archive holds too."""
     recipe = with_planner_steps(recipe)
@@ -221,7 +221,7 @@ def apply(
     runs: list[_Run] = []
 
     def run(chosen: tuple[int, ...], planned: Recipe, kind: str) -> _Run:
-        result = rewrite.apply(
+        result = pipeline.apply(
             model, planned, progress=progress, target=target, data=data, method=method
         )
         done = measure(result.model, layers)

@@ -9,7 +9,7 @@ run over the samples (2,048 bins between the min and the max of the first).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,24 +27,46 @@ TAIL = 1e-4
 
 @dataclass
 class Samples:
-    """Sample inputs in real values (one list of arrays per sample, in model input order)
-    and a line that says where they came from."""
+    """Sample inputs in real values (one list of arrays per sample, in model input order),
+    a line that says where they came from, and their labels where the data has some (an
+    .npz's `y`: class labels or regression targets, one per sample; see
+    runtime.array_labels)."""
 
     values: list[list[np.ndarray]]
     source: str
+    labels: np.ndarray | None = None
 
     def split(self, n: int) -> tuple[Samples, Samples | None]:
         """The first n samples, and the rest (None when nothing is left over)."""
-        first = Samples(self.values[:n], self.source)
+        first = Samples(self.values[:n], self.source, self._labels(0, n))
         rest = self.values[n:]
-        held_out = Samples(rest, f"{self.source}, {len(rest)} held out from calibration")
+        held_out = Samples(
+            rest,
+            f"{self.source}, {len(rest)} held out from calibration",
+            self._labels(n, len(self.values)),
+        )
         return first, held_out if rest else None
 
+    def head(self, n: int, source: str) -> Samples:
+        """The first n samples, said to come from `source`."""
+        return Samples(self.values[:n], source, self._labels(0, n))
 
-def load(spec: str, runner: runtime.BaseRunner, count: int, seed: int = 0) -> Samples:
+    def _labels(self, start: int, stop: int) -> np.ndarray | None:
+        return None if self.labels is None else self.labels[start:stop]
+
+
+def load(
+    spec: str | os.PathLike | Mapping[str, np.ndarray],
+    runner: runtime.BaseRunner,
+    count: int,
+    seed: int = 0,
+) -> Samples:
     """Samples from an .npz (one array per input, keyed by input name, first axis =
-    samples), a folder of images (see _images), or `count` seeded random ones when `spec`
-    is "random"."""
+    samples; `y`, if there, their labels), from arrays keyed the same way, from a folder of
+    images (see _images), or `count` seeded random ones when `spec` is "random"."""
+    if isinstance(spec, Mapping):
+        return _arrays(spec, runner, where="the calibration arrays", source="arrays")
+    spec = os.fspath(spec)
     if spec == RANDOM:
         values = runtime.random_inputs([runner], count, seed)
         return Samples(values, f"random inputs (seed {seed}): no real data, ranges are guesses")
@@ -52,10 +74,17 @@ def load(spec: str, runner: runtime.BaseRunner, count: int, seed: int = 0) -> Sa
         return Samples(_images(spec, runner, count), f"{os.path.basename(spec.rstrip('/'))}/")
     if not os.path.exists(spec):
         raise TflRewriteError(f"{spec}: no such calibration file")
-    values = runtime.npz_inputs(spec, runner, None)
+    return _arrays(runtime.npz_arrays(spec), runner, where=spec, source=os.path.basename(spec))
+
+
+def _arrays(
+    arrays: Mapping[str, np.ndarray], runner: runtime.BaseRunner, *, where: str, source: str
+) -> Samples:
+    values = runtime.array_inputs(arrays, runner, None, where=where)
     if not values:
-        raise TflRewriteError(f"{spec}: holds no samples")
-    return Samples(values, os.path.basename(spec))
+        raise TflRewriteError(f"{where}: holds no samples")
+    labels = runtime.array_labels(arrays, runner, len(values), where=where)
+    return Samples(values, source, labels)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -101,11 +130,11 @@ def _images(folder: str, runner: runtime.BaseRunner, count: int) -> list[list[np
 
 
 def for_model(
-    model_path: str, spec: str, count: int, seed: int = 0
+    model: str | bytes | Model, spec: str | Mapping[str, np.ndarray], count: int, seed: int = 0
 ) -> tuple[Samples, Samples | None]:
-    """(the first `count` samples of `spec` for the model at `model_path`, the rest or None):
-    the second part verifies what the first calibrated."""
-    return load(spec, runtime.load(model_path), count, seed).split(count)
+    """(the first `count` samples of `spec` for `model` (a file, its bytes or a Model), the
+    rest or None): the second part verifies what the first calibrated."""
+    return load(spec, runtime.load(model), count, seed).split(count)
 
 
 def ranges(

@@ -21,7 +21,7 @@ import struct
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -280,17 +280,37 @@ def random_inputs(runners: list[BaseRunner], samples: int, seed: int) -> list[li
     return out
 
 
+# The array of an .npz that holds labels or regression targets for the samples, never a model
+# input (unless the model has an input of that name): class labels as integers, targets as
+# floats, first axis = samples.
+LABELS = "y"
+
+
 def npz_inputs(
     path: str | os.PathLike, runner: BaseRunner, limit: int | None
 ) -> list[list[np.ndarray]]:
     """Samples from an .npz: one array per model input, keyed by input name (or, for a
-    single-input model, any single array), first axis = samples."""
+    single-input model, any single array besides the labels), first axis = samples."""
+    return array_inputs(npz_arrays(path), runner, limit, where=os.fspath(path))
+
+
+def npz_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an .npz, by key."""
     path = os.fspath(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+            return {k: npz[k] for k in npz.files}
     except (OSError, ValueError) as e:
         raise TflRewriteError(f"{path}: not a readable .npz ({_first_line(e)})") from None
+
+
+def array_inputs(
+    arrays: Mapping[str, np.ndarray], runner: BaseRunner, limit: int | None, *, where: str
+) -> list[list[np.ndarray]]:
+    """Samples from arrays keyed as in an .npz (see npz_inputs); `where` names them in
+    errors. The labels (LABELS) are not an input."""
+    if not any(d["name"] == LABELS for d in runner.inputs):
+        arrays = {k: v for k, v in arrays.items() if k != LABELS}
     columns = []
     for i, detail in enumerate(runner.inputs):
         name = detail["name"]
@@ -302,7 +322,7 @@ def npz_inputs(
             columns.append(arrays[f"input_{i}"])
         else:
             raise TflRewriteError(
-                f"{path}: no array for model input {name!r} "
+                f"{where}: no array for model input {name!r} "
                 f"(arrays: {', '.join(sorted(arrays)) or 'none'})"
             )
     n = min(len(c) for c in columns)
@@ -316,12 +336,58 @@ def npz_inputs(
             shape = tuple(detail["shape"])
             if value.size != int(np.prod(shape)):
                 raise TflRewriteError(
-                    f"{path}: sample {k} for input {detail['name']!r} has "
+                    f"{where}: sample {k} for input {detail['name']!r} has "
                     f"shape {value.shape}, the model wants {shape}"
                 )
             sample.append(value.reshape(shape))
         samples.append(sample)
     return samples
+
+
+def array_labels(
+    arrays: Mapping[str, np.ndarray], runner: BaseRunner, count: int, *, where: str
+) -> np.ndarray | None:
+    """The first `count` labels (LABELS) of arrays keyed as in an .npz, or None where there
+    are none. Integers are class labels, which need an output of one score per class;
+    floats are regression targets, which need an output of their size per sample."""
+    if LABELS not in arrays or any(d["name"] == LABELS for d in runner.inputs):
+        return None
+    y = np.asarray(arrays[LABELS])
+    if y.dtype.kind not in "biuf" or y.ndim == 0:
+        raise TflRewriteError(
+            f"{where}: {LABELS} must hold integer class labels or float targets, one per "
+            f"sample (it holds {y.dtype} of shape {y.shape})"
+        )
+    if len(y) < count:
+        raise TflRewriteError(f"{where}: {LABELS} holds {len(y)} labels for {count} samples")
+    y = y[:count]
+    if not any(_fits(y, d["shape"]) for d in runner.outputs):
+        shapes = ", ".join("x".join(map(str, d["shape"])) for d in runner.outputs)
+        want = (
+            f"an output of more than {int(y.max(initial=0))} class scores"
+            if y.dtype.kind in "biu"
+            else f"an output of {int(np.prod(y.shape[1:]))} values per sample"
+        )
+        raise TflRewriteError(
+            f"{where}: {LABELS} fits no output of the model: its {y.dtype} values need "
+            f"{want} (outputs: {shapes})"
+        )
+    return y
+
+
+def _fits(y: np.ndarray, shape: Sequence[int]) -> bool:
+    """Whether labels `y` (first axis = samples) go with an output of this shape (batch of
+    one first): class labels with one score vector, targets with as many values."""
+    per_sample = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    if y.dtype.kind in "biu":
+        classes = [d for d in shape[1:] if d != 1]
+        one_each = y.size == len(y)
+        return len(classes) == 1 and classes[0] >= 2 and one_each and _in_range(y, classes[0])
+    return y.size == len(y) * per_sample
+
+
+def _in_range(y: np.ndarray, classes: int) -> bool:
+    return y.size == 0 or (int(y.min()) >= 0 and int(y.max()) < classes)
 
 
 def _to_stored(value: np.ndarray, detail: dict) -> np.ndarray:

@@ -4,7 +4,8 @@
     python tools/make_example.py [OUTDIR]      (default: examples/)
 
 Writes digits_cnn.tflite (float32, from TFLiteConverter) and digits_samples.npz (the
-held-out digits, keyed by the model's input name, for `tflrewrite verify --inputs`).
+held-out digits, keyed by the model's input name, and their labels as `y`, for
+`tflrewrite verify --inputs` and `--calibration`).
 Needs TensorFlow and scikit-learn (`pip install -e .[test]`); runs offline in ~20 s.
 """
 
@@ -60,7 +61,7 @@ def main(out_dir: Path) -> None:
 
     interp = Interpreter(model_content=tflite)
     name = interp.get_input_details()[0]["name"]
-    np.savez_compressed(out_dir / "digits_samples.npz", **{name: x_test, "labels": y_test})
+    np.savez_compressed(out_dir / "digits_samples.npz", **{name: x_test, "y": y_test})
     print(
         f"digits_cnn.tflite: {len(tflite):,} bytes, test accuracy {accuracy:.3f} "
         f"({len(x_test)} held-out digits in digits_samples.npz, input {name!r})"

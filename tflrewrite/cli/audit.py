@@ -51,8 +51,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tflrewrite import reader
-    from tflrewrite.reports import audit
+    from tflrewrite import api
 
     if args.compare and len(args.models) != 2:
         raise TflRewriteError("audit: --compare takes exactly two models (before, after)")
@@ -62,16 +61,13 @@ def run(args: argparse.Namespace) -> int:
 
         accelerator = args.accelerator or vela.DEFAULT_ACCELERATOR
         vela.require(accelerator)
-    results = []
-    for path in args.models:
-        model = reader.read(path)
-        with open(path, "rb") as f:
-            results.append(audit.audit(model, path, f.read()))
-    npu = [vela.compile_report(r.file, accelerator) for r in results] if accelerator else []
+    # Every model is read (and refused, where it is not one) before Vela compiles any.
+    results = [api.audit(path) for path in args.models]
+    for r in results if accelerator else []:
+        r.vela = vela.compile_report(r.file, accelerator)
+    npu = [r.vela for r in results] if accelerator else []
     if args.json:
         docs = [r.to_json() for r in results]
-        for doc, v in zip(docs, npu):
-            doc["vela"] = v.to_json()
         write_json(args.json, docs[0] if len(docs) == 1 else docs)
     if args.json != "-":
         if args.compare:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import textwrap
 from typing import Any
 
 from tflrewrite import __version__
 from tflrewrite.cli.common import Parser, formatter, fraction, positive, size, write_json
-from tflrewrite.errors import UsageError
+from tflrewrite.reports.verdict import HELP as VERDICT_HELP
 from tflrewrite.targets import TARGETS
 
 HTML_EXTRA = "pip install 'tflrewrite[html]'"
@@ -32,7 +31,17 @@ EPILOG = """\
 targets (--target):
 {targets}
 
+default (no --recipe, none of the flags that ask for a step, no size budget, --target
+generic): a float model gets int8 weights per channel (--quantize int8-weights, the TF
+converter's default optimization); with --calibration, a float model or one with int8
+weights gets full int8 (--quantize int8) fitted to the data. An int8 model has no default:
+the command says what to try and writes nothing (exit 2). --recipe identity copies a model.
+
+{verdict}
+
 examples:
+  tflrewrite model.tflite                               the default (int8 weights for float)
+  tflrewrite model.tflite --calibration samples.npz     the default with data: full int8
   tflrewrite model.tflite --prune 0.5 --cluster 16      writes model.tflrewrite.tflite
   tflrewrite model.tflite --recipe prune-cluster-int8 -o small.tflite
   tflrewrite float.tflite --quantize int8 --calibration samples.npz   full-integer int8
@@ -77,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="tflrewrite",
         description=DESCRIPTION,
-        epilog=EPILOG.format(targets=_targets_help()),
+        epilog=EPILOG.format(targets=_targets_help(), verdict=VERDICT_HELP),
         formatter_class=formatter,
     )
     p.add_argument("model", metavar="MODEL", help="the .tflite model to rewrite (never modified)")
@@ -91,10 +100,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--recipe",
         metavar="NAME|FILE",
-        default="identity",
         help="a built-in recipe (see `tflrewrite recipes`) or a TOML recipe file "
-        "with per-tensor rules; the flags below override it (default: "
-        "identity, or just what the flags ask for)",
+        "with per-tensor rules; the flags below override it (default: just what the "
+        "flags ask for; with none of them, the tree's default for the model, see below)",
     )
     p.add_argument(
         "--force",
@@ -285,122 +293,74 @@ def parser() -> argparse.ArgumentParser:
 
 
 def default_output(model: str) -> str:
-    root, ext = os.path.splitext(model)
-    return f"{root}.tflrewrite{ext or '.tflite'}"
+    from tflrewrite.api import default_output as beside
+
+    return beside(model)
 
 
 def recipe_from_args(args: argparse.Namespace) -> Any:
-    from tflrewrite import recipes
+    """The recipe the flags ask for (identity and the flags, where no --recipe is given)."""
+    from tflrewrite import api
 
-    overrides = {
-        "prune": _given(sparsity=args.prune, pattern=args.prune_pattern, scope=args.prune_scope),
-        "quantize": _given(
-            mode=args.quantize, method=args.calibration_method, io=args.io, rounding=args.rounding
-        ),
-        "cluster": _given(
-            clusters=args.cluster, granularity=args.granularity, init=args.cluster_init
-        ),
+    return api.build_recipe(args.recipe, **_recipe_flags(args))
+
+
+def _recipe_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "prune": args.prune,
+        "prune_pattern": args.prune_pattern,
+        "prune_scope": args.prune_scope,
+        "cluster": args.cluster,
+        "granularity": args.granularity,
+        "cluster_init": args.cluster_init,
+        "quantize": args.quantize,
+        "calibration_method": args.calibration_method,
+        "io": args.io,
+        "rounding": args.rounding,
+        "equalize": args.equalize,
+        "skip": args.skip,
+        "min_size": args.min_size,
     }
-    recipe = recipes.load(args.recipe)
-    if args.equalize and all(s.name != "equalize" for s in recipe.steps):
-        from tflrewrite.passes import equalize
-
-        overrides["equalize"] = {"iterations": equalize.Options().iterations}
-    recipe = recipe.with_options(overrides)
-    common = _given(skip=args.skip, min_size=args.min_size)
-    if common:
-        recipe = recipe.with_options({s.name: common for s in recipe.steps})
-    return recipe
-
-
-def _given(**values: Any) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
 
 
 def run(args: argparse.Namespace) -> int:
+    from tflrewrite import api
     from tflrewrite.reports import summary
-
-    input_zip = summary.zip_size_soon(args.model)  # the report's figure, beside the work
-    from tflrewrite import recipes
-    from tflrewrite.fileio import check_output_path
 
     output = args.output or default_output(args.model)
-    recipe = recipe_from_args(args)
-    check_output_path(output, [args.model], args.force)
-    for extra in _extra_outputs(args):
-        check_output_path(extra, [args.model], args.force)
-    budget = _budget(args)
-    if budget is not None:  # the planner chooses prune and cluster settings: add them if need be
-        from tflrewrite import budget as budgets
-
-        recipe = budgets.with_planner_steps(recipe)
-    recipes.check(recipe, calibrated=args.calibration is not None, method=args.method)
-    # LiteRT runs in a child process for the report (a crash there ends only the child),
-    # started now so that it loads while this one rewrites.
-    child = None if args.no_verify else summary.runner_soon()
-    try:
-        return _rewrite(
-            args, recipe, budget=budget, output=output, input_zip=input_zip, child=child
-        )
-    finally:
-        if child is not None:
-            child.close()
-
-
-def _rewrite(
-    args: argparse.Namespace, recipe: Any, *, budget: Any, output: str, input_zip: Any, child: Any
-) -> int:
-    """The rewrite itself, its output and its report, once the flags are known to be good."""
-    from tflrewrite import reader, rewrite, writer
-    from tflrewrite.reports import summary
-
-    data, held_out = _calibration(args)
-    model = reader.read(args.model)
-    method = args.method or "data"
-    stages = _stages(args, model)
-    if budget is None:
-        result = rewrite.apply(
-            model,
-            recipe,
-            progress=_step_note,
-            target=args.target,
-            data=data,
-            method=method,
-            on_step=None if stages is None else stages.add,
-        )
-    else:
-        from tflrewrite import budget as budgets
-
-        result = budgets.apply(
-            model,
-            recipe,
-            budget=budget,
-            progress=_step_note,
-            target=args.target,
-            data=data,
-            method=method,
-            accelerator=args.accelerator,
-            name=os.path.basename(output),
-        )
-    large = {"auto": None, "yes": True, "no": False}[args.large]
-    writer.write(result.model, output, large=large)
-    report = summary.build(
-        input_path=args.model,
-        output_path=output,
-        recipe=recipe,
-        records=result.records,
-        verify_samples=0 if args.no_verify else args.samples,
-        data=None if args.no_verify else held_out,
-        input_zip=input_zip,
-        child=child,
+    result = api.rewrite(
+        args.model,
+        recipe=args.recipe,
+        **_recipe_flags(args),
+        calibration=args.calibration,
+        calibration_samples=args.calibration_samples,
+        method=args.method,
+        max_zip_bytes=args.max_zip_bytes,
+        max_bytes=args.max_bytes,
+        max_vela_bytes=args.max_vela_bytes,
+        accelerator=args.accelerator,
+        target=args.target,
+        verify=not args.no_verify,
+        samples=args.samples,
+        large={"auto": None, "yes": True, "no": False}[args.large],
+        output=output,
+        force=args.force,
+        html=args.html,
+        overlay=args.overlay,
+        progress=_step_note,
     )
+    report = result.report
     if args.json:
         write_json(args.json, report)
     if args.json != "-":
         summary.print_report(report, sys.stdout, verbose=args.verbose)
-    _write_extras(
-        args, report, original=model, rewritten=result.model, stages=stages, samples=held_out
-    )
+    say = sys.stderr if args.json == "-" else sys.stdout
+    if result.overlays:
+        from tflrewrite.reports import overlay
+
+        say.write(f"\noverlays: {overlay.command(report['output'], result.overlays)}\n")
+    if args.html:
+        say.write(f"html report: {args.html}\n")
     if "crash" in report:  # a runtime died running the models, in the report's child process
         print(
             f"tflrewrite: {report['crash']}; {output} is written, its report is incomplete",
@@ -410,94 +370,6 @@ def _rewrite(
     return 0
 
 
-def _budget(args: argparse.Namespace) -> Any:
-    for metric, value in (
-        ("zip", args.max_zip_bytes),
-        ("bytes", args.max_bytes),
-        ("vela", args.max_vela_bytes),
-    ):
-        if value is not None:
-            from tflrewrite.budget import Budget  # only a budgeted run needs the planner
-
-            return Budget(metric, value)
-    if args.accelerator:
-        raise UsageError("--accelerator is for --max-vela-bytes")
-    return None
-
-
-def _calibration(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(calibration samples, samples to verify on) from --calibration, or (None, None)."""
-    from tflrewrite import calibrate
-
-    if args.calibration is None:
-        return None, None
-    data, held_out = calibrate.for_model(args.model, args.calibration, args.calibration_samples)
-    if args.calibration == calibrate.RANDOM:
-        return data, None
-    if held_out is None:
-        source = f"{data.source}, the calibration samples themselves (none held out)"
-        held_out = calibrate.Samples(data.values[: max(args.samples, 32)], source)
-    return data, held_out
-
-
 def _step_note(name: str) -> None:
     if sys.stderr.isatty():
         sys.stderr.write(f"tflrewrite: {name}...\n")
-
-
-def _extra_outputs(args: argparse.Namespace) -> list[str]:
-    """The --html and --overlay files, refused before any work where they cannot be made."""
-    files = []
-    if args.html:
-        from tflrewrite.reports import html
-
-        html.check_available()
-        files.append(args.html)
-    if args.overlay:
-        from tflrewrite.reports import overlay
-
-        files.extend(overlay.paths(args.overlay).values())
-    return files
-
-
-def _stages(args: argparse.Namespace, model: Any) -> Any:
-    """The weights' histograms after each step, for --html, or None."""
-    if not args.html:
-        return None
-    from tflrewrite.reports.stages import Stages
-
-    return Stages(model)
-
-
-def _write_extras(
-    args: argparse.Namespace,
-    report: dict,
-    *,
-    original: Any,
-    rewritten: Any,
-    stages: Any,
-    samples: Any,
-) -> None:
-    """--html and --overlay, from the report and the models; each says where it went."""
-    if not (args.html or args.overlay):
-        return
-    from tflrewrite.reports import nodes
-
-    sqnr = nodes.measure_sqnr(report, samples=samples, count=args.samples)
-    ops = nodes.per_op(original, rewritten, sqnr)
-    say = sys.stderr if args.json == "-" else sys.stdout
-    if args.overlay:
-        from tflrewrite.reports import overlay
-
-        files = overlay.write(args.overlay, model=rewritten, ops=ops)
-        say.write(f"\noverlays: {overlay.command(report['output'], files)}\n")
-    if args.html:
-        from tflrewrite.reports import html
-
-        if stages is not None and len(stages.names) == 1:  # a budget's runs: the chosen one
-            stages.add("output", rewritten)
-        page = html.rewrite_report(
-            report, original=original, rewritten=rewritten, stages=stages, ops=ops, sqnr=sqnr
-        )
-        html.write(args.html, page)
-        say.write(f"html report: {args.html}\n")

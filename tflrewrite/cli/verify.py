@@ -7,8 +7,8 @@ import sys
 from typing import Any, TextIO
 
 from tflrewrite.cli.common import Parser, formatter, positive, write_json
-from tflrewrite.errors import TflRewriteError
-from tflrewrite.reports.text import clip, db, print_table
+from tflrewrite.reports.text import clip, db, label_columns, print_table
+from tflrewrite.reports.verdict import HELP as VERDICT_HELP
 
 
 def parser() -> argparse.ArgumentParser:
@@ -22,7 +22,9 @@ def parser() -> argparse.ArgumentParser:
         "of samples\nwhose arg-max is the same.\n"
         "random inputs: uniform over the range a quantized input represents (from "
         "whichever model\nquantizes it), else uniform in [-1, 1].\n"
-        "exit 1 when the lowest SQNR is below --min-sqnr.",
+        "labels: an .npz's y, one per sample: integers are class labels (top-1 accuracy of "
+        "both models),\nfloats regression targets (MSE of both); y is never a model input.\n"
+        "exit 1 when the lowest SQNR is below --min-sqnr.\n\n" + VERDICT_HELP,
     )
     p.add_argument("reference", metavar="REFERENCE")
     p.add_argument("candidate", metavar="CANDIDATE")
@@ -30,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
         "--inputs",
         metavar="FILE.npz",
         help="inputs: one array per model input, keyed by input name, first axis "
-        "= samples (default: seeded random inputs)",
+        "= samples, and optionally y, their labels (default: seeded random inputs)",
     )
     p.add_argument(
         "--samples",
@@ -53,21 +55,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tflrewrite import reader, runtime
+    from tflrewrite import api
     from tflrewrite.progress import Progress
-    from tflrewrite.reports import verify
 
-    models = [reader.read(path) for path in (args.reference, args.candidate)]
-    # LiteRT has no kernel for TFLite Micro's decode op: such models run in tflite-micro,
-    # and the reference with them so that both sides use the same kernels.
-    micro = any(oc.custom_code == "TFLM_DECODE" for m in models for oc in m.opcodes)
-    if micro and args.xnnpack:
-        raise TflRewriteError("verify: --xnnpack cannot run TFLite Micro models")
-    if micro and not runtime.tflm_available():
-        raise TflRewriteError(
-            "verify: the models hold TFLM_DECODE ops, which only TFLite Micro runs: "
-            "pip install 'tflrewrite[tflm]'"
-        )
     bar: list[Progress] = []
 
     def show(done: int, total: int) -> None:
@@ -75,15 +65,12 @@ def run(args: argparse.Namespace) -> int:
             bar.append(Progress("verify", total))
         bar[0](done)
 
-    # In a child process: a runtime that crashes ends it, and this gives one line, exit 1.
-    report = runtime.isolated(
-        verify.compare_files,
+    report = api.verify(
         args.reference,
         args.candidate,
-        npz=args.inputs,
-        count=args.samples if args.inputs else (args.samples or 16),
+        inputs=args.inputs,
+        samples=args.samples,
         seed=args.seed,
-        micro=micro,
         xnnpack=args.xnnpack,
         progress=show,
     )
@@ -102,12 +89,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_verify(report: Any, out: TextIO) -> None:
+    labels = f", labels {report.labels}" if report.labels else ""
     out.write(
         f"reference: {report.reference}\ncandidate: {report.candidate}\n"
-        f"{report.samples} samples, inputs: {report.inputs}\n"
+        f"{report.samples} samples, inputs: {report.inputs}{labels}\n"
     )
-    table = [("output", "shape", "SQNR dB", "max |err|", "top-1 agree", "identical")]
-    for o in report.outputs:
+    doc = report.to_json()
+    scored = label_columns(doc["outputs"])
+    table = [("output", "shape", "SQNR dB", "max |err|", "top-1 agree", "identical", *scored[0])]
+    for o, extra in zip(report.outputs, scored[1:]):
         table.append(
             (
                 clip(o.name, 40),
@@ -116,6 +106,8 @@ def _print_verify(report: Any, out: TextIO) -> None:
                 f"{o.max_abs_error:.4g}",
                 "" if o.top1_agreement is None else f"{o.top1_agreement:.3f}",
                 "yes" if o.identical else "no",
+                *extra,
             )
         )
-    print_table(table, out, right={2, 3, 4})
+    print_table(table, out, right={2, 3, 4, *range(6, len(table[0]))})
+    out.write(f"\nverdict: {doc['verdict']['line']}\n")

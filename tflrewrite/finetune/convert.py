@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf  # noqa: TID251 (the fine-tune hook is where TensorFlow lives)
 
-from tflrewrite import rewrite, writer
+from tflrewrite import pipeline, writer
 from tflrewrite.errors import TflRewriteError
 from tflrewrite.finetune.keras_layers import Kernel
 from tflrewrite.finetune.stages import Plan, StageOptions, distinct_per_row
@@ -139,7 +139,7 @@ def apply_rewrite(
     stage's promises hold, the rewriter's records) for the converted `model`; kernels
     named in `unpruned` are left out of the prune pass, as they were out of training's."""
     recipe = recipe_for(options, model, matched_in, unpruned)
-    checked = rewrite.apply(model, recipe)
+    checked = pipeline.apply(model, recipe)
     after = {w.name: w for w in find_weights(checked.model)[0]}
     rows = []
     for m in matched_in:
@@ -147,7 +147,7 @@ def apply_rewrite(
         before = m.weight.channels(m.weight.tensor.data)
         now = w.channels(w.tensor.data) if w is not None else before
         rows.append(_check(m, before, now, options))
-    final = checked if target == "generic" else rewrite.apply(model, recipe, target=target)
+    final = checked if target == "generic" else pipeline.apply(model, recipe, target=target)
     return writer.to_bytes(final.model), rows, final.records
 
 

@@ -6,6 +6,7 @@ import io
 import os
 import zipfile
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -55,9 +56,14 @@ class Audit:
     associated_files: list[dict] = field(default_factory=list)  # {"name", "bytes"} each
     tensors: list[TensorAudit] = field(default_factory=list)
     tflrewrite: dict | None = None  # the provenance entry, when tflrewrite made the model
+    vela: Any = None  # reports.vela.VelaReport, where Vela compiled the model too
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        del out["vela"]
+        if self.vela is not None:
+            out["vela"] = self.vela.to_json()
+        return out
 
 
 def zip_size(data: bytes | memoryview, name: str = "model.tflite") -> int:

@@ -182,7 +182,7 @@ def rewrite_report(
     sqnr: Sqnr | None = None,
 ) -> str:
     """The rewrite command's report (reports.summary.build's `report`) as a page: sizes,
-    the weights' histograms at each step (`stages`, from rewrite.apply's on_step), per
+    the weights' histograms at each step (`stages`, from pipeline.apply's on_step), per
     layer figures (`ops`, reports.nodes.per_op, SQNR measured as `sqnr` says)."""
     sections = [
         _summary(report),

@@ -38,7 +38,7 @@ class History:
 
 class Stages:
     """Histograms of the `count` largest weights of `original` (the weights a pass may edit);
-    pass `add` to rewrite.apply as its on_step, and it adds a stage after each step. Only
+    pass `add` to pipeline.apply as its on_step, and it adds a stage after each step. Only
     the counts are kept, never the models."""
 
     def __init__(self, original: Model, *, count: int = WEIGHTS, bins: int = BINS):

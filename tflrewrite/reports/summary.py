@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import textwrap
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -13,7 +14,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from tflrewrite.errors import RuntimeCrashError, TflRewriteError
 from tflrewrite.reports.audit import zip_size
-from tflrewrite.reports.text import clip, db, fmt, print_table, ratio
+from tflrewrite.reports.text import clip, db, fmt, label_columns, print_table, ratio
+from tflrewrite.reports.verdict import judge, not_measured
 
 if TYPE_CHECKING:
     from tflrewrite.runtime import Child
@@ -71,33 +73,93 @@ def build(
     data: Any = None,
     input_zip: Future[int] | None = None,
     child: Child | None = None,
+    input_data: bytes | None = None,
+    output_data: bytes | None = None,
+    default: dict | None = None,
+    hint: str | None = None,
 ) -> dict:
     """The report of a rewrite. Verify runs on `data` (calibrate.Samples: real samples the
-    calibration did not use, where there are some) or on `verify_samples` seeded random
-    inputs; with real samples it also measures each quantized activation (reports.layers).
+    calibration did not use, where there are some, and their labels if they have some) or
+    on `verify_samples` seeded random inputs; with real samples it also measures each
+    quantized activation (reports.layers).
     `input_zip` is the input's zipped size from zip_size_soon(input_path), if the caller
     started it; the output's is measured beside it either way. The models run in `child`
     (from runner_soon), which build closes once they have run, or in a runtime.Child of
-    its own."""
+    its own. `input_data` and `output_data`, where given, are the models' bytes, and the
+    paths only name them. `default` says why the recipe was chosen, where the user did not
+    choose one; `hint` is what to try, should the verdict find the output degraded."""
+    ins = _Side(input_path, input_data)
+    outs = _Side(output_path, output_data)
     report: dict[str, Any] = {
         "input": input_path,
         "output": output_path,
         "recipe": recipe.name,
         "steps": [s.to_json() for s in recipe.steps],
-        "input_bytes": os.path.getsize(input_path),
-        "output_bytes": os.path.getsize(output_path),
+        "input_bytes": ins.size(),
+        "output_bytes": outs.size(),
     }
+    if default is not None:
+        report["default"] = default
     if report["input_bytes"] <= ZIP_LIMIT and report["output_bytes"] <= ZIP_LIMIT:
-        pending = input_zip or zip_size_soon(input_path)
-        output_zip_bytes = _zip_file_size(output_path)  # while the input's deflates
+        pending = input_zip if input_data is None else None
+        pending = pending or ins.zip_soon()
+        output_zip_bytes = outs.zip()  # while the input's deflates
         report["input_zip_bytes"] = pending.result()
         report["output_zip_bytes"] = output_zip_bytes
     report["passes"] = records
+    _verify(report, ins, outs, verify_samples=verify_samples, seed=seed, data=data, child=child)
+    verify = report.get("verify")
+    if verify is None:
+        report["verdict"] = not_measured("the models were not run")
+    elif "error" in verify or "skipped" in verify:
+        report["verdict"] = not_measured("verify " + ("failed" if "error" in verify else "skipped"))
+    else:
+        report["verdict"] = judge(verify, hint=hint)
+    return report
+
+
+class _Side:
+    """A model the report measures: a file, or bytes that `path` names."""
+
+    def __init__(self, path: str, data: bytes | None):
+        self.path, self.data = path, data
+
+    @property
+    def source(self) -> str | bytes:
+        return self.path if self.data is None else self.data
+
+    def size(self) -> int:
+        return os.path.getsize(self.path) if self.data is None else len(self.data)
+
+    def zip(self) -> int:
+        if self.data is None:
+            return _zip_file_size(self.path)
+        return zip_size(self.data, os.path.basename(self.path))
+
+    def zip_soon(self) -> Future[int]:
+        pending = zip_size_soon(self.path) if self.data is None else None
+        if pending is None:
+            pending = Future()
+            pending.set_result(self.zip())
+        return pending
+
+
+def _verify(
+    report: dict,
+    ins: _Side,
+    outs: _Side,
+    *,
+    verify_samples: int,
+    seed: int,
+    data: Any,
+    child: Child | None,
+) -> None:
+    """report["verify"] and report["layers"]: both models run, where they can."""
     # LiteRT has no TFLM_DECODE kernel: a model laid down for TFLite Micro runs in its
     # interpreter, and the input with it so that both sides run the same kernels.
-    tflm = any(step["pass"] == "target:tflm" for step in records)
+    tflm = any(step["pass"] == "target:tflm" for step in report["passes"])
     if data is None and not verify_samples:
-        return report
+        return
     from tflrewrite import runtime
     from tflrewrite.reports.layers import layer_errors
     from tflrewrite.reports.verify import compare_files
@@ -107,23 +169,27 @@ def build(
             "skipped": "the output's TFLM_DECODE ops run only in TFLite Micro, and the "
             "tflite-micro package is not installed (pip install 'tflrewrite[tflm]')"
         }
-        return report
+        return
     # The runtimes run in a child process, so that one that crashes ends the report, not
     # the command: the report then holds the error, and its "crash" says what died.
     if data is None:
         given = {"count": verify_samples, "seed": seed}
     else:
-        given = {"samples": data.values, "source": data.source}
+        given = {"samples": data.values, "source": data.source, "labels": data.labels}
+    if ins.data is not None or outs.data is not None:
+        given["names"] = (ins.path, outs.path)
     with child or runtime.Child(preload=PRELOAD) as runner:
         with _measured(report, "verify"):
-            result = runner.call(compare_files, input_path, output_path, micro=tflm, **given)
-            report["verify"] = {**result.to_json(), "runtime": "tflite-micro" if tflm else "LiteRT"}
+            result = runner.call(compare_files, ins.source, outs.source, micro=tflm, **given)
+            report["verify"] = {
+                **result.to_json(verdict=False),
+                "runtime": "tflite-micro" if tflm else "LiteRT",
+            }
         if data is not None and not tflm and "crash" not in report:
             with _measured(report, "layers"):
                 report["layers"] = runner.call(
-                    layer_errors, input_path, output_path, data.values[:LAYER_SAMPLES]
+                    layer_errors, ins.source, outs.source, data.values[:LAYER_SAMPLES]
                 )
-    return report
 
 
 # What the child that runs the models imports as it starts, while this process goes on.
@@ -153,11 +219,17 @@ def _measured(report: dict, key: str) -> Iterator[None]:
 
 
 def print_report(report: dict, out: TextIO, verbose: bool = False) -> None:
-    out.write(f"{report['output']}: recipe {report['recipe']}\n")
-    if not report["passes"]:
+    out.write(f"{report['output'] or '(in memory)'}: recipe {report['recipe']}\n")
+    if "default" in report:
+        out.write(_wrapped(report["default"]["note"]))
+    elif not report["passes"]:
         out.write(
-            "  nothing was asked of it, so the model was copied unchanged; try --prune, "
-            "--cluster, --quantize or --recipe (see `tflrewrite recipes`)\n"
+            _wrapped(
+                f"recipe {report['recipe']} asks for nothing: the model was read and written "
+                "back with every field the same, and no tflrewrite metadata entry; its bytes "
+                "may still differ, laid out anew (buffers 16-byte aligned). Try --prune, "
+                "--cluster, --quantize or --recipe (see `tflrewrite recipes`)"
+            )
         )
     rows = [
         ("", "input", "output", "output/input"),
@@ -182,50 +254,67 @@ def print_report(report: dict, out: TextIO, verbose: bool = False) -> None:
         if step["pass"] == "budget":
             _print_budget(step, out)
             continue
-        done = [t for t in step["tensors"] if "before" in t]
-        skipped = [t for t in step["tensors"] if t["action"] == "skipped"]
-        notes = [t for t in step["tensors"] if t["action"] in NOTES]
-        out.write(f"\n{step['pass']}: {len(done)} tensor(s) changed, {len(skipped)} left alone\n")
-        for t in notes:
-            out.write("  " + NOTES[t["action"]].format(**t) + "\n")
-        if done:
-            table = [("tensor", "sparsity", "->", "ch.unique", "->", "weight MSE")]
-            for t in done:
-                b, a = t["before"], t["after"]
-                table.append(
-                    (
-                        clip(t["tensor"], 44),
-                        f"{b['sparsity']:.3f}",
-                        f"{a['sparsity']:.3f}",
-                        fmt(b["channel_unique"]),
-                        fmt(a["channel_unique"]),
-                        f"{t['mse']:.3g}" if "mse" in t else "",
-                    )
+        _print_step(step, out, verbose)
+    _print_verify(report, out)
+    if "verdict" in report:
+        out.write(f"\nverdict: {report['verdict']['line']}\n")
+
+
+def _wrapped(text: str) -> str:
+    return textwrap.fill(text, 90, initial_indent="  ", subsequent_indent="  ") + "\n"
+
+
+def _print_step(step: dict, out: TextIO, verbose: bool) -> None:
+    done = [t for t in step["tensors"] if "before" in t]
+    skipped = [t for t in step["tensors"] if t["action"] == "skipped"]
+    notes = [t for t in step["tensors"] if t["action"] in NOTES]
+    out.write(f"\n{step['pass']}: {len(done)} tensor(s) changed, {len(skipped)} left alone\n")
+    for t in notes:
+        out.write("  " + NOTES[t["action"]].format(**t) + "\n")
+    if done:
+        table = [("tensor", "sparsity", "->", "ch.unique", "->", "weight MSE")]
+        for t in done:
+            b, a = t["before"], t["after"]
+            table.append(
+                (
+                    clip(t["tensor"], 44),
+                    f"{b['sparsity']:.3f}",
+                    f"{a['sparsity']:.3f}",
+                    fmt(b["channel_unique"]),
+                    fmt(a["channel_unique"]),
+                    f"{t['mse']:.3g}" if "mse" in t else "",
                 )
-            print_table(table, out, right={1, 2, 3, 4, 5})
-        for t in skipped if verbose else []:
-            out.write(f"  left alone: {t['tensor']}: {t['reason']}\n")
+            )
+        print_table(table, out, right={1, 2, 3, 4, 5})
+    for t in skipped if verbose else []:
+        out.write(f"  left alone: {t['tensor']}: {t['reason']}\n")
+
+
+def _print_verify(report: dict, out: TextIO) -> None:
     verify = report.get("verify")
     if verify is None:
         return
     if "error" in verify or "skipped" in verify:
         out.write(f"\nverify: {verify.get('error') or 'skipped: ' + verify['skipped']}\n")
         return
+    labels = f", labels {verify['labels']}" if "labels" in verify else ""
     out.write(
         f"\nverify against the input in {verify['runtime']}, {verify['samples']} samples, "
-        f"{verify['inputs']}:\n"
+        f"{verify['inputs']}{labels}:\n"
     )
-    table = [("output", "SQNR dB", "max |err|", "top-1 agree")]
-    for o in verify["outputs"]:
+    scored = label_columns(verify["outputs"])
+    table = [("output", "SQNR dB", "max |err|", "top-1 agree", *scored[0])]
+    for o, extra in zip(verify["outputs"], scored[1:]):
         table.append(
             (
                 clip(o["name"], 44),
                 "inf" if o["sqnr_db"] is None else f"{o['sqnr_db']:.2f}",
                 f"{o['max_abs_error']:.4g}",
                 "" if o["top1_agreement"] is None else f"{o['top1_agreement']:.3f}",
+                *extra,
             )
         )
-    print_table(table, out, right={1, 2, 3})
+    print_table(table, out, right=set(range(1, len(table[0]))))
     layers = report.get("layers")
     if isinstance(layers, list) and layers:
         ranked = sorted(layers, key=lambda x: math.inf if x["sqnr_db"] is None else x["sqnr_db"])

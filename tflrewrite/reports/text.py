@@ -37,3 +37,25 @@ def clip(text: str, width: int) -> str:
     not UTF-8 (kept by the reader as surrogate escapes) are shown as \\xNN."""
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def label_columns(outputs: list[dict]) -> list[tuple[str, ...]]:
+    """The header and each output's cells of the columns that labels add to a verify table:
+    accuracy or MSE, of the reference and then (after "->") of the candidate; none where no
+    output has them."""
+    columns = []
+    for key, title, form in (
+        ("accuracy", "accuracy", "{:.3f}"),
+        ("mse", "MSE", "{:.4g}"),
+    ):
+        if any(o.get(f"candidate_{key}") is not None for o in outputs):
+            columns.append((key, title, form))
+    rows: list[tuple[str, ...]] = [tuple(t for _, title, _ in columns for t in (title, "->"))]
+    for o in outputs:
+        cells = []
+        for key, _, form in columns:
+            for side in ("reference", "candidate"):
+                value = o.get(f"{side}_{key}")
+                cells.append("" if value is None else form.format(value))
+        rows.append(tuple(cells))
+    return rows

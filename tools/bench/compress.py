@@ -21,7 +21,7 @@ never imports TensorFlow.
      rw    plain open().read() + write() of the model's bytes
      (a)   AEQ: Quantizer(path) + weight_only_wi8_afp32 recipe, quantize(), export_model()
      (a')  AEQ: the same with quantize(serialize_to_path=...) (what its own CLI does); info
-     (b)   tflrewrite: reader.read -> rewrite.apply(recipe of `--quantize int8-weights`)
+     (b)   tflrewrite: reader.read -> pipeline.apply(recipe of `--quantize int8-weights`)
            -> writer.write
      (c)   the same with the recipe of `--prune 0.5 --cluster 16 --quantize int8-weights`
    The recipes are built by tflrewrite.cli.rewrite.recipe_from_args, so they are exactly the
@@ -202,12 +202,12 @@ def cli_recipe(flags: list[str]):
 
 
 def tflrewrite_run(src: str, dst: str, recipe, phases: dict | None = None) -> None:
-    from tflrewrite import reader, rewrite, writer
+    from tflrewrite import pipeline, reader, writer
 
     t0 = time.perf_counter()
     model = reader.read(src)
     t1 = time.perf_counter()
-    result = rewrite.apply(model, recipe)
+    result = pipeline.apply(model, recipe)
     t2 = time.perf_counter()
     writer.write(result.model, dst)
     t3 = time.perf_counter()
@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         f"in-process  {args.repeats} interleaved rounds (order rotates) after a warm-up; "
         "input in the page cache;\n"
         "            outputs to the page cache (no fsync), deleted untimed.\n"
-        "            tflrewrite = read + rewrite.apply + write: the command's report and "
+        "            tflrewrite = read + pipeline.apply + write: the command's report and "
         "verify are NOT included."
     )
     print("  round      rw s     (a) s    (a') s     (b) s     (c) s   (b)/(a)  (c)/(a)")

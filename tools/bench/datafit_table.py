@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 import corpus  # noqa: E402
 from litert import grid_inputs  # noqa: E402
 
-from tflrewrite import calibrate, reader, recipes, rewrite, runtime, writer  # noqa: E402
+from tflrewrite import calibrate, pipeline, reader, recipes, runtime, writer  # noqa: E402
 from tflrewrite.reports import verify  # noqa: E402
 
 
@@ -70,7 +70,7 @@ class Logits:
 
 def rewritten(path: Path, recipe: str, data, method: str, out: Path, options=None) -> Path:
     steps = recipes.load(recipe).with_options(options or {})
-    model = rewrite.apply(reader.read(path), steps, data=data, method=method).model
+    model = pipeline.apply(reader.read(path), steps, data=data, method=method).model
     writer.write(model, out)
     return out
 

@@ -15,8 +15,8 @@ Paths (each run once as is and once with the equalize pass first):
   p.5 c16t int8 the same with --quantize int8 --calibration ... --method magnitude
   p.5 c16t data the same with the default data-aware method
 The "data" paths with equalization run the pass first and hand the equalized model to
-rewrite.apply, so that the fit aims at the equalized layers: what `--equalize` would do once
-tflrewrite.rewrite aims the fit at the model after equalization (the CLI refuses
+pipeline.apply, so that the fit aims at the equalized layers: what `--equalize` would do once
+tflrewrite.pipeline aims the fit at the model after equalization (the CLI refuses
 `--equalize` with the data-aware fit until then).
 
 A: tools/bench/finetune_mnist.py's model (tf_keras, --base-epochs) and split; accuracy on
@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1] / "tests"))
 
-from tflrewrite import calibrate, reader, rewrite, writer  # noqa: E402
+from tflrewrite import calibrate, pipeline, reader, writer  # noqa: E402
 from tflrewrite.passes import equalize  # noqa: E402
 from tflrewrite.recipes import Recipe  # noqa: E402
 
@@ -70,7 +70,7 @@ def compressed(path: Path, name: str, data, eq: bool, out: Path) -> tuple[Path, 
         model = equalize.run(model, equalize.Options()).model
         seconds = time.perf_counter() - start
     recipe = Recipe("bench", "", ()).with_options(overrides)
-    result = rewrite.apply(model, recipe, data=data if uses_data else None, method=method)
+    result = pipeline.apply(model, recipe, data=data if uses_data else None, method=method)
     writer.write(result.model, out)
     return out, seconds
 

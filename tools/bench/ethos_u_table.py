@@ -88,7 +88,7 @@ def main() -> int:
 def measure(
     name: str, path: Path, args: argparse.Namespace, tmp: str
 ) -> tuple[list[str], dict[str, bool]] | None:
-    from tflrewrite import reader, recipes, rewrite, writer
+    from tflrewrite import pipeline, reader, recipes, writer
     from tflrewrite.reports import vela
 
     base = vela.compile_report(path, args.accelerator)
@@ -103,7 +103,7 @@ def measure(
         ratios, sqnr, same, wsqnr = [], [], [], []
         for target in TARGETS:
             out = os.path.join(tmp, f"{name}.{label}.{target}.tflite")
-            result = rewrite.apply(model, recipe, target=target)
+            result = pipeline.apply(model, recipe, target=target)
             writer.write(result.model, out)
             wsqnr.append(_weight_sqnr(model, result.model))
             r = vela.compile_report(out, args.accelerator)
