@@ -288,7 +288,7 @@ def _candidates(
     shared = GRANULARITIES if rows.shape[0] * rows.shape[1] > 1 else ("tensor",)
     zeros = rows == 0
     stored_scales = datafit.row_scales(op.type, w.tensor)
-    quantized = w.tensor.dtype == "INT8" or mode in ("int8", "int8-weights")
+    quantized = w.tensor.dtype == "INT8" or mode in ("int8", "int16x8", "int8-weights")
     energy = _energy(rows, h)
     dtype = np.dtype(np.float16) if mode == "float16" else w.tensor.np_dtype
     factors = [kernels.inverse_cholesky(x) for x in fit_h]

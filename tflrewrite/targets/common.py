@@ -1,9 +1,12 @@
-"""What the targets share: the operators that read a weight, and the refusals every target
-makes whatever its runtime."""
+"""What the targets share: the operators that read a weight, the refusals every target
+makes whatever its runtime, and the refusal of integer ops a runtime has no kernel for."""
 
 from __future__ import annotations
 
-from tflrewrite.model import Operator, Subgraph, Tensor
+from collections.abc import Mapping
+
+from tflrewrite.errors import UsageError
+from tflrewrite.model import Model, Operator, Subgraph, Tensor
 from tflrewrite.weights import Weight
 
 
@@ -21,3 +24,23 @@ def refusal(w: Weight, sg: Subgraph) -> str | None:
     if w.tensor in sg.inputs or w.tensor in sg.outputs:
         return "a subgraph input or output"
     return None
+
+
+def refuse_integer_gaps(
+    model: Model, unsupported: Mapping[tuple[str, str], str], name: str
+) -> None:
+    """Refuse (a usage error, one line) a model with an op that reads or writes integer
+    activations of a dtype its runtime has no kernel of that op for: `unsupported` maps
+    (activation dtype, op type) to why."""
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            for t in op.inputs + op.outputs:
+                if t is None or t.is_constant:
+                    continue
+                reason = unsupported.get((t.dtype, op.type))
+                if reason is not None:
+                    raise UsageError(
+                        f"--target {name}: {reason} ({op.type} on {t.dtype} tensor "
+                        f"{t.name!r}); quantize the float model with --target {name}, which "
+                        "keeps such ops float"
+                    )
