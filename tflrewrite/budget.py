@@ -484,7 +484,7 @@ class _Scorer:
         )
         self.zeros = rows == 0
         self.stored_scales = datafit.row_scales(op.type, w.tensor)
-        self.quantized = w.tensor.dtype == "INT8" or mode in ("int8", "int8-weights")
+        self.quantized = w.tensor.dtype == "INT8" or mode in ("int8", "int16x8", "int8-weights")
         self.energy = max(_energy(rows, h), 1e-30)
         self.dtype = np.dtype(np.float16) if mode == "float16" else w.tensor.np_dtype
         self.factors = [kernels.inverse_cholesky(x) for x in fit_h]

@@ -143,9 +143,11 @@ def ranges(
     *,
     method: str = "minmax",
     progress: Callable[[int, int], None] | None = None,
+    levels: int = 256,
 ) -> dict[int, tuple[float, float]]:
     """(low, high) of every float32 activation of the main subgraph, keyed by id(tensor).
-    Activations that a run never computes (an unused branch) are left out."""
+    Activations that a run never computes (an unused branch) are left out. `levels`: the
+    integer steps the ranges will be quantized to (method mse weighs rounding by them)."""
     if method not in METHODS:
         raise TflRewriteError(f"calibration method must be one of {', '.join(METHODS)}")
     runner = runtime.load(model, name="calibration model", keep_tensors=True)
@@ -165,7 +167,9 @@ def ranges(
         if progress:
             progress(k + 1, total)
     if method != "minmax":
-        low, high = _clipped(runner, samples, watched, low, high, method, progress, total)
+        low, high = _clipped(
+            runner, samples, watched, low, high, method, progress, total, levels=levels
+        )
     return {
         id(t): (float(lo), float(hi))
         for (_, t), lo, hi in zip(watched, low, high)
@@ -173,9 +177,9 @@ def ranges(
     }
 
 
-def _clipped(runner, samples, watched, low, high, method, progress, total):
+def _clipped(runner, samples, watched, low, high, method, progress, total, *, levels):
     """Ranges from histograms: the 0.01% / 99.99% percentiles, or the clipping that gives
-    the least expected squared error once values are rounded to 256 int8 steps."""
+    the least expected squared error once values are rounded to `levels` integer steps."""
     hist = np.zeros((len(watched), BINS))
     done = len(samples.values)
     for k, _ in enumerate(runner.run_each(samples.values)):
@@ -190,8 +194,10 @@ def _clipped(runner, samples, watched, low, high, method, progress, total):
         if hist[j].sum() == 0:
             continue
         edges = np.linspace(low[j], high[j], BINS + 1)
-        pick = _percentile_range if method == "percentile" else _mse_range
-        new_low[j], new_high[j] = pick(hist[j], edges)
+        if method == "percentile":
+            new_low[j], new_high[j] = _percentile_range(hist[j], edges)
+        else:
+            new_low[j], new_high[j] = _mse_range(hist[j], edges, levels)
     return new_low, new_high
 
 
@@ -202,15 +208,16 @@ def _percentile_range(hist: np.ndarray, edges: np.ndarray) -> tuple[float, float
     return float(lo), float(hi)
 
 
-def _mse_range(hist: np.ndarray, edges: np.ndarray) -> tuple[float, float]:
+def _mse_range(hist: np.ndarray, edges: np.ndarray, levels: int = 256) -> tuple[float, float]:
     """Shrink [low, high] toward zero by the factor (0.3 to 1.0) that minimises rounding
-    error (step² / 12 per value inside) plus clipping error (distance² outside)."""
+    error (step² / 12 per value inside, `levels` steps) plus clipping error (distance²
+    outside)."""
     centres = (edges[:-1] + edges[1:]) / 2
     lo0, hi0 = min(edges[0], 0.0), max(edges[-1], 0.0)
     best, best_err = (edges[0], edges[-1]), np.inf
     for f in np.linspace(0.3, 1.0, 71):
         lo, hi = lo0 * f, hi0 * f
-        step = (hi - lo) / 255 or 1.0
+        step = (hi - lo) / (levels - 1) or 1.0
         outside = np.where(centres < lo, lo - centres, np.where(centres > hi, centres - hi, 0.0))
         err = float(np.sum(hist * np.where(outside > 0, outside**2, step * step / 12)))
         if err < best_err:

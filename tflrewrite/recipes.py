@@ -31,6 +31,7 @@ from typing import Any
 from tflrewrite.errors import TflRewriteError, UsageError
 from tflrewrite.passes import PASSES
 from tflrewrite.passes.common import Pass, Rule
+from tflrewrite.passes.quantize import FULL_INTEGER
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ class Recipe:
         """The steps as a rewrite runs them, each with its pass: a target's own way of a
         step (`own_steps`, by step name), and with `data_aware` (calibration samples and
         the data method) the data-aware prune and cluster in their place, and a refine of
-        full int8 weights that no clustering will redo."""
+        full-integer weights (int8, also under int16 activations) that no clustering will
+        redo."""
         steps = [dataclasses.replace(s, runs=(own_steps or {}).get(s.name)) for s in self.steps]
         if not data_aware:
             return tuple(steps)
@@ -75,7 +77,7 @@ class Recipe:
         planned = []
         for s in steps:
             planned.append(dataclasses.replace(s, runs=fitted.get(s.name, s.runs)))
-            if refine and s.name == "quantize" and s.options.mode == "int8":
+            if refine and s.name == "quantize" and s.options.mode in FULL_INTEGER:
                 planned.append(Step(datafit.REFINE.name, s.options, s.rules, datafit.REFINE))
         return tuple(planned)
 
@@ -108,24 +110,27 @@ def check(recipe: Recipe, *, calibrated: bool, method: str | None = None) -> Non
         return
     if not any(_uses_data(s) for s in recipe.steps):
         raise UsageError(
-            "--calibration: nothing uses it (it serves --quantize int8, --prune and --cluster)"
+            "--calibration: nothing uses it (it serves --quantize int8 or int16x8, --prune "
+            "and --cluster)"
         )
 
 
 def _uses_data(step: Step) -> bool:
-    return step.name != "equalize" and (step.name != "quantize" or step.options.mode == "int8")
+    return step.name != "equalize" and (
+        step.name != "quantize" or step.options.mode in FULL_INTEGER
+    )
 
 
 def _check_rounding(recipe: Recipe, calibrated: bool, method: str | None) -> None:
-    """Rounding other than feedback is done by the data-aware fit of full int8 weights,
+    """Rounding other than feedback is done by the data-aware fit of full-integer weights,
     which clustering replaces: a usage error where it would not run."""
     quantize = [s.options for s in recipe.steps if s.name == "quantize"]
     if not quantize or quantize[0].rounding == "feedback":
         return
     if not calibrated or method == "magnitude" or any(s.name == "cluster" for s in recipe.steps):
         raise UsageError(
-            f"--rounding {quantize[0].rounding} needs --quantize int8 with --calibration, "
-            "the data method and no --cluster"
+            f"--rounding {quantize[0].rounding} needs --quantize int8 or int16x8 with "
+            "--calibration, the data method and no --cluster"
         )
 
 
@@ -144,6 +149,7 @@ def _builtin(name: str, description: str, **passes: dict) -> Recipe:
 
 _PRUNE, _CLUSTER, _INT8 = {"sparsity": 0.5}, {"clusters": 16}, {"mode": "int8-weights"}
 _FULL = {"mode": "int8"}
+_FULL16 = {"mode": "int16x8"}
 
 BUILTIN: dict[str, Recipe] = {
     r.name: r
@@ -177,6 +183,12 @@ BUILTIN: dict[str, Recipe] = {
             "full-int8",
             "weights and activations int8 from --calibration data (full integer)",
             quantize=_FULL,
+        ),
+        _builtin(
+            "full-int16x8",
+            "full integer with int16 activations and int8 weights from --calibration data "
+            "(16x8: more precise than full-int8, activations twice the memory)",
+            quantize=_FULL16,
         ),
         _builtin(
             "prune-cluster-full-int8",

@@ -45,6 +45,7 @@ examples:
   tflrewrite model.tflite --prune 0.5 --cluster 16      writes model.tflrewrite.tflite
   tflrewrite model.tflite --recipe prune-cluster-int8 -o small.tflite
   tflrewrite float.tflite --quantize int8 --calibration samples.npz   full-integer int8
+  tflrewrite float.tflite --quantize int16x8 --calibration samples.npz   int16 activations
   tflrewrite float.tflite --prune 0.5 --cluster 16 --quantize int8 --calibration samples.npz
   tflrewrite float.tflite --quantize int8-weights --cluster 16 --granularity channel
   tflrewrite float.tflite --prune 0.5 --cluster 16 --quantize int8 --calibration s.npz
@@ -160,9 +161,12 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("quantization")
     g.add_argument(
         "--quantize",
-        choices=["int8", "int8-weights", "float16"],
+        choices=["int8", "int16x8", "int8-weights", "float16"],
         help="int8: the whole model, weights and activations, from --calibration data "
-        "(full integer, what NPUs and microcontrollers run); int8-weights: float weights "
+        "(full integer, what NPUs and microcontrollers run); int16x8: the same with int16 "
+        "activations (symmetric) and int8 weights, for models int8 activations lose too "
+        "much of; ops LiteRT has no int16 kernel for stay float, and the report names "
+        "them; int8-weights: float weights "
         "to int8 per channel, read through DEQUANTIZE (weight-only); float16: weights to "
         "float16. With --cluster, clusters are formed among the int8 values",
     )
@@ -174,15 +178,16 @@ def parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--io",
-        choices=["float", "int8", "uint8"],
-        help="dtype of the int8 model's inputs and outputs (default: float, with "
-        "QUANTIZE/DEQUANTIZE at the edges)",
+        choices=["float", "int8", "uint8", "int16"],
+        help="dtype of the full-integer model's inputs and outputs (default: float, with "
+        "QUANTIZE/DEQUANTIZE at the edges; int8 and uint8 with --quantize int8, int16 "
+        "with --quantize int16x8)",
     )
     g.add_argument(
         "--rounding",
         choices=["feedback", "adaround"],
-        help="with --quantize int8 and --calibration (data method, no --cluster): how "
-        "the int8 weights are re-rounded to keep each layer's outputs: feedback "
+        help="with --quantize int8 or int16x8 and --calibration (data method, no "
+        "--cluster): how the int8 weights are re-rounded to keep each layer's outputs: feedback "
         "(default; error feedback, as in GPTQ) or adaround (learned up-or-down rounding)",
     )
     g = p.add_argument_group("calibration data (makes compression data-aware)")
@@ -193,7 +198,8 @@ def parser() -> argparse.ArgumentParser:
         "name; first axis = samples), a folder of images (resized to an image model's "
         "input; pixels scaled to [0, 1], or to the range of a quantized input), or "
         "`random` for seeded random inputs (ranges and "
-        "fits are then guesses, and the report says so). Needed by --quantize int8; with "
+        "fits are then guesses, and the report says so). Needed by --quantize int8 and "
+        "int16x8; with "
         "it, --prune and --cluster fit each layer to the original model's outputs",
     )
     g.add_argument(

@@ -1,5 +1,6 @@
 """Quantization. Mode "int8" quantizes the whole graph, weights and activations, from
-calibration data (tflrewrite.passes.quantize_graph). The weight-only modes: float weights to
+calibration data (tflrewrite.passes.quantize_graph); mode "int16x8" too, with int16
+activations and int8 weights (the TF converter's 16x8). The weight-only modes: float weights to
 int8 (per-channel symmetric, zero point 0) or to float16, each read through a DEQUANTIZE op.
 
 LiteRT evaluates a DEQUANTIZE of a constant once, when the interpreter is prepared, so the
@@ -19,6 +20,7 @@ per-channel clustering survive.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +45,9 @@ from tflrewrite.passes.common import (
 )
 from tflrewrite.weights import Weight, densified_bytes, densify_weight, record, replace_data
 
-MODES = ("int8", "int8-weights", "float16")
+MODES = ("int8", "int8-weights", "float16", "int16x8")
+# The modes that quantize activations too, from calibration data.
+FULL_INTEGER = ("int8", "int16x8")
 ROUNDINGS = ("feedback", "adaround")
 
 # DEQUANTIZE op versions by what it reads (TFLite's op_version.cc).
@@ -57,11 +61,11 @@ class Options:
     # weight quantization uses the same threshold (weights_min_num_elements).
     min_size: int = 1024
     skip: str | None = None
-    # Mode "int8" only: how activation ranges are chosen from the calibration samples,
-    # and the dtype of the model's inputs and outputs.
+    # Modes int8 and int16x8 only: how activation ranges are chosen from the calibration
+    # samples, and the dtype of the model's inputs and outputs.
     method: str = "minmax"
     io: str = "float"
-    # Mode "int8" with data-aware fitting: how the int8 weights are re-rounded
+    # Modes int8 and int16x8 with data-aware fitting: how the int8 weights are re-rounded
     # (tflrewrite.passes.datafit's refine step): error feedback, or AdaRound.
     rounding: str = "feedback"
 
@@ -76,19 +80,35 @@ class Options:
         ):
             if value not in allowed:
                 raise UsageError(f"quantize: {name} must be {', '.join(allowed)}, not {value!r}")
-        if self.mode != "int8" and (self.method, self.io) != ("minmax", "float"):
-            raise UsageError("quantize: method and io are options of mode int8 (--quantize int8)")
-        if self.mode != "int8" and self.rounding != "feedback":
-            raise UsageError("quantize: rounding is an option of mode int8 (--quantize int8)")
+        if self.mode not in FULL_INTEGER and (self.method, self.io) != ("minmax", "float"):
+            raise UsageError(
+                "quantize: method and io are options of mode int8 or int16x8 "
+                "(--quantize int8 or int16x8)"
+            )
+        if self.mode not in FULL_INTEGER and self.rounding != "feedback":
+            raise UsageError(
+                "quantize: rounding is an option of mode int8 or int16x8 "
+                "(--quantize int8 or int16x8)"
+            )
+        io = quantize_graph.MODE_IO.get(self.mode)
+        if io is not None and self.io not in io:
+            raise UsageError(f"quantize: io of mode {self.mode} must be {', '.join(io)}")
 
 
 def run(
-    model: Model, options: Options, rules: tuple[Rule, ...] = (), *, data: Data | None = None
+    model: Model,
+    options: Options,
+    rules: tuple[Rule, ...] = (),
+    *,
+    data: Data | None = None,
+    unsupported: Mapping[tuple[str, str], str] | None = None,
 ) -> PassResult:
-    """Mode "int8" calibrates on `data`'s samples; the weight-only modes need no data."""
-    if options.mode == "int8":
+    """Modes int8 and int16x8 calibrate on `data`'s samples; the weight-only modes need no
+    data. `unsupported`: (activation dtype, op type) -> why a runtime cannot run that op in
+    that dtype; such ops stay float (a target's own quantize step, see for_runtime)."""
+    if options.mode in FULL_INTEGER:
         samples = None if data is None else data.samples
-        return quantize_graph.run(model, options, rules, data=samples)
+        return quantize_graph.run(model, options, rules, data=samples, unsupported=unsupported)
     model, chosen, records = select(model, options, rules, refuse=_not_quantizable)
     edits = map_weights(_edit, chosen, [w.tensor.data.size for w, _ in chosen])
     inserted: dict[int, int] = {}  # DEQUANTIZE ops added per subgraph, at its front
@@ -103,6 +123,18 @@ def run(
 
 
 PASS = Pass(name="quantize", Options=Options, run=run)
+
+
+def for_runtime(unsupported: Mapping[tuple[str, str], str]) -> Pass:
+    """The quantize step of a target whose runtime lacks some integer kernels: ops of
+    those (activation dtype, op type) stay float, their records giving the reason."""
+
+    def run_for_runtime(
+        model: Model, options: Options, rules: tuple[Rule, ...] = (), *, data: Data | None = None
+    ) -> PassResult:
+        return run(model, options, rules, data=data, unsupported=unsupported)
+
+    return Pass(name="quantize", Options=Options, run=run_for_runtime)
 
 
 def _not_quantizable(w: Weight, opts: Options) -> str | None:

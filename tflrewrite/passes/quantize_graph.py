@@ -1,4 +1,5 @@
-"""Full-integer quantization: a float model rewritten so that LiteRT's int8 kernels run it.
+"""Full-integer quantization: a float model rewritten so that LiteRT's integer kernels run it,
+with int8 activations (mode "int8") or int16 ones (mode "int16x8", weights still int8).
 
 - Weights of CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED and TRANSPOSE_CONV: int8 per output
   channel, symmetric (zero point 0, so zeros and clusters survive); a constant BATCH_MATMUL
@@ -22,15 +23,26 @@ because LiteRT's XNNPACK delegate (ai-edge-litert 2.3.0, its default) fails to p
 int8 FULLY_CONNECTED whose weights come from DENSIFY. Weights of ops that stay float get
 their DENSIFY (and DEQUANTIZE) back, as the input had them.
 
-Ops without an int8 kernel here (and every op outside the main subgraph) stay float, with
+16x8 (the TF converter's EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8): the
+same weights; activations int16, symmetric, zero point 0 (LiteRT's int16 kernels require
+it); biases int64; fixed outputs 1/32768 for SOFTMAX, LOGISTIC and TANH; only ops whose
+int16 kernel LiteRT has (INT16_OPS), at the op versions of op_version.cc.
+
+The rewriter takes each chosen op's activation dtype from a per-op map, so that a model can
+mix int8 and int16 ops; the modes fill it with one dtype.
+
+Ops without an integer kernel here (and every op outside the main subgraph) stay float, with
 DEQUANTIZE before and QUANTIZE after them, and the records name them and say why. The
 interface is float by default (a QUANTIZE after each input, a DEQUANTIZE before each output);
-`io` int8 or uint8 makes the inputs and outputs integer themselves.
+`io` int8 or uint8 (mode int8), or int16 (mode int16x8, as the converter allows), makes the
+inputs and outputs integer themselves.
 """
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,40 +57,41 @@ from tflrewrite.weights import DENSIFY_BYTES, real_values
 
 
 @dataclass(frozen=True)
-class Int8Op:
-    """What an op's int8 kernel needs."""
+class IntegerOp:
+    """What an op's integer kernel needs."""
 
-    version: int  # the op version of the int8 kernel
+    version: int  # the op version of the kernel
     same_scale: bool = False  # float inputs and outputs share one scale and zero point
     output: tuple[float, int] | None = None  # fixed (scale, zero point) of output 0
-    weights: int | None = None  # input index of per-channel symmetric weights
+    weights: int | None = None  # input index of per-channel symmetric int8 weights
     weight_axis: int | None = 0  # their output-channel axis (None: one scale)
-    bias: int | None = None  # input index of the int32 bias
+    bias: int | None = None  # input index of the bias
     data: int = 0  # the input whose scale times the weights' is the bias scale
+    bias_dtype: str = "INT32"
 
 
-_MOVE = Int8Op(2, same_scale=True)
-_MOVE_V1 = Int8Op(1, same_scale=True)
-INT8_OPS: dict[str, Int8Op] = {
-    "CONV_2D": Int8Op(3, weights=1, bias=2),
-    "DEPTHWISE_CONV_2D": Int8Op(3, weights=1, weight_axis=3, bias=2),
-    "FULLY_CONNECTED": Int8Op(4, weights=1, bias=2),
-    "TRANSPOSE_CONV": Int8Op(2, weights=1, bias=3, data=2),
-    "BATCH_MATMUL": Int8Op(2, weights=1, weight_axis=None),
-    "ADD": Int8Op(2),
-    "SUB": Int8Op(2),
-    "MUL": Int8Op(2),
-    "MEAN": Int8Op(2),
-    "SUM": Int8Op(2),
-    "RELU": Int8Op(2),
-    "RELU6": Int8Op(2),
-    "PRELU": Int8Op(1),
-    "LEAKY_RELU": Int8Op(1),
-    "HARD_SWISH": Int8Op(1),
-    "LOGISTIC": Int8Op(2, output=(1 / 256, -128)),
-    "SOFTMAX": Int8Op(2, output=(1 / 256, -128)),
-    "TANH": Int8Op(2, output=(1 / 128, 0)),
-    "LOG_SOFTMAX": Int8Op(2, output=(16 / 256, 127)),
+_MOVE = IntegerOp(2, same_scale=True)
+_MOVE_V1 = IntegerOp(1, same_scale=True)
+INT8_OPS: dict[str, IntegerOp] = {
+    "CONV_2D": IntegerOp(3, weights=1, bias=2),
+    "DEPTHWISE_CONV_2D": IntegerOp(3, weights=1, weight_axis=3, bias=2),
+    "FULLY_CONNECTED": IntegerOp(4, weights=1, bias=2),
+    "TRANSPOSE_CONV": IntegerOp(2, weights=1, bias=3, data=2),
+    "BATCH_MATMUL": IntegerOp(2, weights=1, weight_axis=None),
+    "ADD": IntegerOp(2),
+    "SUB": IntegerOp(2),
+    "MUL": IntegerOp(2),
+    "MEAN": IntegerOp(2),
+    "SUM": IntegerOp(2),
+    "RELU": IntegerOp(2),
+    "RELU6": IntegerOp(2),
+    "PRELU": IntegerOp(1),
+    "LEAKY_RELU": IntegerOp(1),
+    "HARD_SWISH": IntegerOp(1),
+    "LOGISTIC": IntegerOp(2, output=(1 / 256, -128)),
+    "SOFTMAX": IntegerOp(2, output=(1 / 256, -128)),
+    "TANH": IntegerOp(2, output=(1 / 128, 0)),
+    "LOG_SOFTMAX": IntegerOp(2, output=(16 / 256, 127)),
     "AVERAGE_POOL_2D": _MOVE,
     "MAX_POOL_2D": _MOVE,
     "CONCATENATION": _MOVE,
@@ -103,46 +116,143 @@ INT8_OPS: dict[str, Int8Op] = {
     "EXPAND_DIMS": _MOVE_V1,
 }
 
-# Conversion ops at the edges of int8 regions: (from, to) -> (op, version).
+# The ops LiteRT runs with int16 activations, for 16x8: those of INT8_OPS that the TF
+# converter quantizes to int16 (tensorflow/lite/tools/optimize/operator_property.cc:
+# quantizable_int16) and whose LiteRT kernel takes kTfLiteInt16, each run in ai-edge-litert
+# 2.3.0 against the float model (tests/test_quantize_int16.py; SQUEEZE and EXPAND_DIMS
+# only copy bytes, and the converter turns them into RESHAPE). Left out, so kept float:
+# PRELU, HARD_SWISH, LOG_SOFTMAX (their Eval refuses int16, or PRELU's gives wrong values),
+# SPACE_TO_DEPTH and DEPTH_TO_SPACE (Prepare refuses int16). Kernels' needs: conv.cc,
+# depthwise_conv.cc, fully_connected.cc and transpose_conv.cc take int16 input with int8
+# weights and an int64 bias; add.cc and sub.cc scale generally when the options'
+# pot_scale_int16 is false; the LUT kernels fix outputs to 1/32768, zero point 0.
+# Versions: tensorflow/lite/tools/versioning/op_version.cc for int16 inputs. Its CONV_2D,
+# DEPTHWISE_CONV_2D and FULLY_CONNECTED branches test the weights for int16 too, which
+# 16x8 weights never are; the versions they name (4, 5, 7: runtime 2.3.0, the release of
+# the 16x8 kernels) are written here, without the options' quantized_bias_type (version 8
+# or 11, runtime 2.15, for nothing: int64 is the bias the kernels take when it is unset).
+_MOVE16 = IntegerOp(1, same_scale=True)
+_LUT16 = (1 / 32768, 0)  # the fixed output of the int16 LOGISTIC, TANH and SOFTMAX kernels
+INT16_OPS: dict[str, IntegerOp] = {
+    "CONV_2D": IntegerOp(4, weights=1, bias=2, bias_dtype="INT64"),
+    "DEPTHWISE_CONV_2D": IntegerOp(5, weights=1, weight_axis=3, bias=2, bias_dtype="INT64"),
+    "FULLY_CONNECTED": IntegerOp(7, weights=1, bias=2, bias_dtype="INT64"),
+    "TRANSPOSE_CONV": IntegerOp(2, weights=1, bias=3, data=2, bias_dtype="INT64"),
+    "BATCH_MATMUL": IntegerOp(3),  # both operands int16: the kernel wants one input type
+    "ADD": IntegerOp(3),
+    "SUB": IntegerOp(5),
+    "MUL": IntegerOp(4),
+    "MEAN": IntegerOp(3),
+    "SUM": IntegerOp(1),
+    "RELU": IntegerOp(3),
+    "RELU6": IntegerOp(3),
+    "LEAKY_RELU": IntegerOp(2),
+    "LOGISTIC": IntegerOp(3, output=_LUT16),
+    "SOFTMAX": IntegerOp(3, output=_LUT16),
+    "TANH": IntegerOp(3, output=_LUT16),
+    "AVERAGE_POOL_2D": IntegerOp(3, same_scale=True),
+    "MAX_POOL_2D": IntegerOp(3, same_scale=True),
+    "CONCATENATION": IntegerOp(3, same_scale=True),
+    "PAD": IntegerOp(3, same_scale=True),
+    "PADV2": IntegerOp(3, same_scale=True),
+    "RESIZE_BILINEAR": IntegerOp(4, same_scale=True),
+    "RESIZE_NEAREST_NEIGHBOR": IntegerOp(4, same_scale=True),
+    "STRIDED_SLICE": _MOVE16,
+    "SLICE": IntegerOp(4, same_scale=True),
+    "SPLIT": IntegerOp(4, same_scale=True),
+    "SPLIT_V": _MOVE16,
+    "TRANSPOSE": IntegerOp(5, same_scale=True),
+    "GATHER": IntegerOp(4, same_scale=True),
+    "MINIMUM": IntegerOp(4, same_scale=True),
+    "MAXIMUM": IntegerOp(4, same_scale=True),
+    "PACK": IntegerOp(3, same_scale=True),
+    "UNPACK": IntegerOp(4, same_scale=True),
+    "RESHAPE": _MOVE16,
+    "SQUEEZE": _MOVE16,
+    "EXPAND_DIMS": _MOVE16,
+}
+KERNELS = {"INT8": INT8_OPS, "INT16": INT16_OPS}
+# The activation dtype of each full-integer mode.
+ACTIVATIONS = {"int8": "INT8", "int16x8": "INT16"}
+
+# Conversion ops at the edges of integer regions: (from, to) -> (op, version).
 CONVERSIONS = {
     ("FLOAT32", "INT8"): ("QUANTIZE", 1),
     ("UINT8", "INT8"): ("QUANTIZE", 2),
     ("INT8", "UINT8"): ("QUANTIZE", 2),
     ("INT8", "FLOAT32"): ("DEQUANTIZE", 2),
     ("UINT8", "FLOAT32"): ("DEQUANTIZE", 1),
+    ("FLOAT32", "INT16"): ("QUANTIZE", 2),
+    ("INT16", "FLOAT32"): ("DEQUANTIZE", 3),
 }
-IO_TYPES = {"float": "FLOAT32", "int8": "INT8", "uint8": "UINT8"}
+IO_TYPES = {"float": "FLOAT32", "int8": "INT8", "uint8": "UINT8", "int16": "INT16"}
+# The interface dtypes each mode offers (the converter's 16x8 mode: float or int16).
+MODE_IO = {"int8": ("float", "int8", "uint8"), "int16x8": ("float", "int16")}
 # Int8 ops whose weights may stay sparse behind DENSIFY (checked in LiteRT, with and
 # without XNNPACK, by tests/test_sparse_weights.py).
 SPARSE_INT8_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 INT32_MAX = 2**31 - 1
+# int64 biases are clipped far inside their range (no real bias comes near it).
+INT64_LIMIT = 2**62
+# Activations int16 are symmetric: [-32767, 32767] steps of one scale, zero point 0.
+INT16_MAX = 32767
+# int16 has steps to spare, so its ranges are the calibrated ones doubled: held-out values
+# beyond what the samples showed (common with few or random samples) do not clip, for 6 dB
+# of the activations' ~90. Measured (tools/bench/int16_table.py, random inputs): the
+# anomaly-detection autoencoder's output SQNR, 53.3 dB with the calibrated ranges, 68.7
+# doubled (its int8 weights alone allow 68.7); on inputs drawn on the int8 twins' input
+# grids no model's SQNR moved by more than 0.4 dB.
+INT16_HEADROOM = 2.0
 
 
-Params = tuple[float, int]  # int8 (scale, zero point)
+Params = tuple[float, int]  # (scale, zero point)
 
 
 def run(
-    model: Model, options: object, rules: tuple[Rule, ...] = (), *, data: object = None
+    model: Model,
+    options: object,
+    rules: tuple[Rule, ...] = (),
+    *,
+    data: object = None,
+    unsupported: Mapping[tuple[str, str], str] | None = None,
 ) -> PassResult:
-    """`options` are the quantize pass's (mode "int8": method, io); `data` the calibration
-    samples (calibrate.Samples)."""
+    """`options` are the quantize pass's (mode "int8" or "int16x8": method, io); `data` the
+    calibration samples (calibrate.Samples); `unsupported`: (activation dtype, op type) ->
+    why the target's runtime cannot run it, for ops that stay float."""
     if data is None:
         raise UsageError(
-            "--quantize int8 needs calibration data: --calibration DATA.npz (one array per "
-            "model input, first axis = samples), or --calibration random to calibrate on "
-            "random inputs (poor ranges; the report says so)"
+            f"--quantize {options.mode} needs calibration data: --calibration DATA.npz (one "
+            "array per model input, first axis = samples), or --calibration random to "
+            "calibrate on random inputs (poor ranges; the report says so)"
         )
     model = model.copy()
     folded = _fold_sparse(model)
     _fold_constants(model)
+    activations = ACTIVATIONS[options.mode]
     bar = Progress("calibrating", len(data.values) * (1 if options.method == "minmax" else 2))
     ranges = calibrate.ranges(
-        model, data, method=options.method, progress=lambda done, _: bar(done)
+        model,
+        data,
+        method=options.method,
+        progress=lambda done, _: bar(done),
+        levels=2 ** (8 * np.dtype(activations.lower()).itemsize),
     )
     sg = model.subgraphs[0]
-    chosen, kept_float = _choose(model, sg, ranges, options, rules)
-    params = _params(sg, chosen, ranges)
-    records = _Rewriter(model, sg, chosen, params, IO_TYPES[options.io], folded).run()
+    precision = {id(op): activations for op in sg.operators}
+    chosen, kept_float = _choose(
+        model, sg, ranges, options, rules, precision=precision, unsupported=unsupported or {}
+    )
+    params = _params(sg, chosen, ranges, precision)
+    records = _Rewriter(
+        model,
+        sg,
+        chosen,
+        params,
+        io=IO_TYPES[options.io],
+        precision=precision,
+        mode=options.mode,
+        folded=folded,
+    ).run()
     records += [_op_record(op, "kept float", reason) for op, reason in kept_float]
     _unfold(model, sg, folded)
     _drop_unused(model)
@@ -281,12 +391,14 @@ def _affine(t: Tensor) -> bool:
 # ------------------------------------------------------------------ which ops go int8
 
 
-def _choose(model, sg, ranges, options, rules):
-    """The ops of the main subgraph that become int8, and (op, reason) for those that stay
-    float (every op of the other subgraphs stays float too)."""
+def _choose(model, sg, ranges, options, rules, *, precision, unsupported):
+    """The ops of the main subgraph that become integer (each in its `precision`: id(op) ->
+    activation dtype), and (op, reason) for those that stay float (every op of the other
+    subgraphs stays float too)."""
     chosen, kept = [], []
     for op in sg.operators:
-        reason = _not_int8(op, ranges, options, rules)
+        reason = unsupported.get((precision[id(op)], op.type))
+        reason = reason or _not_integer(op, precision[id(op)], ranges, options, rules)
         if reason:
             kept.append((op, reason))
         else:
@@ -297,8 +409,10 @@ def _choose(model, sg, ranges, options, rules):
     return chosen, kept
 
 
-def _not_int8(op: Operator, ranges: dict, options: object, rules) -> str | None:
-    rule = INT8_OPS.get(op.type)
+def _not_integer(op: Operator, dtype: str, ranges: dict, options: object, rules) -> str | None:
+    rule = KERNELS[dtype].get(op.type)
+    if rule is None and dtype == "INT16":
+        return "not among the ops LiteRT runs with int16 activations (INT16_OPS)"
     if rule is None:
         return "no int8 kernel for this op in the rewrite's table"
     tensors = [t for t in op.inputs + op.outputs if t is not None]
@@ -325,9 +439,30 @@ def _not_int8(op: Operator, ranges: dict, options: object, rules) -> str | None:
 # ------------------------------------------------------------------ parameters
 
 
-def _params(sg: Subgraph, chosen: list[Operator], ranges: dict) -> dict[int, Params]:
-    """int8 (scale, zero point) of every float tensor an int8 op reads or writes (weights
-    and biases aside), keyed by id(tensor)."""
+@dataclass
+class _Scales:
+    """The quantization parameters of the float tensors that integer ops read or write
+    (weights and biases aside), in each activation dtype."""
+
+    ranges: dict[int, tuple[float, float]]  # id(tensor) -> the range of its scale group
+    fixed: dict[tuple[int, str], Params]  # (id(tensor), dtype) -> what a kernel fixes
+
+    def __contains__(self, key: int) -> bool:
+        return key in self.ranges
+
+    def of(self, t: Tensor, dtype: str) -> Params:
+        """(scale, zero point) of `t` as `dtype` ("INT8" or "INT16")."""
+        got = self.fixed.get((id(t), dtype))
+        if got is not None:
+            return got
+        lo, hi = self.ranges[id(t)]
+        return _symmetric_params(lo, hi) if dtype == "INT16" else _affine_params(lo, hi)
+
+
+def _params(sg: Subgraph, chosen: list[Operator], ranges: dict, precision: dict) -> _Scales:
+    """The parameters of every float tensor an integer op reads or writes: tensors that a
+    kernel needs in one scale share the union of their ranges, and kernels with a fixed
+    output fix their group's parameters in their dtype."""
     parent: dict[int, int] = {}
 
     def find(x: int) -> int:
@@ -337,9 +472,10 @@ def _params(sg: Subgraph, chosen: list[Operator], ranges: dict) -> dict[int, Par
         return x
 
     tensors: dict[int, Tensor] = {}
-    fixed: dict[int, Params] = {}
+    fixed: dict[tuple[int, str], Params] = {}
     for op in chosen:
-        rule = INT8_OPS[op.type]
+        dtype = precision[id(op)]
+        rule = KERNELS[dtype][op.type]
         skip = {rule.weights, rule.bias} if rule.weights is not None else set()
         if op.type == "BATCH_MATMUL" and not _const(op.inputs, 1):
             skip = set()
@@ -355,21 +491,27 @@ def _params(sg: Subgraph, chosen: list[Operator], ranges: dict) -> dict[int, Par
             for t in floats[1:]:
                 parent[find(id(t))] = find(id(floats[0]))
         if rule.output is not None and op.outputs[0] is not None:
-            fixed.setdefault(id(op.outputs[0]), rule.output)
+            fixed.setdefault((id(op.outputs[0]), dtype), rule.output)
     lows: dict[int, float] = {}
     highs: dict[int, float] = {}
-    group_fixed: dict[int, Params] = {}
+    group_fixed: dict[tuple[int, str], Params] = {}
     for key, t in tensors.items():
         root = find(key)
         lo, hi = _range(t, ranges)
         lows[root] = min(lows.get(root, 0.0), lo)
         highs[root] = max(highs.get(root, 0.0), hi)
-        if key in fixed:
-            group_fixed.setdefault(root, fixed[key])
-    return {
-        key: group_fixed.get(find(key)) or _affine_params(lows[find(key)], highs[find(key)])
-        for key in tensors
-    }
+        for dtype in KERNELS:
+            if (key, dtype) in fixed:
+                group_fixed.setdefault((root, dtype), fixed[(key, dtype)])
+    return _Scales(
+        ranges={key: (lows[find(key)], highs[find(key)]) for key in tensors},
+        fixed={
+            (key, dtype): group_fixed[(find(key), dtype)]
+            for key in tensors
+            for dtype in KERNELS
+            if (find(key), dtype) in group_fixed
+        },
+    )
 
 
 def _const(inputs: list, i: int) -> bool:
@@ -394,12 +536,22 @@ def _affine_params(lo: float, hi: float) -> Params:
     return float(np.float32(scale)), zero
 
 
+def _symmetric_params(lo: float, hi: float) -> Params:
+    """int16 (scale, 0) for [-m, m], m the larger magnitude of lo and hi times
+    INT16_HEADROOM."""
+    bound = max(-lo, hi, 0.0) * INT16_HEADROOM
+    if bound < 1e-30:
+        return 1.0, 0
+    return float(np.float32(bound / INT16_MAX)), 0
+
+
 # ------------------------------------------------------------------ the rewrite
 
 
 class _Rewriter:
-    """Walks the main subgraph in order, giving int8 ops int8 tensors and float ops float
-    ones, with a conversion op wherever a tensor is needed in the other form.
+    """Walks the main subgraph in order, giving integer ops tensors of their activation
+    dtype and float ops float ones, with a conversion op wherever a tensor is needed in
+    another form.
 
     A tensor's "home" is the dtype its producer writes (a subgraph input's: the interface
     dtype). The tensor object takes its home dtype, except where it is a subgraph output
@@ -408,8 +560,9 @@ class _Rewriter:
     and shared by every later consumer.
     """
 
-    def __init__(self, model, sg, chosen, params, io, folded):
+    def __init__(self, model, sg, chosen, params, *, io, precision, mode, folded):
         self.model, self.sg, self.params, self.io = model, sg, params, io
+        self.precision, self.mode = precision, mode
         self.folded: dict[int, _Folded] = folded
         self.chosen = {id(op) for op in chosen}
         self.activations = {id(t) for t in sg.tensors if t.dtype == "FLOAT32" and not t.is_constant}
@@ -425,14 +578,14 @@ class _Rewriter:
             self.forms[(id(t), t.dtype)] = t
         for op in self.sg.operators:
             if id(op) in self.chosen:
-                self._int8_op(op)
+                self._integer_op(op, self.precision[id(op)])
             else:
                 self._float_op(op)
         self.sg.operators = self.ops
         return self.records
 
     def _quantization(self, t: Tensor, dtype: str) -> Quantization:
-        scale, zero = self.params[id(t)]
+        scale, zero = self.params.of(t, "INT8" if dtype == "UINT8" else dtype)
         zero += 128 if dtype == "UINT8" else 0
         return Quantization(np.array([scale], np.float32), np.array([zero], np.int64))
 
@@ -492,35 +645,37 @@ class _Rewriter:
         self.ops.append(op)
         self._write(op, "FLOAT32")
 
-    def _int8_op(self, op: Operator) -> None:
-        rule = INT8_OPS[op.type]
+    def _integer_op(self, op: Operator, dtype: str) -> None:
+        rule = KERNELS[dtype][op.type]
         weights_const = rule.weights is not None and _const(op.inputs, rule.weights)
         scales = None
         if weights_const:
             w = op.inputs[rule.weights]
             op.inputs[rule.weights], scales = self._weights(op, w, rule)
-        data = op.inputs[rule.data]  # before it is replaced by its int8 form
+        data = op.inputs[rule.data]  # before it is replaced by its integer form
         for i, t in enumerate(op.inputs):
             if t is None or (weights_const and i == rule.weights):
                 continue
             if id(t) in self.activations:  # (a subgraph input may already be integer)
-                op.inputs[i] = self._read(t, "INT8")
+                op.inputs[i] = self._read(t, dtype)
             elif t.dtype != "FLOAT32":
                 continue
             elif i == rule.bias and weights_const:
-                op.inputs[i] = self._bias(t, data, scales)
+                op.inputs[i] = self._bias(t, self.params.of(data, dtype)[0], scales, rule)
             else:
-                op.inputs[i] = self._constant(t)
+                op.inputs[i] = self._constant(t, dtype)
         version = rule.version
         if op.type == "TRANSPOSE_CONV" and _const(op.inputs, 3):
             version = 3  # with a bias input
         op.opcode = self.model.opcode(
             op.type, max(op.opcode.version, version), op.opcode.custom_code
         )
+        if dtype == "INT16" and op.type in ("ADD", "SUB"):
+            _general_int16_scales(op)
         self.ops.append(op)
-        self._write(op, "INT8")
+        self._write(op, dtype)
 
-    def _weights(self, op: Operator, w: Tensor, rule: Int8Op) -> tuple[Tensor, np.ndarray]:
+    def _weights(self, op: Operator, w: Tensor, rule: IntegerOp) -> tuple[Tensor, np.ndarray]:
         key = ("weights", id(w))
         if key in self.constants:
             q = self.constants[key]
@@ -553,7 +708,7 @@ class _Rewriter:
             "dtype": "INT8",
             "shape": list(w.shape or ()),
             "action": "quantized",
-            "mode": "int8",
+            "mode": self.mode,
             "before": weight_stats(rows),
             "after": weight_stats(q_rows),
             "mse": float(sq_err.sum()) / max(rows.size, 1),
@@ -604,38 +759,52 @@ class _Rewriter:
         self.constants[key] = q
         return q
 
-    def _bias(self, b: Tensor, data: Tensor, w_scales: np.ndarray) -> Tensor:
-        in_scale = self.params[id(data)][0]
-        key = ("bias", id(b), in_scale, w_scales.tobytes())
+    def _bias(self, b: Tensor, in_scale: float, w_scales: np.ndarray, rule: IntegerOp) -> Tensor:
+        """The bias in units of input scale x weight scale, as the rule's dtype."""
+        key = ("bias", id(b), in_scale, w_scales.tobytes(), rule.bias_dtype)
         if key in self.constants:
             return self.constants[key]
         scales = (np.float64(in_scale) * w_scales.astype(np.float64)).astype(np.float32)
         values = b.data.astype(np.float64).reshape(-1)
         if scales.size not in (1, values.size):
             raise TflRewriteError(f"{b.name}: {values.size} biases for {scales.size} channels")
-        stored = np.clip(np.round(values / scales.astype(np.float64)), -INT32_MAX, INT32_MAX)
+        limit, np_type = (INT32_MAX, np.int32)
+        if rule.bias_dtype == "INT64":
+            limit, np_type = (INT64_LIMIT, np.int64)
+        stored = np.clip(np.round(values / scales.astype(np.float64)), -limit, limit)
         quant = Quantization(scales, np.zeros(scales.size, np.int64), axis=0)
-        return self._new_constant(key, b, stored.astype(np.int32).reshape(b.shape), quant)
+        return self._new_constant(key, b, stored.astype(np_type).reshape(b.shape), quant)
 
-    def _constant(self, t: Tensor) -> Tensor:
-        scale, zero = self.params[id(t)]
-        key = ("constant", id(t), scale, zero)
+    def _constant(self, t: Tensor, dtype: str) -> Tensor:
+        scale, zero = self.params.of(t, dtype)
+        key = ("constant", id(t), scale, zero, dtype)
         if key in self.constants:
             return self.constants[key]
-        stored = np.clip(np.round(t.data.astype(np.float64) / scale) + zero, -128, 127)
+        info = np.iinfo(dtype.lower())
+        stored = np.clip(np.round(t.data.astype(np.float64) / scale) + zero, info.min, info.max)
         quant = Quantization(np.array([scale], np.float32), np.array([zero], np.int64))
-        return self._new_constant(key, t, stored.astype(np.int8), quant)
+        return self._new_constant(key, t, stored.astype(info.dtype), quant)
 
     def _new_constant(self, key: tuple, like: Tensor, stored: np.ndarray, quant) -> Tensor:
         """A constant holding `stored`, named and shaped as the float tensor it replaces,
         shared by every op that asks with the same key."""
-        dtype = {np.dtype(np.int8): "INT8", np.dtype(np.int32): "INT32"}[stored.dtype]
+        dtype = stored.dtype.name.upper()
         q = Tensor(
             like.name, dtype, like.shape, buffer=self.model.add_buffer(stored), quantization=quant
         )
         self.sg.tensors.append(q)
         self.constants[key] = q
         return q
+
+
+def _general_int16_scales(op: Operator) -> None:
+    """ADD and SUB options with pot_scale_int16 false: the int16 kernels' general-scale path
+    (the converter's 16x8 mode writes the same; op_version.cc gives these versions 3 and 5
+    only then). An op without options keeps the schema's default, true, with which the
+    kernels still take the general path for scales that are not powers of two."""
+    if op.options is not None and hasattr(op.options, "potScaleInt16"):
+        op.options = copy.copy(op.options)
+        op.options.potScaleInt16 = False
 
 
 def _op_record(op: Operator, action: str, reason: str) -> dict:

@@ -1,9 +1,10 @@
 """Per-layer error: each quantized activation of a rewritten model against its float twin in
 the reference model, on the same inputs, so that a user sees where accuracy goes.
 
-Tensors are matched by name (the quantization pass keeps an activation's name on its int8
-form, and gives boundary twins the suffix `_int8`); the candidate's tensors are dequantized
-with their own parameters. Both models run in LiteRT with their intermediates kept.
+Tensors are matched by name (the quantization pass keeps an activation's name on its integer
+form, and gives boundary twins the suffix `_int8` or `_int16`); the candidate's tensors are
+dequantized with their own parameters. Both models run in LiteRT with their intermediates
+kept.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from tflrewrite import runtime
 from tflrewrite.reports.verify import power_ratio_db
 
-TWIN_SUFFIX = "_int8"
+TWIN_SUFFIXES = ("_int8", "_int16")
 
 
 def layer_errors(
@@ -46,7 +47,9 @@ def layer_errors(
             if d is None or not (d["quantization"][0] or _float(d, quantized_only)):
                 continue
             name = d["name"]
-            twin = ref_index.get(name, ref_index.get(name.removesuffix(TWIN_SUFFIX)))
+            twin = ref_index.get(name)
+            for suffix in TWIN_SUFFIXES:
+                twin = ref_index.get(name.removesuffix(suffix)) if twin is None else twin
             if twin is not None:
                 pairs.append((name, op["op_name"], d, twin))
     signal = np.zeros(len(pairs))

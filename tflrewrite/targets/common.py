@@ -1,12 +1,15 @@
 """What the targets share: the operators that read a weight, the refusals every target
-makes whatever its runtime, and dense storage of sparse constants for runtimes that read
-weights dense."""
+makes whatever its runtime, dense storage of sparse constants for runtimes that read
+weights dense, and the refusal of integer ops a runtime has no kernel for."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 
 from tflrewrite import sparsity
+from tflrewrite.errors import UsageError
 from tflrewrite.model import Model, Operator, Subgraph, Tensor
 from tflrewrite.passes.common import weight_stats
 from tflrewrite.weights import Weight, replace_data
@@ -71,3 +74,23 @@ def _note(si: int, t: Tensor, action: str, reason: str) -> dict:
         "before": stats,
         "after": stats,
     }
+
+
+def refuse_integer_gaps(
+    model: Model, unsupported: Mapping[tuple[str, str], str], name: str
+) -> None:
+    """Refuse (a usage error, one line) a model with an op that reads or writes integer
+    activations of a dtype its runtime has no kernel of that op for: `unsupported` maps
+    (activation dtype, op type) to why."""
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            for t in op.inputs + op.outputs:
+                if t is None or t.is_constant:
+                    continue
+                reason = unsupported.get((t.dtype, op.type))
+                if reason is not None:
+                    raise UsageError(
+                        f"--target {name}: {reason} ({op.type} on {t.dtype} tensor "
+                        f"{t.name!r}); quantize the float model with --target {name}, which "
+                        "keeps such ops float"
+                    )

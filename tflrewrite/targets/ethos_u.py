@@ -22,6 +22,14 @@ more when a few values are frequent. This target therefore runs the recipe's clu
 own way (STEPS): one codebook per weight tensor whatever the granularity asked, each
 channel's scale refitted to it (free on Ethos-U), and values assigned with the codec's code
 lengths in view, never with more weight error than plain tensor clustering.
+
+int16 activations (--quantize int16x8; Vela 5.2 compiled every op of the int16 test model):
+Vela runs 16x8 convolutions, FULLY_CONNECTED, elementwise, pooling, LUT activations and
+memory ops on the NPU. What it leaves to the CPU runs in TFLM, so an op that neither runs
+in int16 stays float (INT16_GAPS: GATHER, which Vela never takes and TFLM has no int16
+kernel for). int16 BATCH_MATMUL (Vela wants int8 there) and int64 biases over 40 bits
+(Vela's constraint_bias_40bit) run on the CPU, and the records say so. A float HARD_SWISH
+makes Vela refuse the whole model, and LiteRT has none in int16: such models are refused.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from tflrewrite.errors import UsageError
 from tflrewrite.kernels import palette as kernels
 from tflrewrite.model import Model, Operator, Quantization, Tensor
 from tflrewrite.passes import cluster as cluster_pass
+from tflrewrite.passes import quantize
 from tflrewrite.passes.common import (
     Data,
     Pass,
@@ -51,6 +60,15 @@ FC = "FULLY_CONNECTED"
 WEIGHT_SUM_LIMIT = 127 * 65536
 BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, FC: 2, "TRANSPOSE_CONV": 3}
 INTEGER_ACTIVATIONS = ("INT8", "INT16")
+# (tflite_supported_operators.py: "Unsupported opType"; tflite-micro's gather.cc refuses int16)
+INT16_GAPS = {
+    ("INT16", "GATHER"): "Vela leaves GATHER to the CPU, and tflite-micro has no int16 GATHER"
+}
+BIAS_BITS = 40  # Vela's limit on int64 bias values
+# Ops whose float input makes Vela 5.2 refuse the whole model ("Does not have valid TFLite
+# Semantics": tflite_model_semantic.py, constraint_input_8bit). LiteRT has no int16
+# HARD_SWISH, so 16x8 keeps it float, and Vela cannot take that model.
+EIGHT_BIT_ONLY = ("HARD_SWISH",)
 
 
 # Extra weight error (squared, as a fraction of plain tensor clustering's) the clustering
@@ -96,6 +114,8 @@ def run(model: Model) -> PassResult:
     per-tensor (re-clustered when they were clustered); report weights Vela runs on the CPU."""
     model = model.copy()
     require_integer(model)
+    common.refuse_integer_gaps(model, INT16_GAPS, "ethos-u")
+    _refuse_float_eight_bit_ops(model)
     records = common.densify(model, VELA_DENSE)
     weights, skipped = find_weights(model)
     records += skipped
@@ -104,6 +124,7 @@ def run(model: Model) -> PassResult:
             records.append(_requantize_record(model, w))
         records += _warnings(w)
     records += _float_operators(model)
+    records += _wide_biases(model)
     return PassResult(model, records)
 
 
@@ -155,6 +176,41 @@ def _float_operators(model: Model) -> list[dict]:
                     }
                 )
     return out
+
+
+def _wide_biases(model: Model) -> list[dict]:
+    """Operators whose int64 bias (16x8) Vela cannot take: it runs them on the CPU."""
+    out = []
+    for si, sg in enumerate(model.subgraphs):
+        for op in sg.operators:
+            slot = BIAS_INPUT.get(op.type)
+            b = op.inputs[slot] if slot is not None and len(op.inputs) > slot else None
+            if b is None or b.dtype != "INT64" or not b.is_constant or not b.data.size:
+                continue
+            if int(np.abs(b.data).max()) >= 2**BIAS_BITS:
+                out.append(
+                    {
+                        "subgraph": si,
+                        "tensor": b.name,
+                        "op": op.type,
+                        "action": "skipped",
+                        "reason": f"int64 bias values over {BIAS_BITS} bits: Vela runs "
+                        f"{op.type} on the CPU",
+                    }
+                )
+    return out
+
+
+def _refuse_float_eight_bit_ops(model: Model) -> None:
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            x = op.inputs[0] if op.inputs else None
+            if op.type in EIGHT_BIT_ONLY and x is not None and x.dtype == "FLOAT32":
+                raise UsageError(
+                    f"--target ethos-u: Vela cannot compile a model whose {op.type} reads "
+                    f"float ({x.name!r}; it must be int8 or uint8), and LiteRT has no int16 "
+                    f"{op.type} for --quantize int16x8 to use: quantize with --quantize int8"
+                )
 
 
 def require_integer(model: Model) -> None:
@@ -373,5 +429,8 @@ def _requantize_record(model: Model, w: Weight) -> dict:
 TARGET = Target(
     name="ethos-u",
     run=run,
-    steps={"cluster": Pass(name="cluster", Options=cluster_pass.Options, run=cluster)},
+    steps={
+        "cluster": Pass(name="cluster", Options=cluster_pass.Options, run=cluster),
+        "quantize": quantize.for_runtime(INT16_GAPS),
+    },
 )

@@ -41,6 +41,10 @@ Each weight gets the smaller of two layouts: one table shared by all channels (s
 or one table per decoder channel (stride = the longest table); the index width is the
 fewest bits that address the longest table. A weight stays dense when it needs more than 7
 bits, or when the encoded form with its graph overhead is not smaller.
+
+int16 activations (--quantize int16x8): TFLM lacks some of the int16 kernels LiteRT has
+(INT16_GAPS). The target's quantize step keeps those ops float; a model that already has
+them in int16 is refused.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import numpy as np
 
 from tflrewrite.kernels import bitpack
 from tflrewrite.model import Model, Operator, Subgraph, Tensor
+from tflrewrite.passes import quantize
 from tflrewrite.passes.common import PassResult, weight_stats
 from tflrewrite.targets import Target, common
 from tflrewrite.weights import Weight, find_weights, record, replace_data
@@ -67,6 +72,19 @@ MAX_BITS = 7  # byte 5 holds the width in 3 bits
 # Weight dtypes this target encodes: those find_weights yields that the decoder's value
 # tables hold (decode_state_lut.cc, Decode: bool, float32, int8, int16, int32, int64).
 TABLE_DTYPES = ("INT8", "FLOAT32")
+
+# The ops of quantize_graph.INT16_OPS that TFLM cannot run with int16 activations, checked
+# by running each in the interpreter of the tflite-micro package above against LiteRT
+# (tests/test_quantize_int16.py); every other op there runs within 80 dB of LiteRT.
+INT16_GAPS = {
+    # kernels/gather.cc: "Type 'INT16' is not supported by gather"
+    ("INT16", "GATHER"): "tflite-micro has no int16 GATHER",
+    # kernels/resize_bilinear.cc: "Output type is 7, requires float or int8"
+    ("INT16", "RESIZE_BILINEAR"): "tflite-micro has no int16 RESIZE_BILINEAR",
+    # It runs, but clamps without rescaling from the input's scale to the output's: 8 dB
+    # against LiteRT on the test model.
+    ("INT16", "RELU6"): "tflite-micro's int16 RELU6 ignores the output scale",
+}
 
 # Flatbuffer bytes the graph edit costs beyond the encoded and ancillary data, measured on
 # written models (tests/test_target_tflm.py checks the bound) so that a weight is encoded
@@ -105,6 +123,7 @@ class Lut:
 
 
 def run(model: Model) -> PassResult:
+    common.refuse_integer_gaps(model, INT16_GAPS, "tflm")
     model = model.copy()
     records = common.densify(model, "TFLite Micro has no DENSIFY kernel")
     weights, skipped = find_weights(model)
@@ -141,7 +160,7 @@ def estimate_bytes(
     lookup tables: the smaller layout (one shared table, or a table per channel where the
     decoder splits `w` by quantization channel), or dense when it needs more than
     MAX_BITS index bits."""
-    quantized = w.tensor.dtype == "INT8" or quantize_mode in ("int8", "int8-weights")
+    quantized = w.tensor.dtype == "INT8" or quantize_mode in ("int8", "int16x8", "int8-weights")
     channels = stored[0] if stored.shape[0] == 1 else stored[:, 0, :]
     n = stored.size
     best = stored.nbytes
@@ -376,4 +395,10 @@ def place_decodes(sg: Subgraph, decodes: dict[int, Operator]) -> None:
     sg.operators = ordered
 
 
-TARGET = Target(name="tflm", run=run, estimate_bytes=estimate_bytes, bytes_hint="")
+TARGET = Target(
+    name="tflm",
+    run=run,
+    steps={"quantize": quantize.for_runtime(INT16_GAPS)},
+    estimate_bytes=estimate_bytes,
+    bytes_hint="",
+)
