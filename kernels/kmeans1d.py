@@ -8,13 +8,20 @@ k-medians and Bregman divergence clustering in 1D"), and the previous layer's ar
 it from below (Knuth). A layer costs O(m log m) for m distinct points; memory is
 O(m) float64 work arrays plus a k x m int32 argmin table for the backtrack.
 
+int8 units (`cluster_int8_rows`, `cluster_int8`) are clustered by their own DP
+(`_int_dp`): the centroids written are integers, and a cluster's best integer centroid
+is its rounded mean (or +-1 where zero is reserved), so the DP's segment cost is the error
+around that integer, not around the mean. That cost keeps the quadrangle inequality (see
+`_int_dp`), so the same divide and conquer applies, in int64, exactly.
+
 Exactness of the twins in tests/twins.py: `kmeans_1d_bruteforce` is the full O(k m^2) DP and
-reaches the same cost. The row twins (`cluster_int8_rows_numpy`, `cluster_float_rows_numpy`)
-must match bit for bit, so they run the same float64 operations in the same order
-(sequential prefix sums, `np.cumsum` in numpy) and the same search (`_np_dc_starts`): when
-two partitions tie exactly, rounding can make the computed argmin non-monotone by an ulp,
-and then a full scan and the divide and conquer return different, equally optimal,
-partitions.
+reaches the same cost. The float row twin (`cluster_float_rows_numpy`) must match bit for
+bit, so it runs the same float64 operations in the same order (sequential prefix sums,
+`np.cumsum` in numpy) and the same search (`_np_dc_starts`): when two partitions tie
+exactly, rounding can make the computed argmin non-monotone by an ulp, and then a full scan
+and the divide and conquer return different, equally optimal, partitions. The int8 twin
+(`cluster_int8_rows_numpy`) is the full scan over the same integer costs, leftmost argmin:
+with exact costs the monotone leftmost argmins make both searches find the same split.
 """
 
 from __future__ import annotations
@@ -179,13 +186,20 @@ def _workspace(m: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
 
 def _int8_scratch(k: int) -> tuple[np.ndarray, ...]:
-    """(x, w, level, lut, f, arg, stack, starts): _int8_lut's scratch."""
+    """(level, count, x, w, lut, p, f, layers, arg, stack, starts): _int8_lut's scratch."""
+    f, arg, stack, starts = _workspace(256, k)
     return (
-        np.empty(256),
-        np.empty(256),
         np.empty(256, np.int64),
+        np.empty(256, np.int64),
+        np.empty(256),  # the levels and counts again, in float64 for _dp_core
+        np.empty(256),
         np.empty(256, np.int8),
-        *_workspace(256, k),
+        np.empty((3, 257), np.int64),  # prefix sums of count, count * level, count * level^2
+        f,
+        np.empty((2, 257), np.int64),  # the previous and the current layer of _int_dp
+        arg,
+        stack,
+        np.empty((2, starts.size), np.int64),  # the clusters' starts: _dp_core's, _int_dp's
     )
 
 
@@ -280,23 +294,184 @@ def optimal_kmeans_1d(
 
 @jit
 def _round_mean_int(s1, s0):
-    """round(s1 / s0) with ties away from zero, exactly, in integers (s0 > 0)."""
+    """round(s1 / s0) with ties away from zero, exactly (s0 > 0, |s1| <= 128 s0).
+
+    In float64 while s0 < 2^40, a third of the time of integer division: |s1| / s0 is then
+    within 2^-46 of the true quotient and adding 0.5 within 2^-46 more, while a quotient
+    that is not a half-integer lies at least 1 / (2 s0) > 2^-41 from one, so the floor is
+    exact, and a half-integer quotient is exact in float64.
+    """
+    if s0 < 2**40:
+        r = np.int64(np.floor(abs(s1) / s0 + 0.5))
+        return r if s1 >= 0 else -r
     if s1 >= 0:
         return (2 * s1 + s0) // (2 * s0)
     return -((-2 * s1 + s0) // (2 * s0))
 
 
 @jit
-def _int8_lut(hist, k, keep_zero, x, w, level, lut, f, arg, stack, starts):
+def _int_centroid(s1, s0, keep_zero):
+    """The integer with the least squared error to s0 integer points summing to s1; with
+    keep_zero, the best nonzero one.
+
+    The error s2 - 2 c s1 + c^2 s0 is a parabola in c with its vertex at the mean s1 / s0,
+    so the nearest integer to the mean is best (at a tie of .5 both neighbours cost the
+    same; this takes the one away from zero). With 0 excluded and the mean rounding to 0
+    (|mean| <= 1/2), the nearer of +-1 is best: +1 for a mean >= 0. The mean of int8
+    levels rounds into int8.
+    """
+    c = _round_mean_int(s1, s0)
+    if keep_zero and c == 0:
+        c = 1 if s1 >= 0 else -1
+    return c
+
+
+@jit
+def _int_cost(p, i, j, keep_zero):
+    """Squared error of the levels [i, j) around their best integer centroid, from the
+    prefix sums p of count, count * level and count * level^2 (exact integers)."""
+    s0 = p[0, j] - p[0, i]
+    s1 = p[1, j] - p[1, i]
+    c = _int_centroid(s1, s0, keep_zero)
+    return (p[2, j] - p[2, i]) - 2 * c * s1 + c * c * s0
+
+
+@jit
+def _int_dc_layer(p, keep_zero, dprev, dcur, arg, prev_arg, jlo, jhi, ilo, stack):
+    """`_dc_layer` with `_int_cost`: dcur[j] = min_i dprev[i] + cost(i, j), leftmost argmin."""
+    p0, p1, p2 = p[0], p[1], p[2]
+    stack[0, 0] = jlo
+    stack[0, 1] = jhi
+    stack[0, 2] = ilo
+    stack[0, 3] = jhi - 1
+    top = 1
+    while top > 0:
+        top -= 1
+        a = stack[top, 0]
+        b = stack[top, 1]
+        olo = stack[top, 2]
+        ohi = stack[top, 3]
+        mid = (a + b) // 2
+        hi = min(ohi, mid - 1)
+        lo = max(olo, min(prev_arg[min(mid, jhi - 1)], hi))
+        q0 = p0[mid]
+        q1 = p1[mid]
+        q2 = p2[mid]
+        best = dprev[lo] + _int_cost(p, lo, mid, keep_zero)
+        bi = lo
+        for i in range(lo + 1, hi + 1):
+            s0 = q0 - p0[i]
+            s1 = q1 - p1[i]
+            c = _int_centroid(s1, s0, keep_zero)
+            v = dprev[i] + (q2 - p2[i]) - (2 * c * s1 - c * c * s0)  # _int_cost(p, i, mid, ...)
+            if v < best:
+                best = v
+                bi = i
+        dcur[mid] = best
+        arg[mid] = bi
+        if a < mid:
+            stack[top, 0] = a
+            stack[top, 1] = mid - 1
+            stack[top, 2] = olo
+            stack[top, 3] = bi
+            top += 1
+        if mid < b:
+            stack[top, 0] = mid + 1
+            stack[top, 1] = b
+            stack[top, 2] = bi
+            stack[top, 3] = ohi
+            top += 1
+
+
+@jit
+def _int_dp(level, count, m, k, keep_zero, p, layers, arg, stack, starts):
+    """Least squared error split of m sorted distinct integer levels (weights `count`) into
+    kk = min(k, m) contiguous clusters, each at its best integer centroid (`_int_centroid`).
+
+    Writes the first level of each cluster to starts[:kk], the prefix sums of count,
+    count * level and count * level^2 to p, and returns kk. Nearest-centroid assignment
+    makes an optimal clustering contiguous, and splitting a cluster never costs more, so
+    the least cost over these splits is the least over every assignment of the levels to
+    at most k integer centroids (nonzero with keep_zero). Every cost is an integer, exact
+    in int64. The search is `_dp_core`'s: the cost keeps the quadrangle inequality
+    cost(a, c) + cost(b, d) <= cost(a, d) + cost(b, c) for a < b < c < d, because a
+    cluster's best integer centroid lies within its levels' range (the mean of integers
+    rounds, or goes to +-1, inside it): with x the centroid of [a, d) and y that of
+    [b, c), say x <= y, y <= every level of [c, d), which is then no farther from y than
+    from x, so [a, c) around x and [b, d) around y cost no more than the right side (the
+    other case mirrors on [a, b)). So the leftmost argmins are monotone and the divide
+    and conquer with Knuth's bound finds the same split as a full scan (tests/twins.py's
+    twin is one; the tests compare them exactly).
+    """
+    p[0, 0] = 0
+    p[1, 0] = 0
+    p[2, 0] = 0
+    for t in range(m):
+        h = count[t]
+        v = level[t]
+        p[0, t + 1] = p[0, t] + h
+        p[1, t + 1] = p[1, t] + h * v
+        p[2, t + 1] = p[2, t] + h * v * v
+    kk = min(k, m)
+    if kk == m:
+        for t in range(m):
+            starts[t] = t
+        return kk
+    dprev, dcur = layers[0], layers[1]
+    # Layer c (c clusters) is needed only for j in [c, m - kk + c]; layer 1's argmin is 0.
+    for j in range(1, m - kk + 2):
+        dprev[j] = _int_cost(p, 0, j, keep_zero)
+        arg[0, j] = 0
+    for c in range(2, kk + 1):
+        if c < kk:
+            _int_dc_layer(
+                p, keep_zero, dprev, dcur, arg[c - 1], arg[c - 2], c, m - kk + c, c - 1, stack
+            )
+            dprev, dcur = dcur, dprev
+        else:  # the last layer needs j = m only
+            lo = max(c - 1, arg[c - 2, m - 1])
+            best = dprev[lo] + _int_cost(p, lo, m, keep_zero)
+            bi = lo
+            for i in range(lo + 1, m):
+                v = dprev[i] + _int_cost(p, i, m, keep_zero)
+                if v < best:
+                    best = v
+                    bi = i
+            arg[c - 1, m] = bi
+    j = m
+    for c in range(kk, 1, -1):
+        j = arg[c - 1, j]
+        starts[c - 1] = j
+    starts[0] = 0
+    return kk
+
+
+@jit
+def _split_cost(p, starts, kk, m, keep_zero):
+    """`_int_cost` summed over the kk clusters that start at starts[:kk] (of m levels)."""
+    total = 0
+    for c in range(kk):
+        total += _int_cost(p, starts[c], starts[c + 1] if c + 1 < kk else m, keep_zero)
+    return total
+
+
+@jit
+def _int8_lut(hist, k, keep_zero, level, count, x, w, lut, p, f, layers, arg, stack, starts):
     """Into lut (256 int8, indexed by value + 128): the centroid each int8 value of a unit
-    with histogram `hist` goes to. The other arguments are scratch."""
+    with histogram `hist` goes to. The other arguments are scratch.
+
+    The split is `_int_dp`'s unless the float optimum's (`_dp_core`) has as little error
+    in integers: integer errors often tie, and among tied splits this one has the least
+    error before rounding (it is also what this module wrote before it had `_int_dp`).
+    """
     zero_alone = keep_zero and hist[128] > 0
     m = 0
     for b in range(256):
         if hist[b] > 0 and not (zero_alone and b == 128):
+            level[m] = b - 128
+            count[m] = hist[b]
             x[m] = b - 128
             w[m] = hist[b]
-            level[m] = b - 128
             m += 1
     kr = k - 1 if zero_alone else k
     lut[128] = 0
@@ -304,27 +479,25 @@ def _int8_lut(hist, k, keep_zero, x, w, level, lut, f, arg, stack, starts):
         for t in range(m):  # k == 1 with zeros kept: the zero cluster is the only one
             lut[level[t] + 128] = 0
     elif m > 0:
-        kk, _ = _dp_core(x, w, m, kr, f, arg, stack, starts)
+        kk = _int_dp(level, count, m, kr, keep_zero, p, layers, arg, stack, starts[1])
+        exact = _split_cost(p, starts[1], kk, m, keep_zero)
+        _dp_core(x, w, m, kr, f, arg, stack, starts[0])
+        pick = 1 if exact < _split_cost(p, starts[0], kk, m, keep_zero) else 0
         for c in range(kk):
-            a = starts[c]
-            b = starts[c + 1] if c + 1 < kk else m
-            s0 = 0
-            s1 = 0
-            for t in range(a, b):
-                s0 += hist[level[t] + 128]
-                s1 += hist[level[t] + 128] * level[t]
-            cent = min(max(_round_mean_int(s1, s0), -128), 127)
-            if keep_zero and cent == 0:
-                cent = 1 if s1 >= 0 else -1  # the nearer of +-1: zeros stay exactly as many
+            a = starts[pick, c]
+            b = starts[pick, c + 1] if c + 1 < kk else m
+            cent = _int_centroid(p[1, b] - p[1, a], p[0, b] - p[0, a], keep_zero)
             for t in range(a, b):
                 lut[level[t] + 128] = cent
 
 
 @jit
-def _cluster_int8_rows_kernel(q, hists, k, keep_zero, out, x, w, level, lut, f, arg, stack, starts):
+def _cluster_int8_rows_kernel(
+    q, hists, k, keep_zero, out, level, count, x, w, lut, p, f, layers, arg, stack, starts
+):
     rows, n = q.shape
     for r in range(rows):
-        _int8_lut(hists[r], k, keep_zero, x, w, level, lut, f, arg, stack, starts)
+        _int8_lut(hists[r], k, keep_zero, level, count, x, w, lut, p, f, layers, arg, stack, starts)
         for t in range(n):
             out[r, t] = lut[np.int64(q[r, t]) + 128]
 
@@ -343,11 +516,14 @@ def _cluster_int8_kernel(
     seen,
     total,
     used,
+    level,
+    count,
     x,
     w,
-    level,
     lut,
+    p,
     f,
+    layers,
     arg,
     stack,
     starts,
@@ -357,10 +533,12 @@ def _cluster_int8_kernel(
         for r in range(rows):
             for b in range(256):
                 total[b] += hists[r, b]
-        _int8_lut(total, k, keep_zero, x, w, level, lut, f, arg, stack, starts)
+        _int8_lut(total, k, keep_zero, level, count, x, w, lut, p, f, layers, arg, stack, starts)
     for r in range(rows):
         if per_row:
-            _int8_lut(hists[r], k, keep_zero, x, w, level, lut, f, arg, stack, starts)
+            _int8_lut(
+                hists[r], k, keep_zero, level, count, x, w, lut, p, f, layers, arg, stack, starts
+            )
         for t in range(n):
             out[r, t] = lut[np.int64(q[r, t]) + 128]
         # The row's statistics after clustering, from its histogram: lut maps every
@@ -400,9 +578,11 @@ def cluster_int8_rows(q: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
     Each row is clustered on its histogram of the 256 levels. When keep_zero is set and the
     row holds zeros, zero is a cluster of its own and the other levels share k - 1 clusters
     (so with k == 1 the whole row becomes zero); otherwise all levels share k. Centroids are
-    weighted means rounded half away from zero. With keep_zero, a cluster of nonzero values
-    whose mean rounds to 0 takes the nearer of +1 and -1 instead, so clustering never adds
-    zeros: the zero set (and so the sparsity pruning chose) comes out exactly as it went in.
+    integers, and the clustering has the least squared error of any with at most k integer
+    centroids: each cluster's is its weighted mean rounded half away from zero. With
+    keep_zero no centroid but the zero cluster's is 0 (a cluster of nonzero values whose
+    mean rounds to 0 takes the nearer of +1 and -1), so clustering never adds zeros: the
+    zero set (and so the sparsity pruning chose) comes out exactly as it went in.
 
     Returns:
         A new int8 array of q's shape with at most k distinct values per row.

@@ -1,5 +1,6 @@
-"""Exact 1-D k-means: optimal against brute force, exhaustive search and scikit-learn; the row
-clusterers equal their numpy twins exactly; Lloyd never beats the optimum."""
+"""Exact 1-D k-means: optimal against brute force, exhaustive search and scikit-learn; int8
+clustering optimal over integer centroids against brute force; the row clusterers equal their
+numpy twins exactly; Lloyd never beats the optimum."""
 
 from __future__ import annotations
 
@@ -235,6 +236,118 @@ def test_int8_centroids_are_rounded_means_half_away_from_zero():
 def test_int8_k1_with_zeros_kept_zeroes_the_row():
     q = np.array([[0, 5, -7, 9], [4, 5, 6, 6]], np.int8)
     assert km.cluster_int8_rows(q, 1, True).tolist() == [[0, 0, 0, 0], [5, 5, 5, 5]]
+
+
+def best_integer_centroid(v: np.ndarray, keep_zero: bool) -> int:
+    """The integer (nonzero with keep_zero) with the least squared error to v, by search."""
+    cands = [c for c in range(int(v.min()), int(v.max()) + 1) if not (keep_zero and c == 0)]
+    return min(cands, key=lambda c: int(np.sum((v - c) ** 2)))
+
+
+def partition_cost(values: np.ndarray, k: int, keep_zero: bool) -> int:
+    """Least error over every split of the sorted distinct values into at most k contiguous
+    runs, each run at its best integer centroid."""
+    xs = np.unique(values)
+    best = None
+    for kk in range(1, min(k, xs.size) + 1):
+        for cuts in itertools.combinations(range(1, xs.size), kk - 1):
+            cost = 0
+            for run in np.split(xs, cuts):
+                v = values[(values >= run[0]) & (values <= run[-1])]
+                cost += int(np.sum((v - best_integer_centroid(v, keep_zero)) ** 2))
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+def centroid_set_cost(values: np.ndarray, k: int, keep_zero: bool) -> int:
+    """Least error over every set of at most k integer centroids in the values' range
+    (nonzero ones with keep_zero), each value at its nearest: no contiguity assumed."""
+    span = range(int(values.min()), int(values.max()) + 1)
+    cands = [c for c in span if not (keep_zero and c == 0)]
+    best = None
+    for kk in range(1, min(k, len(cands)) + 1):
+        for cs in itertools.combinations(cands, kk):
+            d = (values[:, None] - np.array(cs)[None, :]) ** 2
+            cost = int(d.min(axis=1).sum())
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+small_int8_rows = st.tuples(
+    st.lists(st.integers(-7, 7), min_size=1, max_size=12),
+    st.integers(1, 5),
+    st.booleans(),
+    st.sampled_from([1, 3, 17]),  # spreads the levels out, up to the int8 range
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(small_int8_rows)
+def test_int8_rows_are_optimal_over_integer_centroids(case):
+    raw, k, keep_zero, spread = case
+    row = np.clip(np.array(raw) * spread, -128, 127).astype(np.int8)
+    out = km.cluster_int8_rows(row[None], k, keep_zero)[0]
+    np.testing.assert_array_equal(out, twins.cluster_int8_rows_numpy(row[None], k, keep_zero)[0])
+    error = int(np.sum((row.astype(int) - out) ** 2))
+    values = row.astype(int)
+    kr = k
+    if keep_zero and (values == 0).any():  # zeros stay, the rest share k - 1 clusters
+        values, kr = values[values != 0], k - 1
+    if values.size == 0 or kr == 0:
+        assert error == int(np.sum(values**2))
+        return
+    assert error == partition_cost(values, kr, keep_zero)
+    if spread == 1:  # few candidate centroids: the search over every set of them is small
+        assert error == centroid_set_cost(values, kr, keep_zero)
+
+
+def int_dp_split(row: np.ndarray, k: int, keep_zero: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(the kernel's `_int_dp` split, the twin's full scan's) of a row's levels (less zero
+    with keep_zero)."""
+    levels, counts = np.unique(row.astype(np.int64), return_counts=True)
+    if keep_zero:
+        levels, counts = levels[levels != 0], counts[levels != 0]
+    level, count, _, _, _, p, _, layers, arg, stack, starts = km._int8_scratch(k)
+    level[: levels.size], count[: levels.size] = levels, counts
+    kk = km._int_dp(level, count, levels.size, k, keep_zero, p, layers, arg, stack, starts[1])
+    return starts[1, :kk], twins._np_int8_starts(levels, counts, k, keep_zero)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.integers(-128, 127), min_size=1, max_size=400),
+    st.integers(1, 24),
+    st.booleans(),
+)
+def test_int8_search_equals_the_full_scan_twin(raw, k, keep_zero):
+    # The kernel's divide and conquer finds the twin's full O(k m^2) scan's split (the
+    # integer cost keeps the quadrangle inequality), and the rows come out the same.
+    q = np.array(raw, np.int8)[None]
+    if np.any(q != 0) or not keep_zero:
+        np.testing.assert_array_equal(*int_dp_split(q[0], k, keep_zero))
+    np.testing.assert_array_equal(
+        km.cluster_int8_rows(q, k, keep_zero), twins.cluster_int8_rows_numpy(q, k, keep_zero)
+    )
+
+
+@pytest.mark.parametrize("keep_zero", [False, True])
+def test_int8_search_equals_the_full_scan_on_ties(keep_zero):
+    # Symmetric and repeated rows tie exactly between splits: both take the leftmost.
+    for q in int8_cases():
+        for row in q:
+            for k in (2, 3, 5, 8, 16):
+                if np.any(row != 0) or not keep_zero:
+                    np.testing.assert_array_equal(*int_dp_split(row, k, keep_zero))
+
+
+def test_int8_integer_centroids_beat_rounding_the_float_optimum():
+    # The float optimum for 3 clusters is [-6] [-2 -1 1 1 2] [5 6] (means -6, 0.2, 5.5):
+    # with zero reserved its middle run goes to +1 and the row costs 0 + 14 + 1 = 15.
+    # With integer centroids [-6 -2] [-1 1 1 2] [5 6] at -4, 1, 6 cost 8 + 5 + 1 = 14.
+    row = np.array([[1, 2, 1, -6, 6, -2, -1, 5]], np.int8)
+    out = km.cluster_int8_rows(row, 3, True)
+    assert out.tolist() == [[1, 1, 1, -4, 6, -4, 1, 6]]
+    assert partition_cost(row[0].astype(int), 3, True) == 14
 
 
 def test_twin_search_is_optimal_on_int8_histograms():

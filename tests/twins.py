@@ -168,12 +168,50 @@ def cluster_int8_numpy(
     return out, sq, (np.count_nonzero(out == 0, axis=1), distinct, int(np.unique(out).size))
 
 
-def _round_half_away(s1: int, s0: int) -> int:
-    return (2 * s1 + s0) // (2 * s0) if s1 >= 0 else -((-2 * s1 + s0) // (2 * s0))
+def _round_half_away(s1, s0):
+    """round(s1 / s0), ties away from zero, in integers (elementwise on int64 arrays too)."""
+    up = (2 * np.abs(s1) + s0) // (2 * s0)
+    return np.where(s1 >= 0, up, -up)
+
+
+def _np_int_centroids(s1, s0, keep_zero: bool):
+    """`kmeans1d._int_centroid` of int64 arrays: the rounded mean, nonzero with keep_zero."""
+    c = _round_half_away(s1, s0)
+    return np.where(c == 0, np.where(s1 >= 0, 1, -1), c) if keep_zero else c
+
+
+def _np_int8_starts(levels: np.ndarray, counts: np.ndarray, k: int, keep_zero: bool):
+    """`kmeans1d._int_dp` in numpy: the full DP over every (i, j) with the rounded-centroid
+    cost, leftmost argmin. Costs are integers below 2^53, so float64 (for inf) is exact."""
+    m = levels.size
+    kk = min(k, m)
+    if kk == m:
+        return np.arange(m)
+    zero = np.zeros(1, np.int64)
+    p0, p1, p2 = (np.concatenate([zero, np.cumsum(counts * levels**e)]) for e in (0, 1, 2))
+    i, j = np.triu_indices(m + 1, 1)
+    s0, s1 = p0[j] - p0[i], p1[j] - p1[i]
+    c = _np_int_centroids(s1, s0, keep_zero)
+    cost = np.full((m + 1, m + 1), np.inf)  # cost[i, j] of levels [i, j); inf where i >= j
+    cost[i, j] = (p2[j] - p2[i]) - 2 * c * s1 + c * c * s0
+    d = cost[0].copy()
+    args = np.zeros((kk, m + 1), np.int64)
+    for layer in range(2, kk + 1):
+        cand = d[:, None] + cost  # cand[i, j]
+        cand[: layer - 1] = np.inf
+        args[layer - 1] = np.argmin(cand, axis=0)  # first (leftmost) minimum
+        d = cand[args[layer - 1], np.arange(m + 1)]
+    starts = np.zeros(kk, np.int64)
+    jj = m
+    for layer in range(kk, 1, -1):
+        jj = args[layer - 1, jj]
+        starts[layer - 1] = jj
+    return starts
 
 
 def cluster_int8_rows_numpy(q: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
-    """Plain numpy twin of `kmeans1d.cluster_int8_rows` (the same search, see `_np_dc_starts`)."""
+    """Plain numpy twin of `kmeans1d.cluster_int8_rows`: the full integer-cost DP's clusters
+    where they have less error than the float optimum's (`_np_dc_starts`), else those."""
     kmeans1d._check_rows(q, "int8")
     k = kmeans1d._check_k(k)
     out = np.empty_like(q)
@@ -185,15 +223,22 @@ def cluster_int8_rows_numpy(q: np.ndarray, k: int, keep_zero: bool) -> np.ndarra
             keep = levels != 0
             levels, counts, kr = levels[keep], counts[keep], k - 1
         if levels.size and kr > 0:
-            starts = _np_dc_starts(levels.astype(np.float64), counts.astype(np.float64), kr)
-            for a, b in zip(starts, np.append(starts[1:], levels.size)):
-                s1 = int(np.dot(counts[a:b], levels[a:b]))
-                cent = min(max(_round_half_away(s1, int(counts[a:b].sum())), -128), 127)
-                if keep_zero and cent == 0:
-                    cent = 1 if s1 >= 0 else -1
-                lut[levels[a:b] + 128] = cent
+            exact = _np_int8_starts(levels, counts, kr, keep_zero)
+            rounded = _np_dc_starts(levels.astype(np.float64), counts.astype(np.float64), kr)
+            errors = [_np_int8_split(levels, counts, s, keep_zero)[1] for s in (exact, rounded)]
+            starts = exact if errors[0] < errors[1] else rounded  # ties keep the float optimum
+            lut[levels + 128] = _np_int8_split(levels, counts, starts, keep_zero)[0]
         out[r] = lut[row.astype(np.int64) + 128]
     return out
+
+
+def _np_int8_split(levels, counts, starts, keep_zero: bool) -> tuple[np.ndarray, int]:
+    """(each level's centroid, squared error) of the levels split into runs at starts."""
+    cent = np.empty(levels.size, np.int64)
+    for a, b in zip(starts, np.append(starts[1:], levels.size)):
+        s1 = np.dot(counts[a:b], levels[a:b])
+        cent[a:b] = _np_int_centroids(s1, counts[a:b].sum(), keep_zero)
+    return cent, int(np.sum(counts * (levels - cent) ** 2))
 
 
 def cluster_float_rows_numpy(x: np.ndarray, k: int, keep_zero: bool) -> np.ndarray:
