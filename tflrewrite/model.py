@@ -345,6 +345,28 @@ class Model:
         return used
 
 
+def release_pages(values: np.ndarray) -> None:
+    """Let the pages of a memory-mapped file that hold `values` go from this process's
+    memory: they stay in the page cache and come back on the next touch, so nothing reads
+    differently, but a pass that has replaced a big weight no longer holds the input's
+    copy resident beside its own (on a 2.5 GB model, weight-only int8 peaked at 1.31x the
+    input without this). Arrays not in a mapped file are left alone."""
+    import mmap
+
+    root, base = values, values.base
+    while isinstance(base, np.ndarray):
+        root, base = base, base.base
+    mapped = base.obj if isinstance(base, memoryview) else base
+    if not isinstance(mapped, mmap.mmap) or mapped.closed:
+        return
+    offset = values.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    page = mmap.PAGESIZE
+    start = -(-offset // page) * page  # whole pages inside the values only
+    end = (offset + values.nbytes) // page * page
+    if end > start:
+        mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+
 def _prod(shape: tuple[int, ...]) -> int:
     n = 1
     for d in shape:

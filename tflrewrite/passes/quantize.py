@@ -29,7 +29,7 @@ from tflrewrite import calibrate
 from tflrewrite.errors import UsageError
 from tflrewrite.kernels import quantize as kernels
 from tflrewrite.kernels import stats
-from tflrewrite.model import Model, Opcode, Operator, Quantization, Tensor
+from tflrewrite.model import Model, Opcode, Operator, Quantization, Tensor, release_pages
 from tflrewrite.passes import quantize_graph
 from tflrewrite.passes.common import (
     Data,
@@ -159,6 +159,12 @@ def _edit(item: tuple) -> tuple:
     w, opts = item
     rows = np.ascontiguousarray(w.channels(w.tensor.data))
     before = stats_of(w)
+    edit = _quantized(w, opts, rows, before)
+    release_pages(w.tensor.data)  # done with the input's values: the edit replaces them
+    return edit
+
+
+def _quantized(w: Weight, opts: Options, rows: np.ndarray, before: dict) -> tuple:
     if opts.mode == "int8-weights":
         q_rows, scales, sq_err = kernels.symmetric_int8_rows(rows)
         quant = Quantization(
