@@ -34,6 +34,7 @@ LAYERS = {
     "tflrewrite.rewrite": "plan",
     "tflrewrite.budget": "plan",
     "tflrewrite.explore": "plan",
+    "tflrewrite.fanout": "plan",
     "tflrewrite.cli": "face",
     "tflrewrite.__main__": "face",
     "tflrewrite.finetune": "face",

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-from tflrewrite.cli.common import Parser, formatter, size, write_json
+from tflrewrite.cli.common import Parser, expand_models, formatter, positive, size, write_json
 from tflrewrite.errors import TflRewriteError
 from tflrewrite.reports.text import clip, fmt, print_table, ratio
 
@@ -22,7 +22,9 @@ def parser() -> argparse.ArgumentParser:
         "distinct values in one output channel.\nsizes take suffixes: 200k = 200,000, "
         "64KiB = 65,536, 1.5M, 2MiB.\nexit 1 when a model is over a budget.",
     )
-    p.add_argument("models", metavar="MODEL", nargs="+", help=".tflite files to audit")
+    p.add_argument(
+        "models", metavar="MODEL", nargs="+", help=".tflite files to audit, or folders of them"
+    )
     p.add_argument(
         "--json",
         metavar="FILE|-",
@@ -47,6 +49,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="Vela's accelerator configuration (default: ethos-u55-128; implies --vela)",
     )
+    p.add_argument(
+        "--jobs",
+        metavar="N",
+        type=positive,
+        default=1,
+        help="audit N models at a time, each in a process of its own (default: 1)",
+    )
     return p
 
 
@@ -54,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from tflrewrite import reader
     from tflrewrite.reports import audit
 
-    if args.compare and len(args.models) != 2:
+    models = expand_models(args.models)
+    if args.compare and len(models) != 2:
         raise TflRewriteError("audit: --compare takes exactly two models (before, after)")
     accelerator = None
     if args.vela or args.accelerator:
@@ -62,12 +72,15 @@ def run(args: argparse.Namespace) -> int:
 
         accelerator = args.accelerator or vela.DEFAULT_ACCELERATOR
         vela.require(accelerator)
-    results = []
-    for path in args.models:
-        model = reader.read(path)
-        with open(path, "rb") as f:
-            results.append(audit.audit(model, path, f.read()))
-    npu = [vela.compile_report(r.file, accelerator) for r in results] if accelerator else []
+    if args.jobs > 1 and len(models) > 1:
+        results, npu = _audit_in_parallel(models, accelerator, args.jobs)
+    else:
+        results = []
+        for path in models:
+            model = reader.read(path)
+            with open(path, "rb") as f:
+                results.append(audit.audit(model, path, f.read()))
+        npu = [vela.compile_report(r.file, accelerator) for r in results] if accelerator else []
     if args.json:
         docs = [r.to_json() for r in results]
         for doc, v in zip(docs, npu):
@@ -88,6 +101,36 @@ def run(args: argparse.Namespace) -> int:
     if any(v.error for v in npu):
         return 2
     return 1 if failed else 0
+
+
+def _audit_in_parallel(
+    models: list[str], accelerator: str | None, workers: int
+) -> tuple[list[Any], list[Any]]:
+    """The audits (and Vela's reports) of `models`, `workers` processes at a time; the
+    first model that cannot be audited is refused, as it is one model at a time."""
+    from tflrewrite import fanout
+
+    outcomes = fanout.run(_audit_one, [(p, accelerator) for p in models], workers=workers)
+    for outcome in outcomes:
+        if isinstance(outcome, fanout.Failed):
+            raise TflRewriteError(outcome.reason)
+    results = [a for a, _ in outcomes]
+    return results, [v for _, v in outcomes] if accelerator else []
+
+
+def _audit_one(path: str, accelerator: str | None) -> tuple[Any, Any]:
+    """One model's audit and, with `accelerator`, Vela's report: what a worker runs."""
+    from tflrewrite import reader
+    from tflrewrite.reports import audit
+
+    model = reader.read(path)
+    with open(path, "rb") as f:
+        result = audit.audit(model, path, f.read())
+    if accelerator is None:
+        return result, None
+    from tflrewrite.reports import vela
+
+    return result, vela.compile_report(path, accelerator)
 
 
 def _over_budget(results: list[Any], max_bytes: int | None, max_zip_bytes: int | None) -> bool:
