@@ -6,6 +6,7 @@ Chromium. Also the fleets: several models or a folder for explore, rewrite and a
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
@@ -319,3 +320,22 @@ def test_audit_takes_a_folder_and_jobs(fleet, capsys):
     assert main(["audit", str(fleet), "--jobs", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "c.tflite" in err[0]
+
+
+def test_progress_is_a_line_per_finished_candidate_on_a_terminal_only():
+    from tflrewrite.progress import Lines
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    shown, piped = Terminal(), io.StringIO()
+    for stream in (shown, piped):
+        lines = Lines("explore:", 2, stream)
+        lines("int8: 1 zipped byte")
+        lines("float16: failed")
+    assert shown.getvalue().splitlines() == [
+        "explore: [1/2] int8: 1 zipped byte",
+        "explore: [2/2] float16: failed",
+    ]
+    assert piped.getvalue() == ""
