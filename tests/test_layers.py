@@ -36,6 +36,7 @@ LAYERS = {
     "tflrewrite.api": "plan",
     "tflrewrite.budget": "plan",
     "tflrewrite.explore": "plan",
+    "tflrewrite.fanout": "plan",
     "tflrewrite.cli": "face",
     "tflrewrite.__main__": "face",
     "tflrewrite.finetune": "face",

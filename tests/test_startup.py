@@ -141,8 +141,10 @@ def test_zip_size_soon_gives_zip_size_or_none(example_model, tmp_path):
 
 
 # What Numba imports only to look, or for kernels that allocate arrays themselves (numpy 1.x
-# imports numpy.ma itself); and matplotlib, which only --html draws with.
-NOT_LOADED = ("numba.np.arrayobj", "scipy", "yaml", "matplotlib") + (
+# imports numpy.ma itself); matplotlib, which only --html draws with; and explore's machinery
+# and Ray, which only explore, several models and --ray use.
+EXPLORE_ONLY = ("tflrewrite.explore", "tflrewrite.fanout", "ray")
+NOT_LOADED = ("numba.np.arrayobj", "scipy", "yaml", "matplotlib", *EXPLORE_ONLY) + (
     ("numpy.ma",) if int(np.__version__.split(".")[0]) >= 2 else ()
 )
 
@@ -171,6 +173,18 @@ def _modules_after(*argv: str) -> set[str]:
 def test_commands_without_kernels_do_not_import_numba(example_model):
     assert "numba" not in _modules_after("recipes")
     assert "numba" not in _modules_after("audit", str(example_model))
+
+
+def test_explore_and_ray_stay_out_of_the_other_commands(example_model, tmp_path):
+    out = str(tmp_path / "out.tflite")
+    for argv in (
+        ("recipes",),
+        ("audit", str(example_model), str(example_model)),
+        ("verify", str(example_model), str(example_model), "--samples", "1"),
+        (str(example_model), "-o", out, "--quantize", "float16", "--no-verify"),
+    ):
+        assert _modules_after(*argv) & set(EXPLORE_ONLY) == set(), argv
+    assert "ray" not in _modules_after("explore", "--help")
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""A progress line on stderr when it is a terminal; silence otherwise."""
+"""Progress on stderr when it is a terminal (a bar, or a line per finished item); silence
+otherwise."""
 
 from __future__ import annotations
 
@@ -27,3 +28,18 @@ class Progress:
         end = "\n" if done >= self.total else ""
         self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total}{end}")
         self.stream.flush()
+
+
+class Lines:
+    """One line per finished item on stderr when it is a terminal: `label [k/total] text`."""
+
+    def __init__(self, label: str, total: int, stream: TextIO | None = None):
+        self.label, self.total, self.done = label, total, 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = self.stream.isatty()
+
+    def __call__(self, text: str) -> None:
+        self.done += 1
+        if self.enabled:
+            self.stream.write(f"{self.label} [{self.done}/{self.total}] {text}\n")
+            self.stream.flush()

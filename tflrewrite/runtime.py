@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import os
 import pickle
+import re
 import signal
 import struct
 import sys
@@ -216,6 +217,23 @@ class TflmRunner(BaseRunner):
             raise TflRewriteError(
                 f"{self.path}: tflite-micro failed to run it: {_first_line(e)}"
             ) from None
+
+    def arena_bytes(self) -> int | None:
+        """The arena bytes TFLM allocated for the model (its recording allocator's total,
+        which print_allocations writes to file descriptor 2); None where it says nothing."""
+        sys.stderr.flush()
+        with tempfile.TemporaryFile() as sink:
+            saved = os.dup(2)
+            try:
+                os.dup2(sink.fileno(), 2)
+                self.interpreter.print_allocations()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            sink.seek(0)
+            said = sink.read().decode("utf-8", "replace")
+        found = re.search(r"Arena allocation total (\d+) bytes", said)
+        return int(found.group(1)) if found else None
 
 
 def _arena(model: Model) -> int:
@@ -467,7 +485,8 @@ class Child:
     The child is a fresh interpreter, as multiprocessing's "spawn" makes (forking a process
     that holds Numba's and LiteRT's threads is unsafe), but started without re-running the
     parent's main module: a script that calls tflrewrite needs no `__main__` guard. It
-    imports `preload` as soon as it starts, while the parent goes on; it ignores SIGINT (a
+    imports `preload` as soon as it starts, while the parent goes on; `env` adds to (or
+    replaces some of) the parent's environment variables in it; it ignores SIGINT (a
     Ctrl-C reaches the whole process group, and the parent, which decides, ends it); its
     stdout and stderr go to a temporary file that the parent passes on to its stderr after
     each call, so that what a runtime prints as it dies never makes more than the one line.
@@ -475,7 +494,7 @@ class Child:
     close() it.
     """
 
-    def __init__(self, preload: Sequence[str] = ()):
+    def __init__(self, preload: Sequence[str] = (), env: Mapping[str, str] | None = None):
         import socket
         import subprocess
 
@@ -492,6 +511,7 @@ class Child:
                     stdout=self._output,
                     stderr=self._output,
                     pass_fds=(theirs.fileno(),),
+                    env=None if env is None else {**os.environ, **env},
                 )
             except OSError as e:
                 ours.close()

@@ -21,6 +21,7 @@ COMMANDS = {
     "verify": "tflrewrite.cli.verify",
     "recipes": "tflrewrite.cli.recipes",
     "finetune": "tflrewrite.cli.finetune",
+    "explore": "tflrewrite.cli.explore",
 }
 DEFAULT = "tflrewrite.cli.rewrite"
 

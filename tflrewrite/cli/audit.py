@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-from tflrewrite.cli.common import Parser, formatter, size, write_json
+from tflrewrite.cli.common import Parser, expand_models, formatter, positive, size, write_json
 from tflrewrite.errors import TflRewriteError
 from tflrewrite.reports.text import clip, fmt, print_table, ratio
 
@@ -22,7 +22,9 @@ def parser() -> argparse.ArgumentParser:
         "distinct values in one output channel.\nsizes take suffixes: 200k = 200,000, "
         "64KiB = 65,536, 1.5M, 2MiB.\nexit 1 when a model is over a budget.",
     )
-    p.add_argument("models", metavar="MODEL", nargs="+", help=".tflite files to audit")
+    p.add_argument(
+        "models", metavar="MODEL", nargs="+", help=".tflite files to audit, or folders of them"
+    )
     p.add_argument(
         "--json",
         metavar="FILE|-",
@@ -47,13 +49,21 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="Vela's accelerator configuration (default: ethos-u55-128; implies --vela)",
     )
+    p.add_argument(
+        "--jobs",
+        metavar="N",
+        type=positive,
+        default=1,
+        help="audit N models at a time, each in a process of its own (default: 1)",
+    )
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from tflrewrite import api
 
-    if args.compare and len(args.models) != 2:
+    models = expand_models(args.models)
+    if args.compare and len(models) != 2:
         raise TflRewriteError("audit: --compare takes exactly two models (before, after)")
     accelerator = None
     if args.vela or args.accelerator:
@@ -61,11 +71,16 @@ def run(args: argparse.Namespace) -> int:
 
         accelerator = args.accelerator or vela.DEFAULT_ACCELERATOR
         vela.require(accelerator)
-    # Every model is read (and refused, where it is not one) before Vela compiles any.
-    results = [api.audit(path) for path in args.models]
-    for r in results if accelerator else []:
-        r.vela = vela.compile_report(r.file, accelerator)
-    npu = [r.vela for r in results] if accelerator else []
+    if args.jobs > 1 and len(models) > 1:
+        results, npu = _audit_in_parallel(models, accelerator, args.jobs)
+        for r, v in zip(results, npu):
+            r.vela = v
+    else:
+        # Every model is read (and refused, where it is not one) before Vela compiles any.
+        results = [api.audit(path) for path in models]
+        for r in results if accelerator else []:
+            r.vela = vela.compile_report(r.file, accelerator)
+        npu = [r.vela for r in results] if accelerator else []
     if args.json:
         docs = [r.to_json() for r in results]
         write_json(args.json, docs[0] if len(docs) == 1 else docs)
@@ -84,6 +99,33 @@ def run(args: argparse.Namespace) -> int:
     if any(v.error for v in npu):
         return 2
     return 1 if failed else 0
+
+
+def _audit_in_parallel(
+    models: list[str], accelerator: str | None, workers: int
+) -> tuple[list[Any], list[Any]]:
+    """The audits (and Vela's reports) of `models`, `workers` processes at a time; the
+    first model that cannot be audited is refused, as it is one model at a time."""
+    from tflrewrite import fanout
+
+    outcomes = fanout.run(_audit_one, [(p, accelerator) for p in models], workers=workers)
+    for outcome in outcomes:
+        if isinstance(outcome, fanout.Failed):
+            raise TflRewriteError(outcome.reason)
+    results = [a for a, _ in outcomes]
+    return results, [v for _, v in outcomes] if accelerator else []
+
+
+def _audit_one(path: str, accelerator: str | None) -> tuple[Any, Any]:
+    """One model's audit and, with `accelerator`, Vela's report: what a worker runs."""
+    from tflrewrite import api
+
+    result = api.audit(path)
+    if accelerator is None:
+        return result, None
+    from tflrewrite.reports import vela
+
+    return result, vela.compile_report(path, accelerator)
 
 
 def _over_budget(results: list[Any], max_bytes: int | None, max_zip_bytes: int | None) -> bool:

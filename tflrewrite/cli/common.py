@@ -69,3 +69,24 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def expand_models(paths: list[str]) -> list[str]:
+    """The models named: each file as given, and for each folder the .tflite files in it
+    (not below it), by name; a folder without one is refused."""
+    import os
+
+    found = []
+    for path in paths:
+        if not os.path.isdir(path):
+            found.append(path)
+            continue
+        inside = sorted(
+            os.path.join(path, name)
+            for name in os.listdir(path)
+            if name.endswith(".tflite") and os.path.isfile(os.path.join(path, name))
+        )
+        if not inside:
+            raise TflRewriteError(f"{path}: is a directory with no .tflite files in it")
+        found.extend(inside)
+    return found

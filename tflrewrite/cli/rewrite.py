@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from typing import Any
 
 from tflrewrite import __version__
-from tflrewrite.cli.common import Parser, formatter, fraction, positive, size, write_json
+from tflrewrite.cli.common import (
+    Parser,
+    expand_models,
+    formatter,
+    fraction,
+    positive,
+    size,
+    write_json,
+)
+from tflrewrite.errors import TflRewriteError, UsageError
 from tflrewrite.reports.verdict import HELP as VERDICT_HELP
 from tflrewrite.targets import TARGETS
 
@@ -21,6 +31,7 @@ commands:
   tflrewrite MODEL [-o OUT] [--recipe NAME|FILE]   rewrite MODEL (the default command)
   tflrewrite audit MODEL... [--json FILE|-]        what each tensor costs; size budgets
   tflrewrite verify REFERENCE CANDIDATE            run both in LiteRT, compare outputs
+  tflrewrite explore MODEL -o DIR [--calibration S]  every path of the tree: the Pareto front
   tflrewrite recipes                               list the built-in recipes
   tflrewrite finetune KERAS_MODEL --data TRAIN.npz  QAT/PQAT/CQAT/PCQAT, then int8 (TensorFlow)
 
@@ -53,6 +64,7 @@ examples:
   tflrewrite float.tflite --quantize int8 --calibration s.npz --max-zip-bytes 40k
                           a budget alone: prune and cluster settings chosen per layer
   tflrewrite model.tflite -o out.tflite --force  replaces out.tflite if it exists
+  tflrewrite models/ --quantize int8-weights -o small/ --jobs 2   each model into small/
   tflrewrite audit model.tflite --max-zip-bytes 200k      exit 1 when over budget (for CI)
   tflrewrite audit before.tflite after.tflite --compare
   tflrewrite verify model.tflite out.tflite --min-sqnr 30
@@ -90,13 +102,20 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG.format(targets=_targets_help(), verdict=VERDICT_HELP),
         formatter_class=formatter,
     )
-    p.add_argument("model", metavar="MODEL", help="the .tflite model to rewrite (never modified)")
+    p.add_argument(
+        "models",
+        metavar="MODEL",
+        nargs="+",
+        help="the .tflite model to rewrite (never modified); or several, or a folder of "
+        "them, with -o FOLDER",
+    )
     p.add_argument(
         "-o",
         "--output",
         metavar="OUT",
         help="where to write the result (default: MODEL's name with .tflrewrite "
-        "before .tflite, in the same folder)",
+        "before .tflite, in the same folder); with several models, the folder to write "
+        "them to, each under its own name (made if missing)",
     )
     p.add_argument(
         "--recipe",
@@ -281,6 +300,14 @@ def parser() -> argparse.ArgumentParser:
         help="seeded random inputs for the verify figures (default: 8)",
     )
     p.add_argument(
+        "--jobs",
+        metavar="N",
+        type=positive,
+        default=1,
+        help="with several models: how many to rewrite at a time, each in a process of its "
+        "own (default: 1)",
+    )
+    p.add_argument(
         "--large",
         choices=["auto", "yes", "no"],
         default="auto",
@@ -330,6 +357,15 @@ def _recipe_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    models = expand_models(args.models)
+    if len(args.models) == 1 and models == args.models:
+        args.model = models[0]
+        return _run_one(args)
+    return _run_fleet(args, models)
+
+
+def _run_one(args: argparse.Namespace, keep: list | None = None) -> int:
+    """Rewrite args.model; `keep` gets its report."""
     from tflrewrite import api
     from tflrewrite.reports import summary
 
@@ -356,6 +392,8 @@ def run(args: argparse.Namespace) -> int:
         progress=_step_note,
     )
     report = result.report
+    if keep is not None:
+        keep.append(report)
     if args.json:
         write_json(args.json, report)
     if args.json != "-":
@@ -376,6 +414,109 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def budget_from_args(args: argparse.Namespace) -> Any:
+    """The --max-*-bytes budget the flags ask for (budget.Budget), or None."""
+    for metric, value in (
+        ("zip", args.max_zip_bytes),
+        ("bytes", args.max_bytes),
+        ("vela", args.max_vela_bytes),
+    ):
+        if value is not None:
+            from tflrewrite.budget import Budget  # only a budgeted run needs the planner
+
+            return Budget(metric, value)
+    if args.accelerator:
+        raise UsageError("--accelerator is for --max-vela-bytes")
+    return None
+
+
 def _step_note(name: str) -> None:
     if sys.stderr.isatty():
         sys.stderr.write(f"tflrewrite: {name}...\n")
+
+
+# ------------------------------------------------------------------ several models
+
+
+def _run_fleet(args: argparse.Namespace, models: list[str]) -> int:
+    """Rewrite each of `models` into the folder -o names, --jobs at a time, each in a
+    process of its own; their reports in the models' order, the worst exit status."""
+    from tflrewrite import fanout
+    from tflrewrite.progress import Lines
+
+    outputs = _fleet_outputs(args, models)
+    jobs = []
+    for model, output in outputs.items():
+        one = argparse.Namespace(**vars(args))
+        one.model, one.models, one.output, one.json = model, [model], output, None
+        jobs.append((one,))
+    lines = Lines("tflrewrite:", len(jobs))
+
+    def done(i: int, result: Any) -> None:
+        code = result[0] if isinstance(result, tuple) else 2
+        lines(
+            f"{jobs[i][0].model} -> {jobs[i][0].output}: "
+            + ("done" if code == 0 else f"exit {code}")
+        )
+
+    results = fanout.run(_rewrite_alone, jobs, workers=args.jobs, on_done=done)
+    codes, reports = [], []
+    for (one,), result in zip(jobs, results):
+        if isinstance(result, fanout.Failed):  # its process died
+            print(f"tflrewrite: {one.model}: {result.reason}", file=sys.stderr)
+            codes.append(2)
+            continue
+        code, out, err, report = result
+        if args.json != "-":
+            sys.stdout.write(("\n" if codes else "") + out)
+        sys.stderr.write(err)
+        codes.append(code)
+        if report is not None:
+            reports.append(report)
+    if args.json:
+        write_json(args.json, reports)
+    return max(codes)
+
+
+def _fleet_outputs(args: argparse.Namespace, models: list[str]) -> dict[str, str]:
+    """Each model's output in the -o folder, refused before any work where that is not a
+    folder, where two models share a name, or where a flag writes one model's report."""
+    from tflrewrite.fileio import check_output_path
+
+    folder = args.output
+    if not folder:
+        raise UsageError("several models (or a folder) need -o FOLDER to write them to")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"{folder}: with several models -o names a folder, and this is a file")
+    for flag in ("html", "overlay"):
+        if getattr(args, flag):
+            raise UsageError(f"--{flag} reports on one model: give one model")
+    parent = os.path.dirname(os.path.abspath(folder))
+    if not os.path.isdir(parent):
+        raise TflRewriteError(f"{folder}: directory {parent} does not exist")
+    outputs: dict[str, str] = {}
+    for model in models:
+        output = os.path.join(folder, os.path.basename(model))
+        if output in outputs.values():
+            raise UsageError(f"{model}: another model has the name {os.path.basename(model)}")
+        if os.path.isdir(folder):
+            check_output_path(output, [model], args.force)
+        outputs[model] = output
+    os.makedirs(folder, exist_ok=True)
+    return outputs
+
+
+def _rewrite_alone(args: argparse.Namespace) -> tuple[int, str, str, dict | None]:
+    """One model of several, in a worker process: (exit status, what it printed on stdout
+    and on stderr, its report or None)."""
+    import contextlib
+    import io
+
+    out, err, kept = io.StringIO(), io.StringIO(), []
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = _run_one(args, keep=kept)
+        except TflRewriteError as e:
+            print(f"tflrewrite: {e}", file=sys.stderr)
+            code = e.exit_code
+    return code, out.getvalue(), err.getvalue(), kept[0] if kept else None

@@ -10,7 +10,7 @@ from typing import Any
 
 from tflrewrite.model import Model, Operator, Subgraph, Tensor
 from tflrewrite.reports.audit import WEIGHT_INPUTS, TensorAudit, breakdown
-from tflrewrite.reports.layers import TWIN_SUFFIX
+from tflrewrite.reports.layers import TWIN_SUFFIXES
 
 # Per-layer SQNR runs both models keeping every tensor; a few samples show the trend (as the
 # text report's reports.summary.LAYER_SAMPLES).
@@ -104,7 +104,9 @@ def _figures(
     sqnr: Sqnr,
 ) -> OpFigures:
     name = _output_name(op)
-    key = None if name is None else name.removesuffix(TWIN_SUFFIX)
+    key = name
+    for suffix in TWIN_SUFFIXES if name is not None else ():
+        key = key.removesuffix(suffix)
     measured = name is not None and name in sqnr.by_tensor
     db = sqnr.by_tensor.get(name) if measured else None
     return OpFigures(
