@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from tflrewrite import runtime
+from tflrewrite import propagate
 from tflrewrite.errors import UsageError
 from tflrewrite.kernels import adaround, kmeans1d
 from tflrewrite.kernels import prune as prune_kernels
@@ -49,7 +50,6 @@ from tflrewrite.progress import Progress
 from tflrewrite.weights import Weight, find_weights, real_values, record, replace_data
 
 LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
-BATCH = 32  # samples whose patches are multiplied at once
 # With data, output channels fed by fewer weights than this are not pruned: a 3x3 conv on
 # one input channel lost 2.7 points of MNIST accuracy at 50% (0.930 against 0.948 with it
 # left alone, bench model), for 576 bytes.
@@ -122,24 +122,63 @@ def fit(step: str, model: Model, options, rules: tuple[Rule, ...], data, origina
             {"tensor": name, "op": "", "action": "skipped", "reason": f"not refined: {why}"}
             for name, (_, why) in fallback.items()
         ]
+    if not fitted:
+        return PassResult(model, records)
+    done, seconds = _fit_layers(step, model, fitted, original, data, rounding)
+    return PassResult(model, records + done, seconds)
+
+
+def _fit_layers(step, model, fitted, original, data, rounding) -> tuple[list, dict]:
+    """Fit each layer of `fitted` ((weight name, options) pairs) in graph order: a cursor
+    over the model being fitted and one over the original give each layer's inputs (X_c,
+    X_o) after one pass over each model in all (tflrewrite.propagate); each fitted
+    layer's new weights are in the model before the cursor runs it. The records carry
+    the seconds of each phase; the second result sums them."""
     sg = model.subgraphs[0]
     readers = sg.consumers()
     weights = {w.name: w for w in find_weights(model)[0]}
     order = {id(op): i for i, op in enumerate(sg.operators)}
-    fitted.sort(key=lambda item: order[id(readers[id(weights[item[0]].tensor)][0])])
-    original_index = _ops_by_output(original.subgraphs[0])
-    reference = _activations(original)
-    bar = Progress(f"{step}: fitting layers", len(fitted))
+    fitted = sorted(fitted, key=lambda item: order[id(readers[id(weights[item[0]].tensor)][0])])
+    osg = original.subgraphs[0]
+    original_index = _ops_by_output(osg)
+    original_order = {id(op): i for i, op in enumerate(osg.operators)}
+    producers = {id(t): op for op in osg.operators for t in op.outputs if t is not None}
+    current = propagate.Cursor(model, data.values, name="model being fitted")
+    reference = propagate.Cursor(original, data.values, name="original model")
+    total = {"propagate": 0.0, "capture": 0.0, "fit": 0.0}
+    records = []
+    bar = Progress(f"{step}: layers", len(fitted))
+    bar(0)
     for k, (name, opts) in enumerate(fitted):
         w = weights[name]
         op = readers[id(w.tensor)][0]
         source = original_index.get(_base_name(op.outputs[0].name))
         if source is None:
             records.append(record(w, "skipped", "no layer of the original writes its output"))
+            bar(k + 1)
             continue
-        records.append(_fit(step, model, op, w, opts, source, original, reference, data, rounding))
+        began = time.perf_counter()
+        current.advance(order[id(op)])
+        advanced = time.perf_counter()
+        at = original_order[id(source)]
+        if at < reference.position:  # the original orders its layers otherwise: start over
+            reference = propagate.Cursor(original, data.values, name="original model")
+        reference.advance(at)
+        stats = _collect(op, source, current, reference, cross=step != "refine")
+        captured = time.perf_counter()
+        done = _fit(step, model, op, w, opts, source, producers, stats, rounding)
+        done["samples"] = len(data.values)
+        seconds = {
+            "propagate": advanced - began,
+            "capture": captured - advanced,
+            "fit": time.perf_counter() - captured,
+        }
+        done["seconds"] = {key: round(v, 4) for key, v in seconds.items()}
+        records.append(done)
+        for key, v in seconds.items():
+            total[key] += v
         bar(k + 1)
-    return PassResult(model, records)
+    return records, {key: round(v, 3) for key, v in total.items()}
 
 
 def _no_reason(w: Weight, opts) -> None:
@@ -184,11 +223,6 @@ def _magnitude(module, model: Model, fallback: dict) -> tuple[Model, list[dict]]
     return out.model, done
 
 
-def _activations(model: Model) -> runtime.Runner:
-    """The model in LiteRT with every tensor kept, read by name in real values."""
-    return runtime.load(model, name="model being fitted", keep_tensors=True)
-
-
 def _base_name(name: str) -> str:
     return name.removesuffix("_int8")
 
@@ -203,23 +237,24 @@ def _ops_by_output(sg) -> dict[str, Operator]:
 @dataclass
 class _Stats:
     h: np.ndarray  # groups x d x d: X_c X_c^T
-    g: np.ndarray  # groups x d x d: X_o X_c^T
+    g: np.ndarray | None  # groups x d x d: X_o X_c^T (None where not needed: refine)
     mean_c: np.ndarray  # groups x d
     mean_o: np.ndarray  # groups x d
     count: int
 
 
-def _fit(step, model, op, w, opts, source, original, reference, data, rounding) -> dict:
-    current = _activations(model)
-    stats = _collect(op, source, current, reference, data.values)
+def _fit(step, model, op, w, opts, source, producers, stats, rounding) -> dict:
+    """Fit one layer to `stats` (its inputs, see _collect), writing its new weights and
+    bias into `model`. `producers`: the original's ops by id of the tensor they make."""
     w_orig = real_values(
-        _constant_source(original, source.inputs[1])
+        _constant_source(producers, source.inputs[1])
     )  # original real weights, weight shape
     rows_orig = layer_rows(op.type, w_orig)  # groups x rows x d
     rows_now = layer_rows(op.type, real_values(w.tensor))
     scales = row_scales(op.type, w.tensor)  # groups x rows, or None for float
+    cross = stats.g if stats.g is not None else [None] * len(stats.h)
     targets = np.stack(
-        [_target(step, rows_orig[g], stats.h[g], stats.g[g]) for g in range(len(stats.h))]
+        [_target(step, rows_orig[g], stats.h[g], cross[g]) for g in range(len(stats.h))]
     )
     if rounding == "adaround":
         codes = adaround.adaround(targets, stats.h, scales, rows_now == 0)
@@ -232,13 +267,11 @@ def _fit(step, model, op, w, opts, source, original, reference, data, rounding) 
     before = weight_stats(w.channels(w.tensor.data))
     stored = _stored(w.tensor, values)
     replace_data(model, w, stored)
-    _correct_bias(model, op, source, original, new_rows, rows_orig, stats)
+    _correct_bias(model, op, source, producers, new_rows, rows_orig, stats)
     action = {"prune": "pruned", "cluster": "clustered", "refine": "rounded"}[step]
     after = weight_stats(w.channels(stored))
     mse = float(np.mean((real_values(w.tensor) - w_orig) ** 2))
-    return record(
-        w, action, method="data", before=before, after=after, mse=mse, samples=len(data.values)
-    )
+    return record(w, action, method="data", before=before, after=after, mse=mse)
 
 
 def compress_rows(step, targets, h, *, zeros, scales, opts, factors=None, refit=True) -> np.ndarray:
@@ -296,7 +329,7 @@ def _refit_fits(shape: tuple, clusters: int) -> bool:
     return groups * rows * d * d * clusters <= kernels.REFIT_MAX_WORK
 
 
-def _target(step: str, w: np.ndarray, h: np.ndarray, g: np.ndarray) -> np.ndarray:
+def _target(step: str, w: np.ndarray, h: np.ndarray, g: np.ndarray | None) -> np.ndarray:
     """The unconstrained best weights on the current inputs: those reproducing the original
     layer's outputs, W + W (G - H) (H + damping)^-1, for pruning and clustering; the
     original weights themselves for refine, whose upstream changes are rounding noise
@@ -309,47 +342,68 @@ def _target(step: str, w: np.ndarray, h: np.ndarray, g: np.ndarray) -> np.ndarra
     return w + np.linalg.solve(kernels.damped(h, REFIT_DAMP), (w @ (g - h)).T).T
 
 
-def _collect(op, source, current, reference, samples) -> _Stats:
-    """H, G and the mean patches (current and original inputs) of the layer."""
-    name_c, name_o = op.inputs[0].name, source.inputs[0].name
+def _collect(op, source, current, reference, cross: bool = True) -> _Stats:
+    """H, G (where `cross`) and the mean patches of the layer's inputs: X_c from the cut
+    of the `current` cursor (standing at `op`), X_o from `reference`'s (at `source`).
+    Float32 patches of a chunk of samples at a time, multiplied with BLAS, summed in
+    float64."""
     acc = None
-    for start in range(0, len(samples), BATCH):
-        pcs, pos = [], []
-        for sample in samples[start : start + BATCH]:
-            current.run(sample)
-            reference.run(sample)
-            pcs.append(_patches(op, current.real(name_c)))
-            pos.append(_patches(op, reference.real(name_o)))
-        pc, po = np.concatenate(pcs, axis=1), np.concatenate(pos, axis=1)
-        h = np.matmul(pc.transpose(0, 2, 1), pc)
-        g = np.matmul(po.transpose(0, 2, 1), pc)
+    for a, b in _sample_chunks(op, current):
+        pc = _patches(op, _layer_input(current, op, a, b))
+        po = _patches(op, _layer_input(reference, source, a, b))
+        h = _gram(pc, pc)
+        g = _gram(po, pc) if cross else None
         if acc is None:
-            acc = _Stats(h, g, pc.sum(1), po.sum(1), pc.shape[1])
+            acc = _Stats(h, g, pc.sum(1, dtype=np.float64), po.sum(1, dtype=np.float64), 0)
         else:
             acc.h += h
-            acc.g += g
-            acc.mean_c += pc.sum(1)
-            acc.mean_o += po.sum(1)
-            acc.count += pc.shape[1]
+            if cross:
+                acc.g += g
+            acc.mean_c += pc.sum(1, dtype=np.float64)
+            acc.mean_o += po.sum(1, dtype=np.float64)
+        acc.count += pc.shape[1]
     acc.mean_c /= max(acc.count, 1)
     acc.mean_o /= max(acc.count, 1)
     return acc
 
 
+# Bytes of float32 patches (of one model's layer input) made at a time.
+PATCH_BYTES = 32 * 2**20
+
+
+def _sample_chunks(op: Operator, cursor: propagate.Cursor) -> list[tuple[int, int]]:
+    """[a, b) ranges of samples whose patches take about PATCH_BYTES."""
+    one = _patches(op, _layer_input(cursor, op, 0, 1)).nbytes
+    step = max(1, PATCH_BYTES // max(one, 1))
+    return [(a, min(a + step, cursor.count)) for a in range(0, cursor.count, step)]
+
+
+def _layer_input(cursor: propagate.Cursor, op: Operator, a: int, b: int) -> np.ndarray:
+    """Samples [a, b) of the op's input from the cursor's cut, real float32, the samples
+    merged into the first axis (n x H x W x C for convolutions)."""
+    x = cursor.real(op.inputs[0], a, b)
+    return x.reshape((-1, *x.shape[2:])) if x.ndim > 2 else x
+
+
+def _gram(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """groups x d x d: p^T q per group, float32 products summed into float64."""
+    if p.shape[0] == 1:
+        return (p[0].T @ q[0])[None].astype(np.float64)
+    return np.matmul(p.transpose(0, 2, 1), q).astype(np.float64)
+
+
 def layer_hessians(model: Model, ops: list[Operator], samples: list) -> list[np.ndarray]:
     """X X^T (groups x d x d) of each op's input over `samples`, in `model` as it is: one
-    LiteRT run per sample serves every layer."""
-    run = _activations(model)
-    h = [None] * len(ops)
-    for start in range(0, len(samples), BATCH):
-        inputs = [[] for _ in ops]
-        for sample in samples[start : start + BATCH]:
-            run.run(sample)
-            for got, op in zip(inputs, ops):
-                got.append(_patches(op, run.real(op.inputs[0].name)))
-        for i, got in enumerate(inputs):
-            p = np.concatenate(got, axis=1)
-            x = np.matmul(p.transpose(0, 2, 1), p)
+    pass of a cursor (tflrewrite.propagate) over the model serves every layer."""
+    order = {id(op): i for i, op in enumerate(model.subgraphs[0].operators)}
+    cursor = propagate.Cursor(model, samples, name="model")
+    h: list = [None] * len(ops)
+    for i in sorted(range(len(ops)), key=lambda i: order[id(ops[i])]):
+        op = ops[i]
+        cursor.advance(order[id(op)])
+        for a, b in _sample_chunks(op, cursor):
+            p = _patches(op, _layer_input(cursor, op, a, b))
+            x = _gram(p, p)
             h[i] = x if h[i] is None else h[i] + x
     return h
 
@@ -390,13 +444,13 @@ def _window(size: int, k: int, stride: int, dilation: int, padding: str) -> tupl
     return out, total // 2, total - total // 2
 
 
-def _constant_source(model: Model, t: Tensor) -> Tensor:
+def _constant_source(producers: dict[int, Operator], t: Tensor) -> Tensor:
     """`t` if it is a constant; else the constant a DEQUANTIZE turns into it (float16 or
-    int8 weights of the original model)."""
+    int8 weights of the original model, whose ops by the tensor they make are
+    `producers`)."""
     if t.is_constant:
         return t
-    producer = next(p for p in model.subgraphs[0].operators if t in p.outputs)
-    return producer.inputs[0]
+    return producers[id(t)].inputs[0]
 
 
 def layer_rows(op_type: str, w: np.ndarray) -> np.ndarray:
@@ -525,14 +579,14 @@ def _centroids_rows(rows: list[np.ndarray], k: int, integer: bool) -> np.ndarray
     return out
 
 
-def _correct_bias(model, op, source, original, new_rows, rows_orig, stats) -> None:
+def _correct_bias(model, op, source, producers, new_rows, rows_orig, stats) -> None:
     """Fold the mean output shift into the bias: b' = b_o + W_o m_o - W' m_c."""
     if len(op.inputs) < 3 or op.inputs[2] is None or not op.inputs[2].is_constant:
         return
     b = op.inputs[2]
     b_orig = source.inputs[2] if len(source.inputs) > 2 and source.inputs[2] is not None else None
     base = (
-        real_values(_constant_source(original, b_orig)).reshape(-1) if b_orig is not None else 0.0
+        real_values(_constant_source(producers, b_orig)).reshape(-1) if b_orig is not None else 0.0
     )
     shift_o = np.einsum("grd,gd->gr", rows_orig, stats.mean_o).reshape(-1)
     shift_c = np.einsum("grd,gd->gr", new_rows, stats.mean_c).reshape(-1)

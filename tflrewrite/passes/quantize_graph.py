@@ -22,6 +22,7 @@ interface is float by default (a QUANTIZE after each input, a DEQUANTIZE before 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,9 +124,11 @@ def run(
     model = model.copy()
     _fold_constants(model)
     bar = Progress("calibrating", len(data.values) * (1 if options.method == "minmax" else 2))
+    began = time.perf_counter()
     ranges = calibrate.ranges(
         model, data, method=options.method, progress=lambda done, _: bar(done)
     )
+    seconds = {"calibrate": round(time.perf_counter() - began, 3)}
     sg = model.subgraphs[0]
     chosen, kept_float = _choose(model, sg, ranges, options, rules)
     params = _params(sg, chosen, ranges)
@@ -142,7 +145,7 @@ def run(
             "method": options.method,
         }
     )
-    return PassResult(model, records)
+    return PassResult(model, records, seconds)
 
 
 # ------------------------------------------------------------------ before: plain float

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, TextIO
 
@@ -78,13 +79,34 @@ def build(
     # LiteRT has no TFLM_DECODE kernel: a model laid down for TFLite Micro runs in its
     # interpreter, and the input with it so that both sides run the same kernels.
     tflm = any(step["pass"] == "target:tflm" for step in records)
+    began = time.perf_counter()
     if data is not None:
         report["verify"] = _verify(input_path, output_path, data.values, data.source, tflm)
         if not tflm:
             report["layers"] = _layers(input_path, output_path, data.values[:LAYER_SAMPLES])
     elif verify_samples:
         report["verify"] = _verify(input_path, output_path, verify_samples, seed, tflm)
+    seconds = phase_seconds(records)
+    if "verify" in report:
+        seconds["verify"] = round(time.perf_counter() - began, 3)
+    if seconds:
+        report["seconds"] = seconds
     return report
+
+
+# The phases whose seconds the report gives, as the steps' records carry them.
+PHASES = ("calibrate", "capture", "propagate", "fit")
+
+
+def phase_seconds(records: list[dict]) -> dict[str, float]:
+    """Seconds by phase, summed over the steps that timed theirs (calibration, and the
+    data-aware fit: capture of each layer's inputs, propagation through the model being
+    compressed, the fit itself)."""
+    out: dict[str, float] = {}
+    for step in records:
+        for key, value in step.get("seconds", {}).items():
+            out[key] = round(out.get(key, 0) + value, 3)
+    return out
 
 
 # Records that are not about a weight, and how the text report says them.
@@ -187,6 +209,11 @@ def print_report(report: dict, out: TextIO, verbose: bool = False) -> None:
             print_table(table, out, right={1, 2, 3, 4, 5})
         for t in skipped if verbose else []:
             out.write(f"  left alone: {t['tensor']}: {t['reason']}\n")
+    _print_verify(report, out)
+    _print_seconds(report.get("seconds"), out)
+
+
+def _print_verify(report: dict, out: TextIO) -> None:
     verify = report.get("verify")
     if verify is None:
         return
@@ -219,6 +246,14 @@ def print_report(report: dict, out: TextIO, verbose: bool = False) -> None:
             db = "inf" if x["sqnr_db"] is None else f"{x['sqnr_db']:.2f}"
             table.append((clip(x["tensor"], 44), x["op"], db))
         print_table(table, out, right={2})
+
+
+def _print_seconds(seconds: dict | None, out: TextIO) -> None:
+    if not seconds:
+        return
+    known = [key for key in (*PHASES, "verify") if key in seconds]
+    parts = [f"{key} {seconds[key]:.1f} s" for key in known + sorted(set(seconds) - set(known))]
+    out.write(f"\ntime: {', '.join(parts)}\n")
 
 
 def _print_budget(step: dict, out: TextIO) -> None:
