@@ -89,14 +89,15 @@ class Runner(BaseRunner):
         try:
             try:
                 self.interpreter = _interpreter(source, xnnpack, keep_tensors)
-            except RuntimeError as e:
+                self.interpreter.allocate_tensors()
+            except (RuntimeError, ValueError) as e:
                 if xnnpack or UNRESOLVED not in str(e):
                     raise
                 # Custom ops that only the default XNNPACK delegate implements (MediaPipe's
                 # Convolution2DTransposeBias): LiteRT's default interpreter runs them.
                 self.interpreter = _interpreter(source, True, keep_tensors)
+                self.interpreter.allocate_tensors()
                 xnnpack = True
-            self.interpreter.allocate_tensors()
             self.inputs = self.interpreter.get_input_details()
             self.outputs = self.interpreter.get_output_details()
         except UnicodeDecodeError:  # LiteRT decodes tensor names as strict UTF-8
@@ -121,12 +122,15 @@ class Runner(BaseRunner):
             ) from None
         return [_to_real(self.interpreter.get_tensor(d["index"]), d) for d in self.outputs]
 
-    def run_batch(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def run_batch(
+        self, inputs: list[np.ndarray], *, into: list[np.ndarray] | None = None
+    ) -> list[np.ndarray]:
         """One run on inputs in stored form (the model's input dtypes, as `stored` gives
         tensors), the model's inputs resized first to the arrays' shapes where those
         differ (a batch of samples on the first axis, say); the outputs as stored. No
         conversion to or from real values: segments of a model hand each other their
-        tensors as LiteRT keeps them."""
+        tensors as LiteRT keeps them. `into`: arrays of the outputs' shapes to copy them
+        into (one copy, not two), returned; an output of another shape is an error."""
         shapes = [tuple(x.shape) for x in inputs]
         try:
             if shapes != self._shapes:
@@ -137,7 +141,15 @@ class Runner(BaseRunner):
             for detail, value in zip(self.inputs, inputs):
                 self.interpreter.set_tensor(detail["index"], value)
             self.interpreter.invoke()
-            return [self.interpreter.get_tensor(d["index"]) for d in self.outputs]
+            if into is None:
+                return [self.interpreter.get_tensor(d["index"]) for d in self.outputs]
+            for detail, out in zip(self.outputs, into):
+                view = self.interpreter.tensor(detail["index"])()  # LiteRT's own memory
+                if view.shape != out.shape:
+                    raise ValueError(f"output {detail['name']} is {view.shape}, not {out.shape}")
+                out[...] = view
+                del view  # LiteRT refuses to run again while a view of it is held
+            return into
         except (RuntimeError, ValueError) as e:
             self._shapes = []  # resized or not: resize again next time
             raise TflRewriteError(
