@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from tflrewrite import calibrate, propagate, recipes, rewrite, runtime, segments, writer
+from tflrewrite import calibrate, propagate, reader, recipes, rewrite, runtime, segments, writer
 from tflrewrite.model import Conv2DAttrs, FullyConnectedAttrs, Model, Operator, Subgraph, Tensor
 from tflrewrite.schema import make_options
 
@@ -226,3 +226,28 @@ def test_full_int8_of_a_model_with_that_custom_op(tmp_path):
     for sample in data.values[:4]:
         a, b = got.run(sample)[0], ref.run(sample)[0]
         assert np.abs(a - b).max() < 0.1 * np.abs(b).max()
+
+
+def test_control_flow_segments_carry_the_subgraphs_they_call(tf_models):
+    """WHILE and IF read bodies from other subgraphs; a scalar input cannot take a batch."""
+    model = reader.read(tf_models["control_flow"])
+    assert len(model.subgraphs) > 1
+    samples = samples_for(model, 5)
+    for step in (1, 2):
+        cursor = assert_cut_matches(model, samples, step)
+        assert cursor.unbatched  # the scalar loop count runs per sample
+    seg = segments.extract(model, 0, 1, last_read=segments.last_reads(model.subgraphs[0]))
+    assert seg.model.subgraphs[1:] == model.subgraphs[1:]
+
+
+def test_a_model_with_variables_runs_whole_for_each_advance(tf_models):
+    model = reader.read(tf_models["string_and_variables"])
+    assert segments.stateful(model)
+    samples = samples_for(model, 3)
+    cursor = propagate.Cursor(model, samples, name="test")
+    outputs = cursor.outputs()
+    runner = runtime.load(model)
+    for i, sample in enumerate(samples):
+        want = runner.run(sample)
+        for got, w in zip(outputs, want):
+            np.testing.assert_array_equal(got[i], w)

@@ -23,7 +23,6 @@ run whole, one sample at a time, for each advance.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -37,23 +36,16 @@ from tflrewrite.model import Model, Tensor
 # of 1 MB, 1.5 ms in one batch of 8 MB; 0.35 ms run one at a time in the whole model).
 CHUNK_BYTES = 2**20
 
-# What `watch` is given: a tensor the segment made, and its values (stored form) for a
-# chunk of samples, the first axis the samples.
-Watch = Callable[[Tensor, np.ndarray], None]
-
 
 class Cursor:
     """The main subgraph of `model` over `samples` (lists of real input values, in model
-    input order), advanced op range by op range. `watch`, when given, sees every
-    non-constant tensor each segment makes (calibration reads ranges through it); the
-    model's constants may change between advances (a pass fitting layer by layer), its
-    graph may not."""
+    input order), advanced op range by op range. The model's constants may change between
+    advances (a pass fitting layer by layer), its graph may not. `name` names it in
+    errors."""
 
-    def __init__(
-        self, model: Model, samples: list[list[np.ndarray]], *, name: str, watch: Watch = None
-    ):
+    def __init__(self, model: Model, samples: list[list[np.ndarray]], *, name: str):
         sg = model.subgraphs[0]
-        self.model, self.name, self.watch = model, name, watch
+        self.model, self.name = model, name
         self.count = len(samples)
         self.position = 0
         self.seconds = 0.0  # spent advancing
@@ -104,18 +96,13 @@ class Cursor:
 
     def _run(self, start: int, stop: int) -> None:
         seg = segments.extract(self.model, start, stop, last_read=self._last)
-        if not seg.outputs and self.watch is None:
+        if not seg.outputs:
             return  # nothing later reads what it makes
         floats = all(t.dtype == "FLOAT32" for t in seg.inputs + seg.outputs + seg.internal)
-        runner = runtime.load(
-            seg.model,
-            name=f"{self.name}, ops {start}..{stop - 1}",
-            keep_tensors=bool(self.watch),
-            xnnpack=floats and self.watch is None,
-        )
+        name = f"{self.name}, ops {start}..{stop - 1}"
+        runner = runtime.load(seg.model, name=name, xnnpack=floats)
         inputs = [self._live[id(t)] for t in seg.inputs]
-        made = self._made(seg) if self.watch else []
-        outs = self._batched(runner, seg, inputs, made)
+        outs = self._batched(runner, seg, inputs)
         if outs is None and stop - start > 1:
             middle = (start + stop) // 2
             self._run(start, middle)
@@ -123,22 +110,11 @@ class Cursor:
             return
         if outs is None:
             self.unbatched.append((start, stop))
-            outs = self._each(runner, inputs, made)
+            outs = self._each(runner, inputs)
         for t, value in zip(seg.outputs, outs):
             self._live[id(t)] = value
 
-    def _made(self, seg: segments.Segment) -> list[tuple[Tensor, int]]:
-        """(tensor, index in the sub-model) of every tensor the segment makes."""
-        index = {id(t): i for i, t in enumerate(seg.model.subgraphs[0].tensors)}
-        return [(t, index[id(t)]) for t in seg.outputs + seg.internal]
-
-    def _show(self, runner: runtime.Runner, made: list) -> None:
-        for t, i in made:
-            value = runner.stored(i)
-            if value is not None:
-                self.watch(t, value)
-
-    def _batched(self, runner, seg, inputs: list, made: list) -> list[np.ndarray] | None:
+    def _batched(self, runner, seg, inputs: list) -> list[np.ndarray] | None:
         """The segment's outputs over every sample from runs on chunks of samples, or None
         where the segment does not take a batch."""
         n = self.count
@@ -162,18 +138,12 @@ class Cursor:
                 return None
             if start == 0 and not all(_same(out[0], o) for out, o in zip(outs, first)):
                 return None
-            if made:
-                self._show(runner, made)
         return outs
 
-    def _each(self, runner, inputs: list, made: list) -> list:
+    def _each(self, runner, inputs: list) -> list:
         """The segment's outputs, one run per sample: stacked, or a list per output where
         their shapes differ between samples."""
-        got = []
-        for i in range(self.count):
-            got.append(runner.run_batch([x[i] for x in inputs]))
-            if made:
-                self._show(runner, made)
+        got = [runner.run_batch([x[i] for x in inputs]) for i in range(self.count)]
         outs = []
         for k in range(len(runner.outputs)):
             values = [g[k] for g in got]
@@ -196,17 +166,15 @@ class Cursor:
         values: dict[int, list] = {id(t): [] for t in keep}
         for sample in self._samples:
             runner.run(sample)
-            for t in made:
+            for t in keep:
                 value = runner.stored(index[id(t)])
-                if value is None:
-                    continue
-                if id(t) in values:
+                if value is not None:
                     values[id(t)].append(value)
-                if self.watch:
-                    self.watch(t, value[None])
         for t in keep:
             got = values[id(t)]
-            same = len(got) == self.count and all(v.shape == got[0].shape for v in got)
+            if len(got) < self.count:
+                continue  # not computed (a branch not taken): nothing to hand on
+            same = all(v.shape == got[0].shape for v in got)
             self._live[id(t)] = np.stack(got) if same else got
 
 
