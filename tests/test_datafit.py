@@ -15,7 +15,7 @@ from tflrewrite.kernels import reconstruct
 from tflrewrite.passes import cluster, datafit, prune, quantize
 from tflrewrite.passes.common import Data
 from tflrewrite.reports import verify
-from tflrewrite.weights import find_weights
+from tflrewrite.weights import find_weights, real_values
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "examples" / "digits_samples.npz"
@@ -261,7 +261,7 @@ def test_propagated_layer_inputs_equal_the_whole_models(quantized):
     assert all(b - a == 1 for a, b in current.unbatched + reference.unbatched)
 
 
-def whole_model_stats(op, source, fitted, original, samples) -> datafit._Stats:
+def whole_model_stats(op, source, fitted, original, samples, w_orig) -> datafit._Stats:
     """The statistics as the whole-model path took them before propagation: float64
     patches of every sample from whole-model runs. Layer k's inputs do not depend on
     layer k or later, so runs of the finished model give what the fit saw."""
@@ -278,7 +278,8 @@ def whole_model_stats(op, source, fitted, original, samples) -> datafit._Stats:
     )
     h = np.matmul(pc.transpose(0, 2, 1), pc)
     g = np.matmul(po.transpose(0, 2, 1), pc)
-    return datafit._Stats(h, g, pc.mean(1), po.mean(1), pc.shape[1])
+    shift = np.matmul(w_orig, g - h)
+    return datafit._Stats(h, shift, pc.mean(1), po.mean(1), pc.shape[1])
 
 
 @pytest.mark.parametrize("step", ["refine", "prune"])
@@ -314,7 +315,10 @@ def test_propagated_fit_equals_the_whole_model_fit(digits, quantized, step):
         w = weights[name]
         op = readers[id(w.tensor)][0]
         source = sources[datafit._base_name(op.outputs[0].name)]
-        stats = whole_model_stats(fitted_ops[name], source, fitted.model, original, samples)
+        w_orig = datafit.layer_rows(
+            op.type, real_values(datafit._constant_source(producers, source.inputs[1]))
+        )
+        stats = whole_model_stats(fitted_ops[name], source, fitted.model, original, samples, w_orig)
         datafit._fit(step, ref, op, w, opts, source, producers, stats, "feedback")
     got = {w.name: w for w in find_weights(fitted.model)[0]}
     for name in done:

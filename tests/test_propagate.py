@@ -127,7 +127,8 @@ def assert_cut_matches(model: Model, samples, step: int = 1) -> propagate.Cursor
     whole = whole_model_tensors(model, samples)
     sg = model.subgraphs[0]
     cursor = propagate.Cursor(model, samples, name="test")
-    last = segments.last_reads(sg)
+    plan = segments.plan(sg)
+    last = plan.last_read
     for k in list(range(0, len(sg.operators), step)) + [len(sg.operators)]:
         cursor.advance(k)
         live = [t for t in sg.tensors if id(t) in cursor._live]
@@ -138,7 +139,7 @@ def assert_cut_matches(model: Model, samples, step: int = 1) -> propagate.Cursor
             np.testing.assert_allclose(cursor.stored(t), want, rtol=1e-5, atol=1e-5)
         made = {id(t) for t in sg.inputs} | {id(t) for op in sg.operators[:k] for t in op.outputs}
         read = {id(t) for op in sg.operators[k:] for t in op.inputs if t is not None}
-        wanted = (read | {id(t) for t in sg.outputs}) & made
+        wanted = ((read | {id(t) for t in sg.outputs}) & made) - set(plan.derived)
         assert {id(t) for t in live} == wanted
     return cursor
 
@@ -159,8 +160,7 @@ def test_segments_of_a_residual_model_give_the_whole_models_intermediates():
 def test_a_segment_model_has_the_segments_inputs_and_outputs_only():
     model = residual_model()
     sg = model.subgraphs[0]
-    last = segments.last_reads(sg)
-    seg = segments.extract(model, 2, 5, last_read=last)  # add, conv3, concat
+    seg = segments.extract(model, 2, 5, plan=segments.plan(sg))  # add, conv3, concat
     names = lambda ts: [t.name for t in ts]  # noqa: E731
     assert names(seg.inputs) == ["conv1", "conv2"]
     assert names(seg.outputs) == ["add", "concat"]  # add: a graph output; concat: read later
@@ -236,7 +236,7 @@ def test_control_flow_segments_carry_the_subgraphs_they_call(tf_models):
     for step in (1, 2):
         cursor = assert_cut_matches(model, samples, step)
         assert cursor.unbatched  # the scalar loop count runs per sample
-    seg = segments.extract(model, 0, 1, last_read=segments.last_reads(model.subgraphs[0]))
+    seg = segments.extract(model, 0, 1, plan=segments.plan(model.subgraphs[0]))
     assert seg.model.subgraphs[1:] == model.subgraphs[1:]
 
 
@@ -251,3 +251,20 @@ def test_a_model_with_variables_runs_whole_for_each_advance(tf_models):
         want = runner.run(sample)
         for got, w in zip(outputs, want):
             np.testing.assert_array_equal(got[i], w)
+
+
+def test_ops_on_constants_alone_go_with_the_ops_that_read_them(tf_models):
+    """A float16 model's DEQUANTIZE of each weight: made inside each segment that reads
+    it, never carried in the cut (a copy per sample of every weight)."""
+    model = reader.read(tf_models["float16_weights"])
+    sg = model.subgraphs[0]
+    plan = segments.plan(sg)
+    dequantized = [op for op in sg.operators if op.type == "DEQUANTIZE"]
+    assert dequantized and all(id(op.outputs[0]) in plan.derived for op in dequantized)
+    samples = samples_for(model, 6)
+    assert_cut_matches(model, samples)  # no cut holds a derived tensor
+    k = next(i for i, op in enumerate(sg.operators) if op.type == "CONV_2D")
+    seg = segments.extract(model, k, k + 1, plan=plan)
+    types = [op.type for op in seg.model.subgraphs[0].operators]
+    assert types[-1] == "CONV_2D" and "DEQUANTIZE" in types
+    assert all(not t.is_constant for t in seg.inputs) and len(seg.inputs) == 1

@@ -22,8 +22,6 @@ run whole, one sample at a time, for each advance.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from tflrewrite import runtime, segments
@@ -48,10 +46,10 @@ class Cursor:
         self.model, self.name = model, name
         self.count = len(samples)
         self.position = 0
-        self.seconds = 0.0  # spent advancing
         self.unbatched: list[tuple[int, int]] = []  # op ranges run one sample at a time
         self._ops = len(sg.operators)
-        self._last = segments.last_reads(sg)
+        self._plan = segments.plan(sg)
+        self._last = self._plan.last_read
         self._whole = segments.stateful(model)
         self._samples = samples if self._whole else None
         self._live: dict[int, np.ndarray | list[np.ndarray]] = {}
@@ -62,7 +60,8 @@ class Cursor:
 
     def stored(self, t: Tensor) -> np.ndarray:
         """Tensor `t` of the cut over every sample, as LiteRT stores it: samples x t's
-        shape. KeyError where the cut does not hold it."""
+        shape. KeyError where the cut does not hold it, ValueError where its shape
+        differs between samples."""
         value = self._live[id(t)]
         return value if isinstance(value, np.ndarray) else np.stack(value)
 
@@ -86,7 +85,6 @@ class Cursor:
             raise ValueError(f"the cursor is at op {self.position}, past {stop}")
         if stop == self.position:
             return
-        began = time.perf_counter()
         if self._whole:
             self._advance_whole(stop)
         else:
@@ -94,10 +92,9 @@ class Cursor:
         self.position = stop
         for key in [k for k in self._live if self._last.get(k, -1) < stop]:
             del self._live[key]
-        self.seconds += time.perf_counter() - began
 
     def _run(self, start: int, stop: int) -> None:
-        seg = segments.extract(self.model, start, stop, last_read=self._last)
+        seg = segments.extract(self.model, start, stop, plan=self._plan)
         if not seg.outputs:
             return  # nothing later reads what it makes
         floats = all(t.dtype == "FLOAT32" for t in seg.inputs + seg.outputs + seg.internal)
@@ -216,16 +213,15 @@ def _batchable(x) -> bool:
 
 
 def _same(batched: np.ndarray, alone: np.ndarray) -> bool:
-    """Whether a sample's outputs from a batched run are those of a run on it alone (up
-    to the rounding of kernels that take another path for a batch)."""
+    """Whether a sample's outputs from a batched run are those of a run on it alone: the
+    same integers, floats up to the rounding of kernels that take another path for a
+    batch."""
     if batched.shape != alone.shape:
         return False
     if batched.dtype.kind == "f":
         a, b = batched.astype(np.float64), alone.astype(np.float64)
         scale = float(np.abs(b).max()) if b.size else 0.0
         return bool(np.all(np.abs(a - b) <= 1e-4 * max(scale, 1e-30) + 1e-6 * np.abs(b)))
-    if batched.dtype.kind in "iu":
-        return bool(np.all(np.abs(batched.astype(np.int64) - alone.astype(np.int64)) <= 1))
     return bool(np.array_equal(batched, alone))
 
 
