@@ -285,10 +285,9 @@ def whole_model_stats(op, source, fitted, original, samples, w_orig) -> datafit.
 @pytest.mark.parametrize("step", ["refine", "prune"])
 def test_propagated_fit_equals_the_whole_model_fit(digits, quantized, step):
     """Each layer refitted from the whole-model path's statistics (float64, sample by
-    sample) gives the weights the propagated fit gave: the same int8 codes where the
-    layer inputs are int8; where they are float (pruning a float model), XNNPACK's float
-    rounding can tip a discrete choice (a pruned weight swapped for its neighbour in a
-    near tie, and that row's updates with it)."""
+    sample) gives the weights the propagated fit gave: the same choices (codes, pruned
+    weights); float values as close as float32 activations of a batch (LiteRT's float
+    kernels round a batch slightly otherwise) let them be."""
     if step == "refine":
         before, original, data = quantized
         options, opts = quantize.Options(mode="int8"), cluster.Options(clusters=256)
@@ -323,12 +322,8 @@ def test_propagated_fit_equals_the_whole_model_fit(digits, quantized, step):
     got = {w.name: w for w in find_weights(fitted.model)[0]}
     for name in done:
         a, b = got[name].tensor.data, weights[name].tensor.data
-        if a.dtype == np.int8:  # H from int8 activations, summed in float64: the same
-            assert np.array_equal(a, b)
-        else:  # a mask choice that flips on a near tie moves that row's updates too
-            close = np.isclose(a, b, rtol=1e-3, atol=1e-3 * np.abs(b).max())
-            assert np.mean(close) > 0.99
-            assert np.mean((a == 0) != (b == 0)) < 0.01
+        assert np.array_equal(a == 0, b == 0)  # the same choices
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(b).max())
 
 
 def test_layer_hessians_equal_the_whole_models(quantized):

@@ -8,10 +8,8 @@ frees each activation once its last reader has run. A pass reads layer k's input
 cut, edits layer k's weights, and the next advance runs layer k as edited: one pass over
 the model in all, and memory that follows the widest cut rather than the whole model.
 
-Segments whose activations are all float run with LiteRT's XNNPACK delegate, three to four
-times faster than its builtin float kernels (MobileNetV2, 3x3 convolution stacks), to
-within float32 rounding of them; integer segments keep the builtin kernels, whose rounding
-is what the rewritten model will be measured by.
+Segments run with LiteRT's builtin kernels, as the whole model runs in verify: the passes
+then fit to exactly the activations a whole-model run gives (see FLOAT_XNNPACK).
 
 Batching resizes a segment's inputs from [1, ...] to [n, ...]. Where that fails, changes
 an output's shape other than its first axis, or changes the first sample's outputs (a
@@ -33,6 +31,13 @@ from tflrewrite.model import Model, Tensor
 # the cache (measured on 3x3 convolutions, 16 channels, 32x32: 0.5 ms a sample in chunks
 # of 1 MB, 1.5 ms in one batch of 8 MB; 0.35 ms run one at a time in the whole model).
 CHUNK_BYTES = 2**20
+# Whether segments whose activations are all float run with XNNPACK: three to four times
+# faster than the builtin float kernels on a whole MobileNetV2 or 3x3 convolution stack,
+# but its float rounding tips a few of the fit's discrete choices (a pruning mask, a
+# codebook), and its outputs then differ from the whole-model path's; a data-aware
+# prune + cluster + int8 of MobileNetV2 took about as long either way (64 samples), the
+# statistics dominating.
+FLOAT_XNNPACK = False
 
 
 class Cursor:
@@ -99,7 +104,7 @@ class Cursor:
             return  # nothing later reads what it makes
         floats = all(t.dtype == "FLOAT32" for t in seg.inputs + seg.outputs + seg.internal)
         name = f"{self.name}, ops {start}..{stop - 1}"
-        runner = runtime.load(seg.model, name=name, xnnpack=floats)
+        runner = runtime.load(seg.model, name=name, xnnpack=FLOAT_XNNPACK and floats)
         inputs = [self._live[id(t)] for t in seg.inputs]
         outs = self._batched(runner, seg, inputs)
         if outs is None and stop - start > 1:
