@@ -39,20 +39,27 @@ MASK_BLOCK = 128
 def inverse_cholesky(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
     """Upper Cholesky factor U of (H + damping)^-1, so that U^T U = (H + damping)^-1.
     Inputs that were always zero (a zero diagonal) get a unit diagonal: their weights do
-    not matter for these data and stay as they are."""
+    not matter for these data and stay as they are. `h` may be a stack of matrices
+    (... x d x d): LAPACK factors each as it would alone, in one call."""
     inverse = np.linalg.inv(damped(h, damp))
-    inverse = (inverse + inverse.T) / 2
-    return np.linalg.cholesky(inverse).T
+    inverse = (inverse + np.swapaxes(inverse, -1, -2)) / 2
+    return np.swapaxes(np.linalg.cholesky(inverse), -1, -2)
 
 
 def damped(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
     """H + damping: `damp` times H's mean diagonal added to the diagonal, after inputs that
-    were always zero (a zero diagonal) get a unit diagonal."""
+    were always zero (a zero diagonal) get a unit diagonal; per matrix of a stack."""
     h = np.array(h, dtype=np.float64)
-    dead = np.diag(h) <= 0
-    h[dead, dead] = 1.0
-    mean = float(np.mean(np.diag(h))) if h.size else 1.0
-    h[np.diag_indices_from(h)] += damp * mean
+    if h.size == 0:
+        return h
+    d = np.arange(h.shape[-1])
+    diag = h[..., d, d]
+    diag[diag <= 0] = 1.0
+    # each matrix's mean as np.mean gives it alone (a reduction along an axis of a stack
+    # sums in another order)
+    rows = diag.reshape(-1, diag.shape[-1])
+    mean = np.array([np.mean(r) for r in rows]).reshape(diag.shape[:-1] + (1,))
+    h[..., d, d] = diag + damp * mean
     return h
 
 

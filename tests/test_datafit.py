@@ -1,17 +1,22 @@
 """Data-aware compression: the reconstruction kernel against its unblocked twin and against
-plain rounding, and the passes on a real model against the data-free path."""
+plain rounding, the passes on a real model against the data-free path, and the layer
+inputs and fits of propagation (tflrewrite.propagate) against whole-model runs."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import twins
 
-from tflrewrite import calibrate, pipeline, reader, recipes, runtime, writer
+from tflrewrite import calibrate, pipeline, propagate, reader, recipes, runtime, writer
 from tflrewrite.kernels import reconstruct
+from tflrewrite.passes import cluster, datafit, prune, quantize
+from tflrewrite.passes.common import Data
 from tflrewrite.reports import verify
+from tflrewrite.weights import find_weights, real_values
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "examples" / "digits_samples.npz"
@@ -207,3 +212,134 @@ def test_grouped_solve_equals_solving_each_group(grid):
             None if codes is None else codes[g],
         )
         np.testing.assert_allclose(together[g], alone, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------ propagation
+
+
+@pytest.fixture(scope="module")
+def quantized(digits):
+    """The digits model after full-int8 quantization (the refine step's input), and the
+    float original it aims at."""
+    model, data, _ = digits
+    out = quantize.PASS.run(model, quantize.Options(mode="int8"), data=Data(data, model))
+    return out.model, model, data
+
+
+def whole_model_inputs(model, tensor_name: str, samples) -> np.ndarray:
+    """A tensor over the samples from whole-model runs, real values (float64)."""
+    runner = runtime.load(model, keep_tensors=True)
+    values = []
+    for sample in samples:
+        runner.run(sample)
+        values.append(runner.real(tensor_name))
+    return np.stack(values)
+
+
+def test_propagated_layer_inputs_equal_the_whole_models(quantized):
+    current_model, original, data = quantized
+    samples = data.values[:24]
+    current = propagate.Cursor(current_model, samples, name="current")
+    reference = propagate.Cursor(original, samples, name="original")
+    sources = datafit._ops_by_output(original.subgraphs[0])
+    order = {id(op): i for i, op in enumerate(original.subgraphs[0].operators)}
+    layers = 0
+    for k, op in enumerate(current_model.subgraphs[0].operators):
+        if op.type not in datafit.LAYER_OPS:
+            continue
+        source = sources[datafit._base_name(op.outputs[0].name)]
+        current.advance(k)
+        reference.advance(order[id(source)])
+        for cursor, m, t in (
+            (current, current_model, op.inputs[0]),
+            (reference, original, source.inputs[0]),
+        ):
+            want = whole_model_inputs(m, t.name, samples)
+            got = cursor.real(t).astype(np.float64)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        layers += 1
+    assert layers == 5
+    # the digits model flattens with a RESHAPE to [1, 512]: that op alone ran per sample
+    assert all(b - a == 1 for a, b in current.unbatched + reference.unbatched)
+
+
+def whole_model_stats(op, source, fitted, original, samples, w_orig) -> datafit._Stats:
+    """The statistics as the whole-model path took them before propagation: float64
+    patches of every sample from whole-model runs. Layer k's inputs do not depend on
+    layer k or later, so runs of the finished model give what the fit saw."""
+    pc = np.concatenate(
+        [datafit._patches(op, x) for x in whole_model_inputs(fitted, op.inputs[0].name, samples)],
+        axis=1,
+    )
+    po = np.concatenate(
+        [
+            datafit._patches(op, x)
+            for x in whole_model_inputs(original, source.inputs[0].name, samples)
+        ],
+        axis=1,
+    )
+    h = np.matmul(pc.transpose(0, 2, 1), pc)
+    g = np.matmul(po.transpose(0, 2, 1), pc)
+    shift = np.matmul(w_orig, g - h)
+    return datafit._Stats(h, shift, pc.mean(1), po.mean(1), pc.shape[1])
+
+
+@pytest.mark.parametrize("step", ["refine", "prune"])
+def test_propagated_fit_equals_the_whole_model_fit(digits, quantized, step):
+    """Each layer refitted from the whole-model path's statistics (float64, sample by
+    sample) gives the weights the propagated fit gave: the same choices (codes, pruned
+    weights); float values as close as float32 activations of a batch (LiteRT's float
+    kernels round a batch slightly otherwise) let them be."""
+    if step == "refine":
+        before, original, data = quantized
+        options, opts = quantize.Options(mode="int8"), cluster.Options(clusters=256)
+        opts = dataclasses.replace(opts, granularity="channel")
+    else:
+        original, data, _ = digits
+        before, options = original, prune.Options(sparsity=0.5)
+        opts = options
+    samples = data.values[:40]
+    fitted = datafit.fit(step, before, options, (), calibrate.Samples(samples, "t"), original)
+    done = [r["tensor"] for r in fitted.records if r.get("method") == "data"]
+    assert len(done) >= 2
+    ref = before.copy()
+    weights = {w.name: w for w in find_weights(ref)[0]}
+    readers = ref.subgraphs[0].consumers()
+    fitted_ops = {
+        op.inputs[1].name: op
+        for op in fitted.model.subgraphs[0].operators
+        if op.type in datafit.LAYER_OPS
+    }
+    sources = datafit._ops_by_output(original.subgraphs[0])
+    producers = {id(t): op for op in original.subgraphs[0].operators for t in op.outputs}
+    for name in done:
+        w = weights[name]
+        op = readers[id(w.tensor)][0]
+        source = sources[datafit._base_name(op.outputs[0].name)]
+        w_orig = datafit.layer_rows(
+            op.type, real_values(datafit._constant_source(producers, source.inputs[1]))
+        )
+        stats = whole_model_stats(fitted_ops[name], source, fitted.model, original, samples, w_orig)
+        datafit._fit(step, ref, op, w, opts, source, producers, stats, "feedback")
+    got = {w.name: w for w in find_weights(fitted.model)[0]}
+    for name in done:
+        a, b = got[name].tensor.data, weights[name].tensor.data
+        assert np.array_equal(a == 0, b == 0)  # the same choices
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(b).max())
+
+
+def test_layer_hessians_equal_the_whole_models(quantized):
+    model, _, data = quantized
+    samples = data.values[:16]
+    ops = [op for op in model.subgraphs[0].operators if op.type in datafit.LAYER_OPS]
+    got = datafit.layer_hessians(model, ops[::-1], samples)[::-1]  # any order
+    for op, h in zip(ops, got):
+        p = np.concatenate(
+            [
+                datafit._patches(op, x)
+                for x in whole_model_inputs(model, op.inputs[0].name, samples)
+            ],
+            axis=1,
+        )
+        want = np.matmul(p.transpose(0, 2, 1), p)
+        np.testing.assert_allclose(h, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())

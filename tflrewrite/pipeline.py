@@ -54,6 +54,8 @@ def apply(
         out = step.runner.run(result.model, step.options, step.rules, data=given)
         result.model = out.model
         result.records.append({"pass": step.name, "tensors": out.records})
+        if out.seconds:
+            result.records[-1]["seconds"] = out.seconds
         if on_step:
             on_step(step.name, result.model)
         if step.runner.preserves_function:  # the same function: aim at it from here on

@@ -9,10 +9,14 @@ from typing import TextIO
 
 
 class Progress:
+    """`bar(done)` redraws "label [####....] done/total, elapsed, ETA" at most ten times
+    a second; the ETA assumes the rest goes at the pace so far."""
+
     def __init__(self, label: str, total: int, stream: TextIO | None = None):
         self.label, self.total = label, total
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = self.stream.isatty() and total > 1
+        self.started = time.monotonic()
         self.last = 0.0
 
     def __call__(self, done: int) -> None:
@@ -26,8 +30,25 @@ class Progress:
         filled = width * done // self.total
         bar = "#" * filled + "." * (width - filled)
         end = "\n" if done >= self.total else ""
-        self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total}{end}")
+        times = self.times(done, now)
+        # \x1b[K clears what a longer line before left (only a terminal gets here)
+        self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total} {times}\x1b[K{end}")
         self.stream.flush()
+
+    def times(self, done: int, now: float) -> str:
+        """Elapsed time, and the ETA while not done."""
+        elapsed = now - self.started
+        if done >= self.total:
+            return clock(elapsed)
+        eta = clock(elapsed * (self.total - done) / done) if done else "--:--"
+        return f"{clock(elapsed)}, ETA {eta}"
+
+
+def clock(seconds: float) -> str:
+    """m:ss, or h:mm:ss from an hour."""
+    s = int(seconds + 0.5)
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
 
 
 class Lines:

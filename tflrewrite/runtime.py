@@ -3,8 +3,9 @@
 This is the one place that runs models. Passes that fit to data, calibration, verification
 and the reports all go through it, so that each of them feeds inputs, reads outputs and
 kept intermediates in the same real (dequantized) values, loads with the same kernels
-(LiteRT's builtin ones, one thread, unless asked for XNNPACK) and fails with the same
-messages; and so that serialising a Model to run it is not a pass's business.
+(LiteRT's builtin ones, one thread, unless asked for XNNPACK or the model holds custom ops
+only the default XNNPACK delegate implements) and fails with the same messages; and so that
+serialising a Model to run it is not a pass's business.
 The interpreters' packages are imported only when a model is loaded: commands that run
 nothing (audit, recipes) never import them. A Child runs functions that run models in a
 child process, where a runtime's crash ends the child rather than the command.
@@ -22,6 +23,7 @@ import struct
 import sys
 import tempfile
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
@@ -80,7 +82,9 @@ class Runner(BaseRunner):
 
     `content` runs model bytes instead of the file at `path` (which then only names it);
     `keep_tensors` keeps every intermediate tensor readable after a run (calibration and
-    per-layer comparison need them; LiteRT otherwise reuses their memory).
+    per-layer comparison need them; LiteRT otherwise reuses their memory). A model with
+    custom ops that the builtin kernels lack loads with the default delegates (`xnnpack`
+    says which way it loaded), as LiteRT's default interpreter would run it.
     """
 
     def __init__(
@@ -90,22 +94,21 @@ class Runner(BaseRunner):
         content: bytes | None = None,
         keep_tensors: bool = False,
     ):
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-        resolver = (
-            OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        )
         self.path = os.fspath(path)
         source = {"model_path": self.path} if content is None else {"model_content": content}
         _tell("doing", (self.path, "LiteRT", "loading"))
         try:
-            self.interpreter = Interpreter(
-                **source,
-                num_threads=1,
-                experimental_op_resolver_type=resolver,
-                experimental_preserve_all_tensors=keep_tensors,
-            )
-            self.interpreter.allocate_tensors()
+            try:
+                self.interpreter = _interpreter(source, xnnpack, keep_tensors)
+                self.interpreter.allocate_tensors()
+            except (RuntimeError, ValueError) as e:
+                if xnnpack or UNRESOLVED not in str(e):
+                    raise
+                # Custom ops that only the default XNNPACK delegate implements (MediaPipe's
+                # Convolution2DTransposeBias): LiteRT's default interpreter runs them.
+                self.interpreter = _interpreter(source, True, keep_tensors)
+                self.interpreter.allocate_tensors()
+                xnnpack = True
             self.inputs = self.interpreter.get_input_details()
             self.outputs = self.interpreter.get_output_details()
         except UnicodeDecodeError:  # LiteRT decodes tensor names as strict UTF-8
@@ -114,8 +117,10 @@ class Runner(BaseRunner):
             ) from None
         except (RuntimeError, ValueError) as e:
             raise TflRewriteError(f"{self.path}: LiteRT cannot load it: {_first_line(e)}") from None
+        self.xnnpack = xnnpack
         self._by_name: dict[str, dict] = {}
         self._by_index: dict[int, dict] = {}
+        self._shapes = [tuple(int(x) for x in d["shape"]) for d in self.inputs]
 
     def run(self, sample: list[np.ndarray]) -> list[np.ndarray]:
         _tell("doing", (self.path, "LiteRT", "running"))
@@ -128,6 +133,40 @@ class Runner(BaseRunner):
                 f"{self.path}: LiteRT failed to run it: {_first_line(e)}"
             ) from None
         return [_to_real(self.interpreter.get_tensor(d["index"]), d) for d in self.outputs]
+
+    def run_batch(
+        self, inputs: list[np.ndarray], *, into: list[np.ndarray] | None = None
+    ) -> list[np.ndarray]:
+        """One run on inputs in stored form (the model's input dtypes, as `stored` gives
+        tensors), the model's inputs resized first to the arrays' shapes where those
+        differ (a batch of samples on the first axis, say); the outputs as stored. No
+        conversion to or from real values: segments of a model hand each other their
+        tensors as LiteRT keeps them. `into`: arrays of the outputs' shapes to copy them
+        into (one copy, not two), returned; an output of another shape is an error."""
+        shapes = [tuple(x.shape) for x in inputs]
+        try:
+            if shapes != self._shapes:
+                for detail, shape in zip(self.inputs, shapes):
+                    self.interpreter.resize_tensor_input(detail["index"], shape, strict=False)
+                self.interpreter.allocate_tensors()
+                self._shapes = shapes
+            for detail, value in zip(self.inputs, inputs):
+                self.interpreter.set_tensor(detail["index"], value)
+            self.interpreter.invoke()
+            if into is None:
+                return [self.interpreter.get_tensor(d["index"]) for d in self.outputs]
+            for detail, out in zip(self.outputs, into):
+                view = self.interpreter.tensor(detail["index"])()  # LiteRT's own memory
+                if view.shape != out.shape:
+                    raise ValueError(f"output {detail['name']} is {view.shape}, not {out.shape}")
+                out[...] = view
+                del view  # LiteRT refuses to run again while a view of it is held
+            return into
+        except (RuntimeError, ValueError) as e:
+            self._shapes = []  # resized or not: resize again next time
+            raise TflRewriteError(
+                f"{self.path}: LiteRT failed to run it: {_first_line(e)}"
+            ) from None
 
     def tensor_details(self) -> list[dict]:
         """LiteRT's description of every tensor of the main subgraph."""
@@ -160,6 +199,26 @@ class Runner(BaseRunner):
         if scale:
             return (value.astype(np.float64) - zero) * scale
         return value.astype(np.float64)
+
+
+# LiteRT's message for a custom op its builtin resolver lacks.
+UNRESOLVED = "unresolved custom op"
+
+
+def _interpreter(source: dict, xnnpack: bool, keep_tensors: bool):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    with warnings.catch_warnings():
+        # LiteRT warns that keeping tensors with the default delegates costs memory: it is
+        # what keep_tensors asks for (and XNNPACK keeps them readable: tests/test_propagate)
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+        return Interpreter(
+            **source,
+            num_threads=1,
+            experimental_op_resolver_type=resolver,
+            experimental_preserve_all_tensors=keep_tensors,
+        )
 
 
 def tflm_available() -> bool:

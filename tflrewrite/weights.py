@@ -194,11 +194,19 @@ def _source(
     return t, dq, dz
 
 
-def source_constant(model: Model, t: Tensor, subgraph: int = 0) -> Tensor:
+def source_constant(
+    model: Model | None,
+    t: Tensor,
+    subgraph: int = 0,
+    *,
+    producers: dict[int, Operator] | None = None,
+) -> Tensor:
     """The constant a weight input `t` of `subgraph` holds, or the one a DEQUANTIZE and/or
     a DENSIFY computes it from, as a dense tensor: a sparse constant's dense view, quantized
-    as the DENSIFY output. `t` itself when it is computed otherwise."""
-    producers = {id(x): op for op in model.subgraphs[subgraph].operators for x in op.outputs}
+    as the DENSIFY output. `t` itself when it is computed otherwise. `producers`: the
+    subgraph's ops by id of the tensor each makes, where the caller has them already."""
+    if producers is None:
+        producers = {id(x): op for op in model.subgraphs[subgraph].operators for x in op.outputs}
     c, _, dz = _source(t, producers)
     if c is None:
         return t

@@ -37,14 +37,23 @@ class TensorRecord(TypedDict):
 
 
 # The records of one step of a rewrite: "pass" names the step ("target:NAME" for a target's
-# lay-down, "budget" for a budget's choice). Functional form: "pass" is a keyword.
-StepRecord = TypedDict("StepRecord", {"pass": str, "tensors": list[TensorRecord]})
+# lay-down, "budget" for a budget's choice); "seconds", where the pass timed its phases
+# (PassResult.seconds). Functional form: "pass" is a keyword.
+StepRecord = TypedDict(
+    "StepRecord",
+    {"pass": str, "tensors": list[TensorRecord], "seconds": NotRequired[dict[str, float]]},
+)
 
 
 @dataclass
 class PassResult:
+    """A pass's model and records; `seconds`, seconds by phase of the work where the pass
+    times it (calibration, the data-aware fit's capture, propagate and fit): reports show
+    them, the model never holds them."""
+
     model: Model
     records: list[TensorRecord] = field(default_factory=list)
+    seconds: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -230,6 +231,7 @@ def run(
     _fold_constants(model)
     activations = ACTIVATIONS[options.mode]
     bar = Progress("calibrating", len(data.values) * (1 if options.method == "minmax" else 2))
+    began = time.perf_counter()
     ranges = calibrate.ranges(
         model,
         data,
@@ -237,6 +239,7 @@ def run(
         progress=lambda done, _: bar(done),
         levels=2 ** (8 * np.dtype(activations.lower()).itemsize),
     )
+    seconds = {"calibrate": round(time.perf_counter() - began, 3)}
     sg = model.subgraphs[0]
     precision = {id(op): activations for op in sg.operators}
     chosen, kept_float = _choose(
@@ -266,7 +269,7 @@ def run(
             "method": options.method,
         }
     )
-    return PassResult(model, records)
+    return PassResult(model, records, seconds)
 
 
 # ------------------------------------------------------------------ before: plain float

@@ -8,6 +8,7 @@ import math
 import os
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TextIO
@@ -107,7 +108,13 @@ def build(
         report["input_zip_bytes"] = pending.result()
         report["output_zip_bytes"] = output_zip_bytes
     report["passes"] = records
+    began = time.perf_counter()
     _verify(report, ins, outs, verify_samples=verify_samples, seed=seed, data=data, child=child)
+    seconds = phase_seconds(records)
+    if "verify" in report:
+        seconds["verify"] = round(time.perf_counter() - began, 3)
+    if seconds:
+        report["seconds"] = seconds
     verify = report.get("verify")
     if verify is None:
         report["verdict"] = not_measured("the models were not run")
@@ -195,6 +202,22 @@ def _verify(
 # What the child that runs the models imports as it starts, while this process goes on.
 PRELOAD = ("tflrewrite.reports.verify", "tflrewrite.reports.layers", "ai_edge_litert.interpreter")
 
+
+# The phases whose seconds the report gives, as the steps' records carry them.
+PHASES = ("calibrate", "capture", "propagate", "fit")
+
+
+def phase_seconds(records: list[dict]) -> dict[str, float]:
+    """Seconds by phase, summed over the steps that timed theirs (calibration, and the
+    data-aware fit: capture of each layer's inputs, propagation through the model being
+    compressed, the fit itself)."""
+    out: dict[str, float] = {}
+    for step in records:
+        for key, value in step.get("seconds", {}).items():
+            out[key] = round(out.get(key, 0) + value, 3)
+    return out
+
+
 # Records that are not about a weight, and how the text report says them.
 NOTES = {
     "calibrated": "calibrated on {samples} samples ({source}); ranges by {method}",
@@ -256,6 +279,7 @@ def print_report(report: dict, out: TextIO, verbose: bool = False) -> None:
             continue
         _print_step(step, out, verbose)
     _print_verify(report, out)
+    _print_seconds(report.get("seconds"), out)
     if "verdict" in report:
         out.write(f"\nverdict: {report['verdict']['line']}\n")
 
@@ -326,6 +350,14 @@ def _print_verify(report: dict, out: TextIO) -> None:
             db = "inf" if x["sqnr_db"] is None else f"{x['sqnr_db']:.2f}"
             table.append((clip(x["tensor"], 44), x["op"], db))
         print_table(table, out, right={2})
+
+
+def _print_seconds(seconds: dict | None, out: TextIO) -> None:
+    if not seconds:
+        return
+    known = [key for key in (*PHASES, "verify") if key in seconds]
+    parts = [f"{key} {seconds[key]:.1f} s" for key in known + sorted(set(seconds) - set(known))]
+    out.write(f"\ntime: {', '.join(parts)}\n")
 
 
 def _print_budget(step: dict, out: TextIO) -> None:

@@ -1,0 +1,236 @@
+"""Runs a model over many samples one segment of ops at a time, keeping only the cut: the
+activations that ops not yet run, or the graph's outputs, still read.
+
+Layer-wise passes need each layer's inputs over every sample, with the layers before it
+as they left them. A Cursor walks the main subgraph in order: `advance(k)` runs ops up to
+k (exclusive) as one sub-model (tflrewrite.segments), once, batched over the samples, and
+frees each activation once its last reader has run. A pass reads layer k's input from the
+cut, edits layer k's weights, and the next advance runs layer k as edited: one pass over
+the model in all, and memory that follows the widest cut rather than the whole model.
+
+Segments run with LiteRT's builtin kernels, as the whole model runs in verify: the passes
+then fit to exactly the activations a whole-model run gives (see FLOAT_XNNPACK).
+
+Batching resizes a segment's inputs from [1, ...] to [n, ...]. Where that fails, changes
+an output's shape other than its first axis, or changes the first sample's outputs (a
+RESHAPE to a fixed [1, ...] shape, say), the segment is halved until the part that cannot
+take a batch runs one sample at a time. Models that keep state between runs (variables)
+run whole, one sample at a time, for each advance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tflrewrite import runtime, segments
+from tflrewrite.errors import TflRewriteError
+from tflrewrite.model import Model, Tensor
+
+# Bytes of activations one batched run of a segment may take: samples are run in chunks
+# of this much. Small: LiteRT's convolutions slow down per sample once a batch outgrows
+# the cache (measured on 3x3 convolutions, 16 channels, 32x32: 0.5 ms a sample in chunks
+# of 1 MB, 1.5 ms in one batch of 8 MB; 0.35 ms run one at a time in the whole model).
+CHUNK_BYTES = 2**20
+# Whether segments whose activations are all float run with XNNPACK: three to four times
+# faster than the builtin float kernels on a whole MobileNetV2 or 3x3 convolution stack,
+# but its float rounding tips a few of the fit's discrete choices (a pruning mask, a
+# codebook), and its outputs then differ from the whole-model path's; a data-aware
+# prune + cluster + int8 of MobileNetV2 took about as long either way (64 samples), the
+# statistics dominating.
+FLOAT_XNNPACK = False
+
+
+class Cursor:
+    """The main subgraph of `model` over `samples` (lists of real input values, in model
+    input order), advanced op range by op range. The model's constants may change between
+    advances (a pass fitting layer by layer), its graph may not. `name` names it in
+    errors."""
+
+    def __init__(self, model: Model, samples: list[list[np.ndarray]], *, name: str):
+        sg = model.subgraphs[0]
+        self.model, self.name = model, name
+        self.count = len(samples)
+        self.position = 0
+        self.unbatched: list[tuple[int, int]] = []  # op ranges run one sample at a time
+        self._ops = len(sg.operators)
+        self._plan = segments.plan(sg)
+        self._last = self._plan.last_read
+        self._whole = segments.stateful(model)
+        self._samples = samples if self._whole else None
+        self._live: dict[int, np.ndarray | list[np.ndarray]] = {}
+        for i, t in enumerate(sg.inputs):
+            self._live[id(t)] = np.stack([_to_stored(t, s[i]) for s in samples])
+
+    # -------------------------------------------------------------- reading the cut
+
+    def stored(self, t: Tensor) -> np.ndarray:
+        """Tensor `t` of the cut over every sample, as LiteRT stores it: samples x t's
+        shape. KeyError where the cut does not hold it, ValueError where its shape
+        differs between samples."""
+        value = self._live[id(t)]
+        return value if isinstance(value, np.ndarray) else np.stack(value)
+
+    def real(
+        self, t: Tensor, start: int = 0, stop: int | None = None, dtype: type = np.float32
+    ) -> np.ndarray:
+        """Samples [start, stop) of tensor `t` of the cut in real values (`dtype`,
+        dequantized where it has a scale)."""
+        return real_values(t, self.stored(t)[start:stop], dtype=dtype)
+
+    def outputs(self) -> list[np.ndarray]:
+        """The graph's outputs over every sample, once advanced to the end."""
+        self.advance(self._ops)
+        return [self.stored(t) for t in self.model.subgraphs[0].outputs]
+
+    # -------------------------------------------------------------- moving on
+
+    def advance(self, stop: int) -> None:
+        """Run ops [position, stop) on the cut."""
+        if stop < self.position:
+            raise ValueError(f"the cursor is at op {self.position}, past {stop}")
+        if stop == self.position:
+            return
+        if self._whole:
+            self._advance_whole(stop)
+        else:
+            self._run(self.position, stop)
+        self.position = stop
+        for key in [k for k in self._live if self._last.get(k, -1) < stop]:
+            del self._live[key]
+
+    def _run(self, start: int, stop: int) -> None:
+        seg = segments.extract(self.model, start, stop, plan=self._plan)
+        if not seg.outputs:
+            return  # nothing later reads what it makes
+        floats = all(t.dtype == "FLOAT32" for t in seg.inputs + seg.outputs + seg.internal)
+        name = f"{self.name}, ops {start}..{stop - 1}"
+        runner = runtime.load(seg.model, name=name, xnnpack=FLOAT_XNNPACK and floats)
+        inputs = [self._live[id(t)] for t in seg.inputs]
+        outs = self._batched(runner, seg, inputs)
+        if outs is None and stop - start > 1:
+            middle = (start + stop) // 2
+            self._run(start, middle)
+            self._run(middle, stop)
+            return
+        if outs is None:
+            self.unbatched.append((start, stop))
+            outs = self._each(runner, inputs)
+        for t, value in zip(seg.outputs, outs):
+            self._live[id(t)] = value
+
+    def _batched(self, runner, seg, inputs: list) -> list[np.ndarray] | None:
+        """The segment's outputs over every sample from runs on chunks of samples, or None
+        where the segment does not take a batch."""
+        n = self.count
+        if n < 2 or not all(_batchable(x) for x in inputs):
+            return None
+        try:
+            first = runner.run_batch([x[0] for x in inputs])
+        except TflRewriteError:
+            return None
+        if not all(o.ndim and o.shape[0] == 1 for o in first):
+            return None
+        chunk = self._chunk(seg, inputs, first)
+        outs = [np.empty((n, *o.shape), o.dtype) for o in first]
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            part = [x[start:stop].reshape((stop - start, *x.shape[2:])) for x in inputs]
+            into = [out[start:stop].reshape((stop - start, *out.shape[2:])) for out in outs]
+            try:
+                runner.run_batch(part, into=into)
+            except TflRewriteError:  # no batch here, or outputs of other shapes
+                return None
+            if start == 0 and not all(_same(out[0], o) for out, o in zip(outs, first)):
+                return None
+        return outs
+
+    def _each(self, runner, inputs: list) -> list:
+        """The segment's outputs, one run per sample: stacked, or a list per output where
+        their shapes differ between samples."""
+        got = [runner.run_batch([x[i] for x in inputs]) for i in range(self.count)]
+        outs = []
+        for k in range(len(runner.outputs)):
+            values = [g[k] for g in got]
+            same = all(v.shape == values[0].shape for v in values)
+            outs.append(np.stack(values) if same else values)
+        return outs
+
+    def _chunk(self, seg: segments.Segment, inputs: list, first: list) -> int:
+        per_sample = sum(x[0].nbytes for x in inputs) + sum(o.nbytes for o in first)
+        per_sample += sum(_nbytes(t) for t in seg.internal)
+        return int(max(1, min(self.count, CHUNK_BYTES // max(per_sample, 1))))
+
+    def _advance_whole(self, stop: int) -> None:
+        """Run the whole model once per sample, keeping the cut at `stop`."""
+        sg = self.model.subgraphs[0]
+        runner = runtime.load(self.model, name=self.name, keep_tensors=True)
+        index = {id(t): i for i, t in enumerate(sg.tensors)}
+        made = [t for op in sg.operators[self.position : stop] for t in op.outputs if t is not None]
+        keep = [t for t in made if self._last.get(id(t), -1) >= stop]
+        values: dict[int, list] = {id(t): [] for t in keep}
+        for sample in self._samples:
+            runner.run(sample)
+            for t in keep:
+                value = runner.stored(index[id(t)])
+                if value is not None:
+                    values[id(t)].append(value)
+        for t in keep:
+            got = values[id(t)]
+            if len(got) < self.count:
+                continue  # not computed (a branch not taken): nothing to hand on
+            same = all(v.shape == got[0].shape for v in got)
+            self._live[id(t)] = np.stack(got) if same else got
+
+
+def real_values(
+    t: Tensor, stored: np.ndarray, *, count: int = 1, dtype: type = np.float32
+) -> np.ndarray:
+    """Stored activations of `t` in real values of `dtype` (float64 for int64 `stored`).
+    `count`: `stored` is a sum of that many of them (the zero point counts as often)."""
+    q = t.quantization
+    if stored.dtype.kind in "iu" and q is not None and q.is_affine:
+        zero = 0 if q.zero_point is None or not q.zero_point.size else int(q.zero_point.flat[0])
+        if stored.dtype == np.int64:
+            return (stored - zero * count) * float(q.scale.flat[0])
+        scale = dtype(q.scale.flat[0])
+        return (stored.astype(dtype) - dtype(zero)) * scale
+    return stored.astype(dtype, copy=False)
+
+
+def _to_stored(t: Tensor, value: np.ndarray) -> np.ndarray:
+    """A real input value in the dtype the model stores input `t` in (as runtime feeds
+    inputs)."""
+    q = t.quantization
+    dtype = t.np_dtype
+    if dtype is None:
+        return np.asarray(value)
+    if dtype.kind in "iu" and q is not None and q.is_affine:
+        zero = 0 if q.zero_point is None or not q.zero_point.size else int(q.zero_point.flat[0])
+        info = np.iinfo(dtype)
+        codes = np.round(np.asarray(value, np.float64) / float(q.scale.flat[0])) + zero
+        return np.clip(codes, info.min, info.max).astype(dtype)
+    return np.asarray(value).astype(dtype, copy=False)
+
+
+def _batchable(x) -> bool:
+    """Whether a tensor over the samples has a first axis of 1 per sample to batch on."""
+    return isinstance(x, np.ndarray) and x.ndim >= 2 and x.shape[1] == 1
+
+
+def _same(batched: np.ndarray, alone: np.ndarray) -> bool:
+    """Whether a sample's outputs from a batched run are those of a run on it alone: the
+    same integers, floats up to the rounding of kernels that take another path for a
+    batch."""
+    if batched.shape != alone.shape:
+        return False
+    if batched.dtype.kind == "f":
+        a, b = batched.astype(np.float64), alone.astype(np.float64)
+        scale = float(np.abs(b).max()) if b.size else 0.0
+        return bool(np.all(np.abs(a - b) <= 1e-4 * max(scale, 1e-30) + 1e-6 * np.abs(b)))
+    return bool(np.array_equal(batched, alone))
+
+
+def _nbytes(t: Tensor) -> int:
+    if t.shape is None or t.np_dtype is None:
+        return 0
+    return int(np.prod(t.shape, dtype=np.int64)) * t.np_dtype.itemsize
