@@ -107,9 +107,13 @@ def base_and_start(data: bytes) -> tuple[int, int]:
     return base, min([cd, *locals_])
 
 
+# Full-integer modes, which calibrate.
+FULL = ("int8", "int16x8")
+
+
 def rewrite(model: Path, out: Path, recipe: str) -> bytes:
     argv = [str(model), "-o", str(out), "--recipe", recipe, "--no-verify", "--force"]
-    if any(s.name == "quantize" and s.options.mode == "int8" for s in BUILTIN[recipe].steps):
+    if any(s.name == "quantize" and s.options.mode in FULL for s in BUILTIN[recipe].steps):
         argv += ["--calibration", "random"]
     assert main(argv) == 0
     return out.read_bytes()
