@@ -437,6 +437,8 @@ def _input_gram(op: Operator, cursor: propagate.Cursor, a: int, b: int) -> tuple
     layers take exact integer sums of the codes' products, in float32 runs of EXACT_ROWS
     positions (BLAS), scaled once: 1.5x faster than float64 products, and as exact."""
     coded = _layer_codes(cursor, op, a, b)
+    if coded is not None and op.type == "DEPTHWISE_CONV_2D":
+        return _exact_depthwise_gram(op, *coded)
     if coded is None or op.type == "DEPTHWISE_CONV_2D":
         dh, _, positions = _products(op, _layer_input(cursor, op, a, b), None)
         return dh, positions
@@ -447,6 +449,25 @@ def _input_gram(op: Operator, cursor: propagate.Cursor, a: int, b: int) -> tuple
         run = p[start : start + EXACT_ROWS]
         h += np.dot(run.T, run)
     return (h * (scale * scale))[None], len(p)
+
+
+def _exact_depthwise_gram(op: Operator, codes: np.ndarray, scale: float) -> tuple:
+    """_input_gram of a depthwise layer from 8-bit codes: per pair of taps, float32 sums
+    along each output row (exact while a row has at most EXACT_ROWS positions), the rows
+    then summed in float64. Twice as fast as float64 products of tap windows."""
+    taps = _taps(op, codes)
+    if taps[0].shape[2] > EXACT_ROWS:
+        dh, _, positions = _products(op, codes.astype(STATS), None)
+        return dh * (scale * scale), positions
+    k = len(taps)
+    h = np.empty((codes.shape[3], k, k))
+    for i in range(k):
+        for j in range(i, k):
+            rows = np.einsum("nhwc,nhwc->nhc", taps[i], taps[j])
+            h[:, i, j] = h[:, j, i] = rows.sum(axis=(0, 1), dtype=np.float64)
+    multiplier = op.inputs[1].shape[3] // codes.shape[3]
+    h = np.repeat(h, multiplier, axis=0) if multiplier > 1 else h
+    return h * (scale * scale), int(np.prod(taps[0].shape[:3]))
 
 
 def _layer_codes(cursor: propagate.Cursor, op: Operator, a: int, b: int) -> tuple | None:
