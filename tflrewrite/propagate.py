@@ -12,9 +12,10 @@ Segments run with LiteRT's builtin kernels, as the whole model runs in verify: t
 then fit to exactly the activations a whole-model run gives (see FLOAT_XNNPACK).
 
 Batching resizes a segment's inputs from [1, ...] to [n, ...]. Where that fails, changes
-an output's shape other than its first axis, or changes the first sample's outputs (a
-RESHAPE to a fixed [1, ...] shape, say), the segment is halved until the part that cannot
-take a batch runs one sample at a time. Models that keep state between runs (variables)
+an output's shape other than its first axis, or changes the first sample's outputs in any
+bit (a RESHAPE to a fixed [1, ...] shape, say, or a float kernel that rounds a batch
+otherwise), the segment is halved until the part that cannot take a batch runs one sample
+at a time. Models that keep state between runs (variables)
 run whole, one sample at a time, for each advance.
 """
 
@@ -218,16 +219,11 @@ def _batchable(x) -> bool:
 
 
 def _same(batched: np.ndarray, alone: np.ndarray) -> bool:
-    """Whether a sample's outputs from a batched run are those of a run on it alone: the
-    same integers, floats up to the rounding of kernels that take another path for a
-    batch."""
-    if batched.shape != alone.shape:
-        return False
-    if batched.dtype.kind == "f":
-        a, b = batched.astype(np.float64), alone.astype(np.float64)
-        scale = float(np.abs(b).max()) if b.size else 0.0
-        return bool(np.all(np.abs(a - b) <= 1e-4 * max(scale, 1e-30) + 1e-6 * np.abs(b)))
-    return bool(np.array_equal(batched, alone))
+    """Whether a sample's outputs from a batched run are exactly those of a run on it
+    alone. Kernels that take another path for a batch round floats otherwise (LiteRT's
+    FULLY_CONNECTED, say), and the fit's discrete choices can tip on it: such segments
+    run one sample at a time, as the whole model runs in verify."""
+    return batched.shape == alone.shape and bool(np.array_equal(batched, alone))
 
 
 def _nbytes(t: Tensor) -> int:
