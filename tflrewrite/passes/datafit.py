@@ -405,86 +405,22 @@ def _collect(op, source, current, reference, w_orig: np.ndarray) -> _Stats:
     h = g = shift = None
     count = 0
     for a, b in _sample_chunks(op, current):
-        dh, positions = _input_gram(op, current, a, b)
-        h = dh if h is None else h + dh
-        count += positions
-        if not cross:
-            continue
         xc = _layer_input(current, op, a, b)
-        xo = _layer_input(reference, source, a, b)
+        xo = _layer_input(reference, source, a, b) if cross else None
+        dh, dg, positions = _products(op, xc, None if through_d else xo)
+        h = dh if h is None else h + dh
         if through_d:
             ds = _difference_products(op, xc, xo - xc, w_orig)
             shift = ds if shift is None else shift + ds
-        else:  # never a depthwise layer (see _through_difference)
-            dg = _gram(_patches(op, xo), _patches(op, xc))
+        elif cross:
             g = dg if g is None else g + dg
+        count += positions
     if g is not None:
         shift = np.matmul(w_orig, g - h)  # as the whole-model path took it
     summed_o = _summed_input(reference, source) if cross else reference
     mean_c = _patch_sums(op, _summed_input(current, op)) / max(count, 1)
     mean_o = _patch_sums(op, summed_o) / max(count, 1)
     return _Stats(h, shift, mean_c, mean_o, count)
-
-
-# Products of two 8-bit codes (|code - zero point| <= 255) summed in float32 stay exact
-# integers up to 256 of them (256 x 255^2 < 2^24).
-EXACT_ROWS = 256
-
-
-def _input_gram(op: Operator, cursor: propagate.Cursor, a: int, b: int) -> tuple:
-    """(X^T X of samples [a, b) of the op's input, groups x d x d float64, positions).
-    Where the cut holds 8-bit codes (an int8 model), convolutions and fully connected
-    layers take exact integer sums of the codes' products, in float32 runs of EXACT_ROWS
-    positions (BLAS), scaled once: 1.5x faster than float64 products, and as exact."""
-    coded = _layer_codes(cursor, op, a, b)
-    if coded is not None and op.type == "DEPTHWISE_CONV_2D":
-        return _exact_depthwise_gram(op, *coded)
-    if coded is None or op.type == "DEPTHWISE_CONV_2D":
-        dh, _, positions = _products(op, _layer_input(cursor, op, a, b), None)
-        return dh, positions
-    codes, scale = coded
-    p = _patches(op, codes)[0]
-    h = np.zeros((p.shape[1], p.shape[1]))
-    for start in range(0, len(p), EXACT_ROWS):
-        run = p[start : start + EXACT_ROWS]
-        h += np.dot(run.T, run)
-    return (h * (scale * scale))[None], len(p)
-
-
-def _exact_depthwise_gram(op: Operator, codes: np.ndarray, scale: float) -> tuple:
-    """_input_gram of a depthwise layer from 8-bit codes: per pair of taps, float32 sums
-    along each output row (exact while a row has at most EXACT_ROWS positions), the rows
-    then summed in float64. Twice as fast as float64 products of tap windows."""
-    taps = _taps(op, codes)
-    if taps[0].shape[2] > EXACT_ROWS:
-        dh, _, positions = _products(op, codes.astype(STATS), None)
-        return dh * (scale * scale), positions
-    k = len(taps)
-    h = np.empty((codes.shape[3], k, k))
-    for i in range(k):
-        for j in range(i, k):
-            rows = np.einsum("nhwc,nhwc->nhc", taps[i], taps[j])
-            h[:, i, j] = h[:, j, i] = rows.sum(axis=(0, 1), dtype=np.float64)
-    multiplier = op.inputs[1].shape[3] // codes.shape[3]
-    h = np.repeat(h, multiplier, axis=0) if multiplier > 1 else h
-    return h * (scale * scale), int(np.prod(taps[0].shape[:3]))
-
-
-def _layer_codes(cursor: propagate.Cursor, op: Operator, a: int, b: int) -> tuple | None:
-    """(samples [a, b) of the op's input as code - zero point in float32, shaped as
-    _layer_input shapes them; the scale), where the cut holds 8-bit codes with one
-    scale; else None."""
-    t = op.inputs[0]
-    q = t.quantization
-    stored = cursor.stored(t)
-    if stored.dtype.itemsize != 1 or stored.dtype.kind not in "iu":
-        return None
-    if q is None or not q.is_affine or q.scale.size != 1:
-        return None
-    zero = 0 if q.zero_point is None or not q.zero_point.size else int(q.zero_point.flat[0])
-    x = stored[a:b].astype(np.float32) - np.float32(zero)
-    x = x.reshape((-1, *x.shape[2:])) if x.ndim > 2 else x
-    return x, float(q.scale.flat[0])
 
 
 def _through_difference(op: Operator, w: np.ndarray) -> bool:
@@ -609,7 +545,7 @@ def layer_hessians(model: Model, ops: list[Operator], samples: list) -> list[np.
         op = ops[i]
         cursor.advance(order[id(op)])
         for a, b in _sample_chunks(op, cursor):
-            x = _input_gram(op, cursor, a, b)[0]
+            x = _products(op, _layer_input(cursor, op, a, b), None)[0]
             h[i] = x if h[i] is None else h[i] + x
     return h
 

@@ -33,7 +33,7 @@ target reads the extra); peak RSS of the mobilenetv2_f32 data-aware int8 run <= 
 --blas-threads 1 (the default) sets OPENBLAS_NUM_THREADS etc. for every command alike:
 on a shared two-core machine OpenBLAS's threads fight the other load and time becomes
 noise; 0 leaves the environment as it is.
---quick: 32 samples, and only fc100, fc400, conv200 and one mltk twin.
+--quick: 32 samples, and only fc100, fc400 and two mltk twins (a minute or so).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tools" / "bench")]
 
 DEFAULT_CACHE = Path.home() / ".cache" / "tflrewrite-bench" / "datafit_scale"
 FC_LAYERS = (100, 400, 1526)
-QUICK = ("fc100", "fc400", "conv200", "rock_paper_scissors")
+QUICK = ("fc100", "fc400", "keyword_spotting_on_off_v3", "rock_paper_scissors")
 TARGETS = {"int8": 3.0, "pcq": 5.0, "depth": 1.5, "rss_gb": 1.5}
 SETTINGS = {
     "int8": ["--quantize", "int8"],
