@@ -7,8 +7,16 @@ minimises ||W' X_c - W X_o||^2 under the step's constraints: with H = X_c X_c^T 
 G = X_o X_c^T that is ||(W' - W*) X_c||^2 around W* = W + W (G - H) H^-1 (see _target),
 found by kernels.reconstruct: pruning and rounding with optimal-brain-surgeon updates. Its
 bias then takes the mean output shift against the original model, W X_o - W' X_c (bias
-correction), and the next layer's inputs come from a fresh run. Convolutions use im2col
-patches, depthwise convolutions one 9-tap problem per channel.
+correction). Convolutions use im2col patches, depthwise convolutions one 9-tap problem
+per channel.
+
+The layers' inputs come from one pass over each model (tflrewrite.propagate): a cursor
+over the model being compressed runs it segment by segment, each fitted layer with its
+new weights, and one over the original does the same (refine, which needs only X_o's
+mean, runs the original once per sample instead). H, W (G - H) and the means are sums of
+float64 products over chunks of samples (BLAS), so that the fit makes the choices the
+whole-model path made, sample by sample, before propagation (tools/same_outputs.py and
+tools/bench/datafit_table.py: byte-identical outputs, the same held-out SQNR).
 
 Steps:
 - prune: mask by the OBS cost w^2 / [H^-1]_jj^2 with the pass's pattern and counts (the
