@@ -278,18 +278,21 @@ class Model:
     buffers_after_flatbuffer: bool = False  # the >2 GB layout: Buffer.offset/size
     extra: Any = None
 
-    def copy(self) -> Model:
+    def copy(self, memo: dict[int, Any] | None = None) -> Model:
         """A structural copy that shares the constant bytes (see Buffer.__deepcopy__), the
         frozen op attributes, and the schema objects kept opaque: builtin options, and the
         raw tables in `extra` that the writer starts from (it copies them first). Nothing
-        edits those in place, and copying them was most of the cost of a copy."""
+        edits those in place, and copying them was most of the cost of a copy. `memo`, when
+        given, receives copy.deepcopy's map: id of each original object -> its copy."""
         opaque = [self.extra]
         for sg in self.subgraphs:
             opaque.append(sg.extra)
             opaque += [t.extra for t in sg.tensors]
             for op in sg.operators:
                 opaque += [op.attrs, op.extra, op.options, op.options2]
-        memo = {id(o): o for o in opaque if o is not None}
+        if memo is None:
+            memo = {}
+        memo.update({id(o): o for o in opaque if o is not None})
         return copy.deepcopy(self, memo)
 
     def tensors(self) -> Iterator[tuple[int, int, Tensor]]:

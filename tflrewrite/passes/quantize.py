@@ -106,6 +106,7 @@ def run(
     """Modes int8 and int16x8 calibrate on `data`'s samples; the weight-only modes need no
     data. `unsupported`: (activation dtype, op type) -> why a runtime cannot run that op in
     that dtype; such ops stay float (a target's own quantize step, see for_runtime)."""
+    quantize_graph.check_rules(options, rules)
     if options.mode in FULL_INTEGER:
         samples = None if data is None else data.samples
         return quantize_graph.run(model, options, rules, data=samples, unsupported=unsupported)

@@ -28,8 +28,13 @@ same weights; activations int16, symmetric, zero point 0 (LiteRT's int16 kernels
 it); biases int64; fixed outputs 1/32768 for SOFTMAX, LOGISTIC and TANH; only ops whose
 int16 kernel LiteRT has (INT16_OPS), at the op versions of op_version.cc.
 
-The rewriter takes each chosen op's activation dtype from a per-op map, so that a model can
-mix int8 and int16 ops; the modes fill it with one dtype.
+Mixed precision: `calibrated(model, data, options)` folds and calibrates once (a
+Calibrated); `rewrite(calibrated, options, precision=...)` writes a model in which each op of
+the main subgraph runs in int8, int16x8 or float (float16 weights), as a per-op map, recipe
+rules (`quantize = "int16x8"`) or the mode choose; call it as often as a planner needs. `run`
+is the two in one. Islands meet through conversions: QUANTIZE requantizes int16 <-> int8,
+DEQUANTIZE and QUANTIZE join float ones; each dtype keeps its own scale groups and fixed
+outputs, and its own op versions and bias dtype.
 
 Ops without an integer kernel here (and every op outside the main subgraph) stay float, with
 DEQUANTIZE before and QUANTIZE after them, and the records name them and say why. The
@@ -44,7 +49,7 @@ import copy
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -185,6 +190,8 @@ CONVERSIONS = {
     ("UINT8", "FLOAT32"): ("DEQUANTIZE", 1),
     ("FLOAT32", "INT16"): ("QUANTIZE", 2),
     ("INT16", "FLOAT32"): ("DEQUANTIZE", 3),
+    ("INT16", "INT8"): ("QUANTIZE", 1),
+    ("INT8", "INT16"): ("QUANTIZE", 2),
 }
 IO_TYPES = {"float": "FLOAT32", "int8": "INT8", "uint8": "UINT8", "int16": "INT16"}
 # The interface dtypes each mode offers (the converter's 16x8 mode: float or int16).
@@ -220,6 +227,51 @@ def run(
     """`options` are the quantize pass's (mode "int8" or "int16x8": method, io); `data` the
     calibration samples (calibrate.Samples); `unsupported`: (activation dtype, op type) ->
     why the target's runtime cannot run it, for ops that stay float."""
+    check_rules(options, rules)
+    return rewrite(calibrated(model, data, options), options, rules=rules, unsupported=unsupported)
+
+
+@dataclass(eq=False)
+class Calibrated:
+    """A float model ready to be rewritten many times: its sparse and dequantized constant
+    weights folded into dense float ones, and its activation ranges, calibrated once per
+    number of integer levels (methods minmax and percentile give the same ranges for every
+    dtype; mse weighs rounding by the levels, so int8 and int16 have their own).
+
+    `model` is the folded float model, never edited: `precision` maps of `rewrite` index
+    its main subgraph's operators (`model.subgraphs[0].operators`), which are the input's
+    less the DENSIFY and DEQUANTIZE ops of constants the fold removed."""
+
+    model: Model
+    data: calibrate.Samples
+    method: str
+    folded: dict[int, _Folded]
+    seconds: float = 0.0  # spent calibrating so far
+    _ranges: dict[int, dict[int, tuple[float, float]]] = field(default_factory=dict)
+
+    def ranges(self, dtype: str) -> dict[int, tuple[float, float]]:
+        """(low, high) of each float activation of `model`, keyed by id(tensor), for
+        activations of `dtype` ("INT8" or "INT16"); computed on first use."""
+        levels = 2 ** (8 * np.dtype(dtype.lower()).itemsize)
+        key = levels if self.method == "mse" else 0
+        if key not in self._ranges:
+            runs = len(self.data.values) * (1 if self.method == "minmax" else 2)
+            bar = Progress("calibrating", runs)
+            began = time.perf_counter()
+            self._ranges[key] = calibrate.ranges(
+                self.model,
+                self.data,
+                method=self.method,
+                progress=lambda done, _: bar(done),
+                levels=levels,
+            )
+            self.seconds += time.perf_counter() - began
+        return self._ranges[key]
+
+
+def calibrated(model: Model, data: object, options: object) -> Calibrated:
+    """`model` folded and calibrated on `data` (calibrate.Samples) with `options.method`,
+    for the activation dtype of `options.mode`; reusable by any number of `rewrite` calls."""
     if data is None:
         raise UsageError(
             f"--quantize {options.mode} needs calibration data: --calibration DATA.npz (one "
@@ -229,34 +281,55 @@ def run(
     model = model.copy()
     folded = _fold_sparse(model)
     _fold_constants(model)
-    activations = ACTIVATIONS[options.mode]
-    bar = Progress("calibrating", len(data.values) * (1 if options.method == "minmax" else 2))
-    began = time.perf_counter()
-    ranges = calibrate.ranges(
-        model,
-        data,
-        method=options.method,
-        progress=lambda done, _: bar(done),
-        levels=2 ** (8 * np.dtype(activations.lower()).itemsize),
-    )
-    seconds = {"calibrate": round(time.perf_counter() - began, 3)}
+    result = Calibrated(model, data, options.method, folded)
+    result.ranges(ACTIVATIONS[options.mode])
+    return result
+
+
+def rewrite(
+    calibrated: Calibrated,
+    options: object,
+    *,
+    precision: Mapping[int, str] | None = None,
+    rules: tuple[Rule, ...] = (),
+    unsupported: Mapping[tuple[str, str], str] | None = None,
+    source: str = "planner",
+) -> PassResult:
+    """A new full-integer model from `calibrated` (which stays as it was: call this as
+    often as needed). `options`: the quantize pass's (mode, io, skip). `precision`: op
+    index in `calibrated.model.subgraphs[0].operators` -> "INT8", "INT16" or "FLOAT" (float
+    arithmetic, float16 weights); other ops take the mode's dtype, and a recipe rule that
+    chooses an op's precision wins over both. `source` names where `precision` came from,
+    for the records. `unsupported`: (activation dtype, op type) -> why the target's runtime
+    cannot run it, for ops that stay float."""
+    memo: dict[int, object] = {}
+    model = calibrated.model.copy(memo=memo)
+    folds = copy.deepcopy(list(calibrated.folded.values()), memo)
+    folded = {id(f.tensor): f for f in folds}
     sg = model.subgraphs[0]
-    precision = {id(op): activations for op in sg.operators}
+    ops = list(sg.operators)  # as indexed, before the rewrite adds conversions
+    chosen_precision, why = _precisions(model, options, rules, precision or {}, source)
+    precision_of = {id(op): chosen_precision[i] for i, op in enumerate(ops)}
+    ranges = {
+        dtype: {id(memo[k]): v for k, v in calibrated.ranges(dtype).items()}
+        for dtype in sorted({p for p in chosen_precision if p in KERNELS})
+    }
     chosen, kept_float = _choose(
-        model, sg, ranges, options, rules, precision=precision, unsupported=unsupported or {}
+        model, sg, ranges, options, rules, precision=precision_of, unsupported=unsupported or {}
     )
-    params = _params(sg, chosen, ranges, precision)
+    params = _params(sg, chosen, ranges, precision_of)
     records = _Rewriter(
         model,
         sg,
         chosen,
         params,
         io=IO_TYPES[options.io],
-        precision=precision,
+        precision=precision_of,
         mode=options.mode,
         folded=folded,
     ).run()
     records += [_op_record(op, "kept float", reason) for op, reason in kept_float]
+    records += _precision_records(ops, chosen, why, precision_of)
     _unfold(model, sg, folded)
     _drop_unused(model)
     records.append(
@@ -264,12 +337,12 @@ def run(
             "tensor": "(calibration)",
             "op": "",
             "action": "calibrated",
-            "samples": len(data.values),
-            "source": data.source,
-            "method": options.method,
+            "samples": len(calibrated.data.values),
+            "source": calibrated.data.source,
+            "method": calibrated.method,
         }
     )
-    return PassResult(model, records, seconds)
+    return PassResult(model, records, {"calibrate": round(calibrated.seconds, 3)})
 
 
 # ------------------------------------------------------------------ before: plain float
@@ -397,11 +470,14 @@ def _affine(t: Tensor) -> bool:
 def _choose(model, sg, ranges, options, rules, *, precision, unsupported):
     """The ops of the main subgraph that become integer (each in its `precision`: id(op) ->
     activation dtype), and (op, reason) for those that stay float (every op of the other
-    subgraphs stays float too)."""
+    subgraphs stays float too). Ops whose precision is FLOAT are in neither list."""
     chosen, kept = [], []
     for op in sg.operators:
-        reason = unsupported.get((precision[id(op)], op.type))
-        reason = reason or _not_integer(op, precision[id(op)], ranges, options, rules)
+        dtype = precision[id(op)]
+        if dtype == "FLOAT":
+            continue
+        reason = unsupported.get((dtype, op.type))
+        reason = reason or _not_integer(op, dtype, ranges[dtype], options, rules)
         if reason:
             kept.append((op, reason))
         else:
@@ -434,9 +510,104 @@ def _not_integer(op: Operator, dtype: str, ranges: dict, options: object, rules)
     if options.skip and any(re.search(options.skip, n) for n in names):
         return f"a tensor name matches --skip {options.skip!r}"
     for name in names:
-        if rules and options_for(options, rules, name) is None:
+        first = next((r for r in rules if r.applies(name)), None)
+        if first is not None and first.options is None:
             return f"a recipe rule leaves {name} alone"
     return None
+
+
+# ------------------------------------------------------------------ each op's precision
+
+PRECISIONS = ("INT8", "INT16", "FLOAT")
+# A recipe rule's quantize mode -> the precision it gives the ops it matches, in a
+# full-integer model ("float16": float arithmetic with float16 weights).
+RULE_PRECISION = {"int8": "INT8", "int16x8": "INT16", "float16": "FLOAT"}
+# How records and reports name the precisions.
+PRECISION_NAMES = {"INT8": "int8", "INT16": "int16x8", "FLOAT": "float (float16 weights)"}
+
+
+def check_rules(options: object, rules: tuple[Rule, ...]) -> None:
+    """Refuse recipe rules whose quantize mode makes no sense with the pass's mode: a
+    full-integer model's rules choose an op's precision (int8, int16x8 or float); a
+    weight-only model's rules choose int8-weights or float16 per weight."""
+    full = options.mode in ACTIVATIONS
+    for r in rules:
+        mode = (r.options or {}).get("mode")
+        if mode is None:
+            continue
+        if full and mode not in RULE_PRECISION:
+            raise UsageError(
+                f"rule for {r.match!r}: quantize mode {mode!r} in a --quantize "
+                f"{options.mode} model; a rule chooses its ops' precision: int8, int16x8 "
+                "or float"
+            )
+        if not full and mode in ACTIVATIONS:
+            raise UsageError(
+                f"rule for {r.match!r}: quantize {mode!r} chooses an op's activations, which "
+                f"needs --quantize int8 or int16x8 (with --calibration), not {options.mode}"
+            )
+        if full:
+            rest = {k: v for k, v in r.options.items() if k != "mode"}
+            options_for(options, (Rule(r.match, rest),), r.match)
+
+
+def rule_precision(model: Model, rules: tuple[Rule, ...]) -> dict[int, tuple[str, str]]:
+    """Op index in the main subgraph -> (precision, the rule's match) for the ops a recipe
+    rule gives a precision: the first rule that names a mode and matches one of the
+    tensors the op owns (its outputs and constant inputs, not the activations it reads,
+    which belong to the ops that write them)."""
+    chosen = [r for r in rules if r.options is not None and r.options.get("mode") in RULE_PRECISION]
+    out: dict[int, tuple[str, str]] = {}
+    if not chosen:
+        return out
+    for i, op in enumerate(model.subgraphs[0].operators):
+        owned = [t.name for t in op.outputs if t is not None]
+        owned += [t.name for t in op.inputs if t is not None and t.is_constant]
+        for r in chosen:
+            if any(r.applies(name) for name in owned):
+                out[i] = (RULE_PRECISION[r.options["mode"]], r.match)
+                break
+    return out
+
+
+def _precisions(model, options, rules, precision, source):
+    """Each main-subgraph op's precision, by index, and why (index -> reason) for those
+    not in the mode's dtype."""
+    ops = model.subgraphs[0].operators
+    base = ACTIVATIONS[options.mode]
+    out = [base] * len(ops)
+    why: dict[int, str] = {}
+    for i, p in precision.items():
+        if not isinstance(i, int) or not 0 <= i < len(ops):
+            raise UsageError(f"precision: no op {i!r} in the main subgraph ({len(ops)} ops)")
+        if p not in PRECISIONS:
+            raise UsageError(f"precision of op {i}: {p!r} is not one of {', '.join(PRECISIONS)}")
+        out[i] = p
+        if p != base:
+            why[i] = source
+    for i, (p, match) in rule_precision(model, rules).items():
+        out[i] = p
+        why.pop(i, None)
+        if p != base:
+            why[i] = f"recipe rule {match!r}"
+    return out, why
+
+
+def _precision_records(ops: list, chosen, why: dict[int, str], precision: dict) -> list:
+    """A record for each op (of `ops`, the main subgraph's as indexed) whose precision is
+    not the mode's: integer in the other dtype, or float with float16 weights."""
+    integer = {id(op) for op in chosen}
+    records = []
+    for i, op in enumerate(ops):
+        if i not in why:
+            continue
+        dtype = precision[id(op)]
+        if dtype != "FLOAT" and id(op) not in integer:
+            continue  # kept float for its own reason, which its record gives
+        rec = _op_record(op, "precision", why[i])
+        rec["precision"] = PRECISION_NAMES[dtype]
+        records.append(rec)
+    return records
 
 
 # ------------------------------------------------------------------ parameters
@@ -447,34 +618,43 @@ class _Scales:
     """The quantization parameters of the float tensors that integer ops read or write
     (weights and biases aside), in each activation dtype."""
 
-    ranges: dict[int, tuple[float, float]]  # id(tensor) -> the range of its scale group
+    ranges: dict[tuple[int, str], tuple[float, float]]  # (id(tensor), dtype) -> its group's
     fixed: dict[tuple[int, str], Params]  # (id(tensor), dtype) -> what a kernel fixes
+    own: dict[str, dict[int, tuple[float, float]]]  # dtype -> calibrated ranges
 
     def __contains__(self, key: int) -> bool:
-        return key in self.ranges
+        return any((key, dtype) in self.ranges for dtype in KERNELS)
 
     def of(self, t: Tensor, dtype: str) -> Params:
-        """(scale, zero point) of `t` as `dtype` ("INT8" or "INT16")."""
+        """(scale, zero point) of `t` as `dtype` ("INT8" or "INT16"): its scale group's in
+        that dtype, or where no op of that dtype reads or writes it (a model output in the
+        interface's dtype, written by an op of the other), its own calibrated range's."""
         got = self.fixed.get((id(t), dtype))
         if got is not None:
             return got
-        lo, hi = self.ranges[id(t)]
+        lo, hi = self.ranges.get((id(t), dtype)) or self._own(t, dtype)
         return _symmetric_params(lo, hi) if dtype == "INT16" else _affine_params(lo, hi)
+
+    def _own(self, t: Tensor, dtype: str) -> tuple[float, float]:
+        ranges = self.own.get(dtype) or next(iter(self.own.values()))
+        return ranges[id(t)]
 
 
 def _params(sg: Subgraph, chosen: list[Operator], ranges: dict, precision: dict) -> _Scales:
-    """The parameters of every float tensor an integer op reads or writes: tensors that a
-    kernel needs in one scale share the union of their ranges, and kernels with a fixed
-    output fix their group's parameters in their dtype."""
-    parent: dict[int, int] = {}
+    """The parameters of every float tensor an integer op reads or writes, per activation
+    dtype: tensors that a kernel needs in one scale share the union of their ranges (in
+    the ops' dtype: an int8 and an int16 op meeting at a tensor each have their own form
+    of it, joined by a requantization), and kernels with a fixed output fix their group's
+    parameters. `ranges`: dtype -> calibrated ranges."""
+    parent: dict[tuple[int, str], tuple[int, str]] = {}
 
-    def find(x: int) -> int:
+    def find(x: tuple[int, str]) -> tuple[int, str]:
         while parent.setdefault(x, x) != x:
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
 
-    tensors: dict[int, Tensor] = {}
+    tensors: dict[tuple[int, str], Tensor] = {}
     fixed: dict[tuple[int, str], Params] = {}
     for op in chosen:
         dtype = precision[id(op)]
@@ -488,32 +668,27 @@ def _params(sg: Subgraph, chosen: list[Operator], ranges: dict, precision: dict)
             if t is not None and t.dtype == "FLOAT32" and i not in skip
         ] + [t for t in op.outputs if t is not None and t.dtype == "FLOAT32"]
         for t in floats:
-            tensors[id(t)] = t
-            find(id(t))
+            tensors[(id(t), dtype)] = t
+            find((id(t), dtype))
         if rule.same_scale:
             for t in floats[1:]:
-                parent[find(id(t))] = find(id(floats[0]))
+                parent[find((id(t), dtype))] = find((id(floats[0]), dtype))
         if rule.output is not None and op.outputs[0] is not None:
             fixed.setdefault((id(op.outputs[0]), dtype), rule.output)
-    lows: dict[int, float] = {}
-    highs: dict[int, float] = {}
+    lows: dict[tuple[int, str], float] = {}
+    highs: dict[tuple[int, str], float] = {}
     group_fixed: dict[tuple[int, str], Params] = {}
     for key, t in tensors.items():
         root = find(key)
-        lo, hi = _range(t, ranges)
+        lo, hi = _range(t, ranges[key[1]])
         lows[root] = min(lows.get(root, 0.0), lo)
         highs[root] = max(highs.get(root, 0.0), hi)
-        for dtype in KERNELS:
-            if (key, dtype) in fixed:
-                group_fixed.setdefault((root, dtype), fixed[(key, dtype)])
+        if key in fixed:
+            group_fixed.setdefault(root, fixed[key])
     return _Scales(
         ranges={key: (lows[find(key)], highs[find(key)]) for key in tensors},
-        fixed={
-            (key, dtype): group_fixed[(find(key), dtype)]
-            for key in tensors
-            for dtype in KERNELS
-            if (find(key), dtype) in group_fixed
-        },
+        fixed={key: group_fixed[find(key)] for key in tensors if find(key) in group_fixed},
+        own=ranges,
     )
 
 
@@ -609,8 +784,17 @@ class _Rewriter:
         self.forms[(id(t), dtype)] = twin
         return twin
 
-    def _convert(self, source: Tensor, target: Tensor) -> None:
-        name, version = CONVERSIONS[(source.dtype, target.dtype)]
+    def _convert(self, source: Tensor, target: Tensor, of: Tensor) -> None:
+        """An op that writes `target` from `source`, two forms of `of`; through its float
+        form where LiteRT has no direct conversion (see CONVERSIONS)."""
+        direct = CONVERSIONS.get((source.dtype, target.dtype))
+        if direct is None:
+            mid = self.forms.get((id(of), "FLOAT32"))
+            if mid is None:
+                mid = self._twin(of, "FLOAT32")
+                self._convert(source, mid, of)
+            source, direct = mid, CONVERSIONS[("FLOAT32", target.dtype)]
+        name, version = direct
         self.ops.append(Operator(self.model.opcode(name, version), [source], [target]))
 
     def _read(self, t: Tensor | None, dtype: str) -> Tensor | None:
@@ -624,7 +808,7 @@ class _Rewriter:
         if source.dtype == dtype:
             return source
         twin = self._twin(t, dtype)
-        self._convert(source, twin)
+        self._convert(source, twin, t)
         return twin
 
     def _write(self, op: Operator, home: str) -> None:
@@ -641,7 +825,7 @@ class _Rewriter:
             op.outputs[i] = self._twin(t, home)
             self._retype(t, want)
             self.forms[(id(t), want)] = t
-            self._convert(op.outputs[i], t)
+            self._convert(op.outputs[i], t, t)
 
     def _float_op(self, op: Operator) -> None:
         op.inputs = [self._read(t, "FLOAT32") for t in op.inputs]
