@@ -358,3 +358,21 @@ def test_tflm_runs_a_mixed_model_and_keeps_its_int16_gaps_float(ops, tmp_path):
     writer.write(done.model, out)
     lite = runtime.Runner(out)
     assert verify.compare(lite, runtime.TflmRunner(out), ops["test"][:5], "t").min_sqnr_db > 60
+
+
+def test_integer_io_of_one_dtype_around_ops_of_the_other(ops, tmp_path):
+    """--io int8 with every op int16x8: the int8 inputs and outputs take int8 parameters
+    of their own calibrated ranges, requantized to and from the int16 ops."""
+    options = quantize.Options(mode="int8", io="int8")
+    n = len(ops["cal"].model.subgraphs[0].operators)
+    result = qg.rewrite(ops["cal"], options, precision=dict.fromkeys(range(n), "INT16"))
+    out = tmp_path / "io8.tflite"
+    writer.write(result.model, out)
+    sg = reader.read(out).subgraphs[0]
+    assert {t.dtype for t in sg.inputs + sg.outputs} == {"INT8"}
+    assert "INT16" in {_activation_dtype(op) for op in sg.operators}
+    reference = tmp_path / "plain8.tflite"
+    writer.write(qg.rewrite(ops["cal"], options).model, reference)
+    # Both run on the same int8 inputs; the int16 one tracks the all-int8 one.
+    samples = runtime.random_inputs([runtime.Runner(out)], 8, 0)
+    assert _sqnr(reference, out, samples) > 20

@@ -312,9 +312,12 @@ def rewrite(
     ops = list(sg.operators)  # as indexed, before the rewrite adds conversions
     chosen_precision, why = _precisions(model, options, rules, precision or {}, source)
     precision_of = {id(op): chosen_precision[i] for i, op in enumerate(ops)}
+    dtypes = {p for p in chosen_precision if p in KERNELS}
+    if options.io != "float":  # integer inputs and outputs take the mode's dtype
+        dtypes.add(ACTIVATIONS[options.mode])
     ranges = {
         dtype: {id(memo[k]): v for k, v in calibrated.ranges(dtype).items()}
-        for dtype in sorted({p for p in chosen_precision if p in KERNELS})
+        for dtype in sorted(dtypes)
     }
     chosen, kept_float = _choose(
         model, sg, ranges, options, rules, precision=precision_of, unsupported=unsupported or {}
@@ -637,12 +640,8 @@ class _Scales:
         got = self.fixed.get((id(t), dtype))
         if got is not None:
             return got
-        lo, hi = self.ranges.get((id(t), dtype)) or self._own(t, dtype)
+        lo, hi = self.ranges.get((id(t), dtype)) or self.own[dtype][id(t)]
         return _symmetric_params(lo, hi) if dtype == "INT16" else _affine_params(lo, hi)
-
-    def _own(self, t: Tensor, dtype: str) -> tuple[float, float]:
-        ranges = self.own.get(dtype) or next(iter(self.own.values()))
-        return ranges[id(t)]
 
 
 def _params(sg: Subgraph, chosen: list[Operator], ranges: dict, precision: dict) -> _Scales:
