@@ -19,11 +19,12 @@ import twins
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tflrewrite import pipeline, reader, recipes, runtime, writer
+from tflrewrite import calibrate, pipeline, reader, recipes, runtime, writer
 from tflrewrite.cli import main
+from tflrewrite.errors import UsageError
 from tflrewrite.kernels import bitpack
 from tflrewrite.model import Buffer, Quantization, Tensor
-from tflrewrite.reports import summary
+from tflrewrite.reports import summary, verify
 from tflrewrite.targets import tflm
 from tflrewrite.weights import WEIGHT_OPS, find_weights
 
@@ -465,3 +466,36 @@ def test_bitpack_fixed_bytes():
         bitpack.pack(np.array([1]), 9)
     with pytest.raises(ValueError):
         bitpack.unpack(np.zeros(1, np.uint8), 3, 3)
+
+
+@needs_tflm
+def test_full_int8_for_tflm_ties_relu6_and_runs_as_in_litert(tmp_path):
+    """tflite-micro's RELU6 clamps without rescaling, so --target tflm gives it one scale
+    from input to output: the ops model (40 kinds of op, a standalone RELU6 among them) then
+    runs in tflite-micro as LiteRT runs it: 49 dB apart (TRANSPOSE_CONV, PRELU and MAXIMUM
+    round a little differently). With RELU6's output in its own range it was 4.9 dB."""
+    path, npz = corpus.int8_ops_model()
+    data, held_out = calibrate.for_model(str(path), str(npz), 100)
+    done = pipeline.apply(
+        reader.read(path), recipes.load("full-int8"), target="tflm", data=data, method="magnitude"
+    )
+    relu6 = [op for op in done.model.subgraphs[0].operators if op.type == "RELU6"]
+    assert relu6 and all(op.outputs[0].dtype == "INT8" for op in relu6)
+    for op in relu6:
+        assert tflm._same_params(op.inputs[0], op.outputs[0])
+    out = tmp_path / "tflm8.tflite"
+    writer.write(done.model, out)
+    got = verify.compare(
+        runtime.Runner(out), runtime.TflmRunner(out), held_out.values[:5], "t"
+    ).min_sqnr_db
+    assert got > 40
+
+
+def test_an_int8_relu6_that_rescales_is_refused(tmp_path):
+    path, npz = corpus.int8_ops_model()
+    data, _ = calibrate.for_model(str(path), str(npz), 20)
+    done = pipeline.apply(reader.read(path), recipes.load("full-int8"), data=data)
+    relu6 = next(op for op in done.model.subgraphs[0].operators if op.type == "RELU6")
+    assert not tflm._same_params(relu6.inputs[0], relu6.outputs[0])
+    with pytest.raises(UsageError, match="does not rescale"):
+        tflm.run(done.model)

@@ -90,14 +90,18 @@ def run(
     *,
     data: Data | None = None,
     unsupported: Mapping[tuple[str, str], str] | None = None,
+    tied: frozenset[tuple[str, str]] = frozenset(),
 ) -> PassResult:
     """Modes int8 and int16x8 calibrate on `data`'s samples; the weight-only modes need no
     data. `unsupported`: (activation dtype, op type) -> why a runtime cannot run that op in
-    that dtype; such ops stay float (a target's own quantize step, see for_runtime)."""
+    that dtype; such ops stay float. `tied`: (activation dtype, op type) kept in one scale
+    from input to output (a target's own quantize step, see for_runtime)."""
     quantize_graph.check_rules(options, rules)
     if options.mode in FULL_INTEGER:
         samples = None if data is None else data.samples
-        return quantize_graph.run(model, options, rules, data=samples, unsupported=unsupported)
+        return quantize_graph.run(
+            model, options, rules, data=samples, unsupported=unsupported, tied=tied
+        )
     model, chosen, records = select(model, options, rules, refuse=weight_only.not_quantizable)
     records += weight_only.quantize_weights(model, chosen)
     return PassResult(model, records)
@@ -106,13 +110,17 @@ def run(
 PASS = Pass(name="quantize", Options=Options, run=run)
 
 
-def for_runtime(unsupported: Mapping[tuple[str, str], str]) -> Pass:
+def for_runtime(
+    unsupported: Mapping[tuple[str, str], str], tied: frozenset[tuple[str, str]] = frozenset()
+) -> Pass:
     """The quantize step of a target whose runtime lacks some integer kernels: ops of
-    those (activation dtype, op type) stay float, their records giving the reason."""
+    those (activation dtype, op type) stay float, their records giving the reason; and
+    the `tied` ones, whose kernels there do not rescale, keep one scale from input to
+    output."""
 
     def run_for_runtime(
         model: Model, options: Options, rules: tuple[Rule, ...] = (), *, data: Data | None = None
     ) -> PassResult:
-        return run(model, options, rules, data=data, unsupported=unsupported)
+        return run(model, options, rules, data=data, unsupported=unsupported, tied=tied)
 
     return Pass(name="quantize", Options=Options, run=run_for_runtime)

@@ -225,12 +225,21 @@ def run(
     *,
     data: object = None,
     unsupported: Mapping[tuple[str, str], str] | None = None,
+    tied: frozenset[tuple[str, str]] = frozenset(),
 ) -> PassResult:
     """`options` are the quantize pass's (mode "int8" or "int16x8": method, io); `data` the
     calibration samples (calibrate.Samples); `unsupported`: (activation dtype, op type) ->
-    why the target's runtime cannot run it, for ops that stay float."""
+    why the target's runtime cannot run it, for ops that stay float; `tied`: (activation
+    dtype, op type) whose kernel in the target's runtime needs one scale on its input and
+    output."""
     check_rules(options, rules)
-    return rewrite(calibrated(model, data, options), options, rules=rules, unsupported=unsupported)
+    return rewrite(
+        calibrated(model, data, options),
+        options,
+        rules=rules,
+        unsupported=unsupported,
+        tied=tied,
+    )
 
 
 @dataclass(eq=False)
@@ -295,6 +304,7 @@ def rewrite(
     precision: Mapping[int, str] | None = None,
     rules: tuple[Rule, ...] = (),
     unsupported: Mapping[tuple[str, str], str] | None = None,
+    tied: frozenset[tuple[str, str]] = frozenset(),
     source: str = "planner",
 ) -> PassResult:
     """A new full-integer model from `calibrated` (which stays as it was: call this as
@@ -303,7 +313,8 @@ def rewrite(
     arithmetic, float16 weights); other ops take the mode's dtype, and a recipe rule that
     chooses an op's precision wins over both. `source` names where `precision` came from,
     for the records. `unsupported`: (activation dtype, op type) -> why the target's runtime
-    cannot run it, for ops that stay float."""
+    cannot run it, for ops that stay float; `tied`: (activation dtype, op type) that must
+    keep one scale from input to output there."""
     memo: dict[int, object] = {}
     model = calibrated.model.copy(memo=memo)
     folds = copy.deepcopy(list(calibrated.folded.values()), memo)
@@ -322,7 +333,7 @@ def rewrite(
     chosen, kept_float = _choose(
         model, sg, ranges, options, rules, precision=precision_of, unsupported=unsupported or {}
     )
-    params = _params(sg, chosen, ranges, precision_of)
+    params = _params(sg, chosen, ranges, precision_of, tied)
     records = _Rewriter(
         model,
         sg,
@@ -644,12 +655,15 @@ class _Scales:
         return _symmetric_params(lo, hi) if dtype == "INT16" else _affine_params(lo, hi)
 
 
-def _params(sg: Subgraph, chosen: list[Operator], ranges: dict, precision: dict) -> _Scales:
+def _params(
+    sg: Subgraph, chosen: list[Operator], ranges: dict, precision: dict, tied: frozenset
+) -> _Scales:
     """The parameters of every float tensor an integer op reads or writes, per activation
     dtype: tensors that a kernel needs in one scale share the union of their ranges (in
     the ops' dtype: an int8 and an int16 op meeting at a tensor each have their own form
     of it, joined by a requantization), and kernels with a fixed output fix their group's
-    parameters. `ranges`: dtype -> calibrated ranges."""
+    parameters. `ranges`: dtype -> calibrated ranges; `tied`: (dtype, op type) that the
+    target's runtime needs in one scale too."""
     parent: dict[tuple[int, str], tuple[int, str]] = {}
 
     def find(x: tuple[int, str]) -> tuple[int, str]:
@@ -674,7 +688,7 @@ def _params(sg: Subgraph, chosen: list[Operator], ranges: dict, precision: dict)
         for t in floats:
             tensors[(id(t), dtype)] = t
             find((id(t), dtype))
-        if rule.same_scale:
+        if rule.same_scale or (dtype, op.type) in tied:
             for t in floats[1:]:
                 parent[find((id(t), dtype))] = find((id(floats[0]), dtype))
         if rule.output is not None and op.outputs[0] is not None:
