@@ -226,21 +226,29 @@ class _Planner:
         current, best = base, base
         levels = [0] * len(self.regions)
         while current.sqnr < self.floor.min_sqnr:
-            move = self._best_move(current, levels, limit)
-            if move is None:
-                break
-            r, level = move
-            levels[r] = level
+            move = None
+            if self._reachable(current, levels) >= self.floor.min_sqnr:
+                move = self._best_move(current, levels, limit)
+            if move is not None:
+                r, level = move
+                levels[r] = level
+                what = f"{self.regions[r].name} to {NAMES[LEVELS[level]]}"
+            else:  # no raise alone gets there: the noise is spread, so raise it everywhere
+                level = min((lv for lv in levels if lv < len(LEVELS) - 1), default=None)
+                if level is None:
+                    break
+                levels = [max(lv, level + 1) for lv in levels]
+                what = f"every region to at least {NAMES[LEVELS[level + 1]]}"
             current = self._rewrite(cal, options, rules, self._precision(levels))
-            self._note(
-                f"{self.regions[r].name} to {NAMES[LEVELS[level]]}: {current.sqnr:.2f} dB, "
-                f"{current.bytes:,} bytes"
-            )
+            self._note(f"{what}: {current.sqnr:.2f} dB, {current.bytes:,} bytes")
             if current.sqnr > best.sqnr and (limit is None or current.got <= limit):
                 best = current
-        if current.sqnr < self.floor.min_sqnr or (limit is not None and current.got > limit):
+        if current.sqnr < self.floor.min_sqnr:
             self._unreachable(best, limit)
-        return self._lower(cal, options, rules, current, levels, limit)
+        current = self._lower(cal, options, rules, current, levels, limit)
+        if limit is not None and current.got > limit:
+            self._unreachable(best, limit)
+        return current
 
     def _sensitivity(self, cal, options, rules) -> None:
         """Each region alone raised to each level above int8, measured."""
@@ -256,6 +264,16 @@ class _Planner:
         region = self.regions[r]
         grown = region.bytes[LEVELS[to]] - region.bytes[LEVELS[frm]]
         return max(grown, 0) + (OP_BYTES * region.integer if frm == 0 else 0) + 1
+
+    def _reachable(self, current: _Measured, levels: list[int]) -> float:
+        """The SQNR predicted with every region raised to its best level alone, the noise it
+        takes off subtracted from `current`'s."""
+        noise = current.noise.copy()
+        for region, at in zip(self.regions, levels):
+            here = region.noise[LEVELS[at]]
+            taken = [here - region.noise[lv] for lv in LEVELS[at:]]
+            noise -= max(taken, key=lambda t: float(np.sum(t / self.judge.signal)))
+        return self.judge.sqnr(np.maximum(noise, 0.0))
 
     def _best_move(self, current: _Measured, levels: list[int], limit: int | None):
         """The (region, level) raise with the most predicted dB per byte, or None."""
@@ -287,7 +305,7 @@ class _Planner:
                 trial = list(levels)
                 trial[r] -= 1
                 m = self._rewrite(cal, options, rules, self._precision(trial))
-                if m.sqnr < self.floor.min_sqnr or (limit is not None and m.got > limit):
+                if m.sqnr < self.floor.min_sqnr:
                     break
                 levels[:], current = trial, m
         self.levels = levels
