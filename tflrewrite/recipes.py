@@ -17,6 +17,12 @@ A recipe file:
     match = "dense_1"
     prune = { sparsity = 0.8 }              # options for this tensor
     cluster = false                         # leave it alone in this pass
+
+In a full-integer model (quantize mode int8 or int16x8) a rule's `quantize = "int16x8"`,
+`"int8"` or `"float"` (float arithmetic, float16 weights) chooses the precision of the ops
+whose outputs or constant inputs (weights, biases) it matches, whatever the mode gives the
+rest; `quantize = false` keeps an op float with float32 weights, as before. In a
+weight-only model `quantize = "float"` stores a weight float16.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from tflrewrite.errors import TflRewriteError, UsageError
 from tflrewrite.passes import PASSES
 from tflrewrite.passes.common import Pass, Rule
 from tflrewrite.passes.quantize import FULL_INTEGER
+from tflrewrite.passes.quantize_graph import check_rules
 
 
 @dataclass(frozen=True)
@@ -103,10 +110,17 @@ def check(
     recipe: Recipe, *, calibrated: bool, method: str | None = None, floor: float | None = None
 ) -> None:
     """Refuse settings that do not go together: a data method without data, data that no
-    step uses, a rounding that would not run, a quality floor without full int8 to raise
-    from. `calibrated`: whether calibration samples come with the recipe; `method` "data"
-    or "magnitude", None where not asked for; `floor` the --min-sqnr, if any."""
+    step uses, a rounding that would not run, a rule's precision the quantize mode cannot
+    give, a quality floor without full int8 to raise from. `calibrated`: whether
+    calibration samples come with the recipe; `method` "data" or "magnitude", None where
+    not asked for; `floor` the --min-sqnr, if any."""
     _check_rounding(recipe, calibrated, method)
+    for step in recipe.steps:
+        if step.name == "quantize":
+            try:
+                check_rules(step.options, step.rules)
+            except UsageError as e:
+                raise UsageError(f"recipe {recipe.name}: {e}") from None
     if floor is not None:
         _check_floor(recipe, calibrated)
     if not calibrated:
@@ -271,6 +285,11 @@ def from_dict(doc: dict, default_name: str) -> Recipe:
     return Recipe(str(doc.get("name", default_name)), str(doc.get("description", "")), tuple(steps))
 
 
+# A rule's `quantize = "..."`: the quantize mode it stands for ("float": float arithmetic
+# with float16 weights, as mode float16 stores them).
+RULE_MODES = {"int8": "int8", "int16x8": "int16x8", "float": "float16", "float16": "float16"}
+
+
 def _rules(rules: list[dict], pass_name: str) -> list[Rule]:
     out = []
     for i, r in enumerate(rules):
@@ -282,6 +301,13 @@ def _rules(rules: list[dict], pass_name: str) -> list[Rule]:
         if pass_name not in r:
             continue
         value = r[pass_name]
+        if pass_name == "quantize" and isinstance(value, str):
+            if value not in RULE_MODES:
+                raise UsageError(
+                    f"rule {i + 1}: quantize = {value!r}: a rule's precision is "
+                    f"{', '.join(RULE_MODES)} (or false, or a table of options)"
+                )
+            value = {"mode": RULE_MODES[value]}
         if value is False:
             out.append(Rule(r["match"], None))
         elif isinstance(value, dict):

@@ -46,6 +46,7 @@ inputs and outputs integer themselves.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import time
 from collections.abc import Mapping
@@ -57,9 +58,10 @@ from tflrewrite import calibrate, sparsity
 from tflrewrite.errors import TflRewriteError, UsageError
 from tflrewrite.kernels import quantize as kernels
 from tflrewrite.model import Model, Operator, Quantization, Subgraph, Tensor
+from tflrewrite.passes import weight_only
 from tflrewrite.passes.common import PassResult, Rule, options_for, weight_stats
 from tflrewrite.progress import Progress
-from tflrewrite.weights import DENSIFY_BYTES, real_values
+from tflrewrite.weights import DENSIFY_BYTES, find_weights, real_values, record
 
 
 @dataclass(frozen=True)
@@ -332,6 +334,9 @@ def rewrite(
     records += _precision_records(ops, chosen, why, precision_of)
     _unfold(model, sg, folded)
     _drop_unused(model)
+    floats = {id(op) for op in ops if precision_of[id(op)] == "FLOAT"}
+    if floats:
+        records += _float16_weights(model, floats, options)
     records.append(
         {
             "tensor": "(calibration)",
@@ -1002,6 +1007,31 @@ def _op_record(op: Operator, action: str, reason: str) -> dict:
         "action": action,
         "reason": reason,
     }
+
+
+def _float16_weights(model: Model, floats: set[int], options: object) -> list[dict]:
+    """The weights that only ops of precision FLOAT (ids in `floats`) read, as the weight-
+    only mode float16 stores them: float16 behind a DEQUANTIZE."""
+    sg = model.subgraphs[0]
+    readers = sg.consumers()
+    f16 = dataclasses.replace(
+        options, mode="float16", method="minmax", io="float", rounding="feedback"
+    )
+    chosen, records = [], []
+    for w in find_weights(model, options.skip)[0]:
+        between = {id(op) for op in w.dequantize + w.densify}
+        ends = [w.tensor, *(op.outputs[0] for op in w.dequantize + w.densify)]
+        users = [op for t in ends for op in readers.get(id(t), []) if id(op) not in between]
+        if w.subgraph != 0 or not users or any(id(op) not in floats for op in users):
+            continue
+        reason = weight_only.not_quantizable(w, f16)
+        if reason is None and w.tensor.data.size < options.min_size:
+            reason = f"fewer than {options.min_size} elements"
+        if reason:
+            records.append(record(w, "skipped", f"float op's weight: {reason}"))
+        else:
+            chosen.append((w, f16))
+    return records + weight_only.quantize_weights(model, chosen)
 
 
 def _drop_unused(model: Model) -> None:

@@ -222,6 +222,7 @@ def phase_seconds(records: list[dict]) -> dict[str, float]:
 NOTES = {
     "calibrated": "calibrated on {samples} samples ({source}); ranges by {method}",
     "kept float": "kept float: {op} (output {tensor}): {reason}",
+    "precision": "{precision}: {op} (output {tensor}): {reason}",
 }
 
 # Per-layer errors run both models keeping every tensor; a few samples show the trend.
