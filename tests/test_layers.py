@@ -37,6 +37,7 @@ LAYERS = {
     "tflrewrite.pipeline": "plan",
     "tflrewrite.api": "plan",
     "tflrewrite.budget": "plan",
+    "tflrewrite.floor": "plan",
     "tflrewrite.explore": "plan",
     "tflrewrite.fanout": "plan",
     "tflrewrite.cli": "face",

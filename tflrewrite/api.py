@@ -114,6 +114,7 @@ def rewrite(
     max_bytes: int | None = None,
     max_vela_bytes: int | None = None,
     accelerator: str | None = None,
+    min_sqnr: float | None = None,
     skip: str | None = None,
     min_size: int | None = None,
     target: str = "generic",
@@ -128,7 +129,8 @@ def rewrite(
 ) -> Result:
     """Rewrite `model` as `tflrewrite MODEL` does, with its flags as keyword arguments
     (`verify=False` is --no-verify; `large` None, True, False are --large auto, yes, no;
-    `html` and `overlay` the files of --html and --overlay).
+    `html` and `overlay` the files of --html and --overlay; `min_sqnr` is --min-sqnr, which
+    implies `quantize="int8"` where no quantize step is asked for).
 
     With no recipe, none of the flags that ask for a step, no size budget and the generic
     target, the deployment tree's default for the model is chosen (default_recipe), and
@@ -146,6 +148,8 @@ def rewrite(
     from tflrewrite.fileio import check_output_path
 
     output = None if output is None else os.fspath(output)
+    if min_sqnr is not None and quantize is None and not _quantizes(recipe):
+        quantize = "int8"  # the floor chooses precision from full int8
     chosen = build_recipe(
         recipe,
         prune=prune,
@@ -172,11 +176,13 @@ def rewrite(
             src.model(), calibrated=calibration is not None, name=src.name
         )
         chosen = _for_tensors(chosen, skip=skip, min_size=min_size)
-    if budgets != (None,) * 3:  # the planner chooses prune and cluster: add them if need be
+    if budgets != (None,) * 3 and min_sqnr is None:  # the planner chooses prune and cluster
         from tflrewrite.budget import with_planner_steps
 
         chosen = with_planner_steps(chosen)
-    recipes.check(chosen, calibrated=calibration is not None, method=method)
+    recipes.check(chosen, calibrated=calibration is not None, method=method, floor=min_sqnr)
+    if min_sqnr is not None:
+        _check_floor(calibration, target)
     # LiteRT runs in a child process for the report (a crash there ends only the child),
     # started now so that it loads while this one rewrites.
     child = summary.runner_soon() if verify else None
@@ -190,6 +196,7 @@ def rewrite(
             method=method,
             budgets=budgets,
             accelerator=accelerator,
+            min_sqnr=min_sqnr,
             target=target,
             samples=samples if verify else 0,
             large=large,
@@ -214,6 +221,7 @@ def _rewrite(
     method: str | None,
     budgets: tuple[int | None, int | None, int | None],
     accelerator: str | None,
+    min_sqnr: float | None,
     target: str,
     samples: int,
     large: bool | None,
@@ -234,7 +242,21 @@ def _rewrite(
     method = method or "data"
     budget = _budget(budgets, accelerator)
     stages = extras.stages(model)
-    if budget is None:
+    if min_sqnr is not None:
+        from tflrewrite import floor
+
+        result = floor.apply(
+            model,
+            recipe,
+            floor.Floor(min_sqnr, budget),
+            held_out=held_out,
+            progress=progress,
+            target=target,
+            data=data,
+            method=method,
+            name=os.path.basename(output or default_output(src.path or "model.tflite")),
+        )
+    elif budget is None:
         result = pipeline.apply(
             model,
             recipe,
@@ -494,6 +516,34 @@ def _calibration(src: _Input, spec: DataLike | None, count: int, samples: int) -
         source = f"{data.source}, the calibration samples themselves (none held out)"
         held_out = data.head(max(samples, 32), source)
     return data, held_out
+
+
+def _quantizes(recipe: str | os.PathLike | Recipe | None) -> bool:
+    """Whether `recipe` (as rewrite takes it) has a quantize step."""
+    from tflrewrite import recipes
+
+    if recipe is None:
+        return False
+    chosen = recipe if isinstance(recipe, recipes.Recipe) else recipes.load(os.fspath(recipe))
+    return any(s.name == "quantize" for s in chosen.steps)
+
+
+def _check_floor(calibration: DataLike | None, target: str) -> None:
+    """What --min-sqnr needs beyond the recipe: real samples to measure on, and a target
+    whose quantize step is the plain one (the floor runs its own)."""
+    from tflrewrite import targets
+
+    if calibration is not None and _is_random(calibration):
+        raise UsageError(
+            "--min-sqnr measures SQNR on held-out calibration samples: give real ones "
+            "(--calibration DATA.npz or a folder of images), not random inputs"
+        )
+    if "quantize" in targets.load(target).steps:
+        raise UsageError(
+            f"--min-sqnr with --target {target}: that target quantizes its own way (its "
+            "runtime's int16 gaps), which the floor does not plan for yet; use --target "
+            "generic or cpu"
+        )
 
 
 def _is_random(spec: DataLike) -> bool:

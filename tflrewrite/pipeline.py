@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tflrewrite import targets
 from tflrewrite.model import Model
-from tflrewrite.passes.common import Data, StepRecord
+from tflrewrite.passes.common import Data, Pass, StepRecord
 from tflrewrite.provenance import METADATA_NAME, provenance
 from tflrewrite.recipes import Recipe, check
 from tflrewrite.runtime_version import update_min_runtime_version
@@ -34,6 +34,7 @@ def apply(
     data: Any = None,
     method: str = "data",
     on_step: Callable[[str, Model], None] | None = None,
+    runs: Mapping[str, Pass] | None = None,
 ) -> Result:
     """The model after every step of `recipe`, laid down for `target` (see
     tflrewrite.targets); the input model is left as it was. `data` (calibrate.Samples)
@@ -41,10 +42,13 @@ def apply(
     clustering (Recipe.planned chooses the passes). Settings that do not go together are
     refused as recipes.check refuses them. `on_step(name, model)` sees the model after each
     step (the target's too, as "target:NAME"), for reports that show the stages; it must not
-    change it."""
+    change it. `runs`: passes that run steps in place of the planned ones, by step name (a
+    planner's own quantize step, say)."""
     check(recipe, calibrated=data is not None, method=None if data is None else method)
     laid = targets.load(target)
     steps = recipe.planned(own_steps=laid.steps, data_aware=data is not None and method == "data")
+    if runs:
+        steps = tuple(replace(s, runs=runs.get(s.name, s.runs)) for s in steps)
     result = Result(model)
     reference = model  # what data-aware passes aim each layer's outputs at
     for step in steps:

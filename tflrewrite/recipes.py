@@ -106,11 +106,14 @@ class Recipe:
         return Recipe(name, self.description, ordered)
 
 
-def check(recipe: Recipe, *, calibrated: bool, method: str | None = None) -> None:
+def check(
+    recipe: Recipe, *, calibrated: bool, method: str | None = None, floor: float | None = None
+) -> None:
     """Refuse settings that do not go together: a data method without data, data that no
     step uses, a rounding that would not run, a rule's precision the quantize mode cannot
-    give. `calibrated`: whether calibration samples come
-    with the recipe; `method` "data" or "magnitude", None where not asked for."""
+    give, a quality floor without full int8 to raise from. `calibrated`: whether
+    calibration samples come with the recipe; `method` "data" or "magnitude", None where
+    not asked for; `floor` the --min-sqnr, if any."""
     _check_rounding(recipe, calibrated, method)
     for step in recipe.steps:
         if step.name == "quantize":
@@ -118,6 +121,8 @@ def check(recipe: Recipe, *, calibrated: bool, method: str | None = None) -> Non
                 check_rules(step.options, step.rules)
             except UsageError as e:
                 raise UsageError(f"recipe {recipe.name}: {e}") from None
+    if floor is not None:
+        _check_floor(recipe, calibrated)
     if not calibrated:
         if method == "data":
             raise UsageError("--method data needs --calibration samples")
@@ -127,6 +132,25 @@ def check(recipe: Recipe, *, calibrated: bool, method: str | None = None) -> Non
             "--calibration: nothing uses it (it serves --quantize int8 or int16x8, --prune "
             "and --cluster)"
         )
+
+
+def _check_floor(recipe: Recipe, calibrated: bool) -> None:
+    """--min-sqnr raises ops from full int8, measured on calibration samples; clustering
+    after it would re-round the int8 weights the floor was measured with."""
+    quantize = [s.options.mode for s in recipe.steps if s.name == "quantize"]
+    if quantize != ["int8"]:
+        given = f"--quantize {quantize[0]}" if quantize else "no quantize step"
+        raise UsageError(
+            f"--min-sqnr chooses each op's precision up from full int8: it needs --quantize "
+            f"int8 (implied where no --quantize is given), not {given}"
+        )
+    if any(s.name == "cluster" for s in recipe.steps):
+        raise UsageError(
+            "--min-sqnr with --cluster: clustering would re-round the int8 weights after the "
+            "floor measured them; give one or the other"
+        )
+    if not calibrated:
+        raise UsageError("--min-sqnr needs --calibration samples to measure SQNR on")
 
 
 def _uses_data(step: Step) -> bool:

@@ -58,6 +58,8 @@ examples:
   tflrewrite float.tflite --quantize int8 --calibration samples.npz   full-integer int8
   tflrewrite float.tflite --quantize int16x8 --calibration samples.npz   int16 activations
   tflrewrite float.tflite --prune 0.5 --cluster 16 --quantize int8 --calibration samples.npz
+  tflrewrite float.tflite --min-sqnr 40 --calibration samples.npz
+                          full int8, with ops raised to int16x8 or float to keep 40 dB
   tflrewrite float.tflite --quantize int8-weights --cluster 16 --granularity channel
   tflrewrite float.tflite --prune 0.5 --cluster 16 --quantize int8 --calibration s.npz
       --max-zip-bytes 40k     the settings per layer with least error in 40 kB zipped
@@ -83,6 +85,17 @@ and a budget they meet is met, never with more error than theirs (estimated, and
 and 4-256 clusters, one codebook per tensor or per channel (--quantize stays as given).
 Large layers whose settings differ by coarse steps get settings in between. The report
 lists the setting each layer got and what it was chosen over."""
+
+
+FLOOR_HELP = """\
+Starts from full int8 and measures, on the calibration samples beyond
+--calibration-samples (or on the first ones, when none are left), what each region (a
+weight op and the ops after it up to the next one) buys raised alone to int16x8, then to
+float with float16 weights; then raises the regions with the most dB per byte until the
+floor holds, and lowers each back where it still holds. Calibrates once. With --max-bytes
+or --max-zip-bytes the choice also fits the budget (nothing is pruned or clustered). No
+choice meets it: exit 2, one line with the best SQNR reached, nothing written. The report
+lists each raised op, its precision, and what its region cost (bytes) and bought (dB)."""
 
 
 def _targets_help() -> str:
@@ -263,6 +276,15 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="the Ethos-U configuration for --max-vela-bytes (default: ethos-u55-128)",
     )
+    g = p.add_argument_group("quality floor", FLOOR_HELP)
+    g.add_argument(
+        "--min-sqnr",
+        metavar="DB",
+        type=float,
+        help="the worst output's SQNR against MODEL, on held-out calibration samples, at "
+        "least DB: ops are raised from full int8 to int16x8 or float where needed (implies "
+        "--quantize int8; needs --calibration)",
+    )
     g = p.add_argument_group("which weights")
     g.add_argument("--skip", metavar="REGEX", help="leave tensors whose name matches alone")
     g.add_argument(
@@ -381,6 +403,7 @@ def _run_one(args: argparse.Namespace, keep: list | None = None) -> int:
         max_bytes=args.max_bytes,
         max_vela_bytes=args.max_vela_bytes,
         accelerator=args.accelerator,
+        min_sqnr=args.min_sqnr,
         target=args.target,
         verify=not args.no_verify,
         samples=args.samples,

@@ -278,6 +278,9 @@ def print_report(report: dict, out: TextIO, verbose: bool = False) -> None:
         if step["pass"] == "budget":
             _print_budget(step, out)
             continue
+        if step["pass"] == "floor":
+            _print_floor(step, out)
+            continue
         _print_step(step, out, verbose)
     _print_verify(report, out)
     _print_seconds(report.get("seconds"), out)
@@ -389,3 +392,36 @@ def _print_budget(step: dict, out: TextIO) -> None:
             )
         )
     print_table(table, out, right={1, 2, 3, 4})
+
+
+def _print_floor(step: dict, out: TextIO) -> None:
+    """The quality floor's choice: what it met, and what each raised region cost and
+    bought (alone, over full int8)."""
+    share = step["raised_weight_bytes"] / max(step["weight_bytes"], 1)
+    budget = step.get("budget")
+    within = f", within {budget['limit']:,} {budget['measure']}" if budget else ""
+    out.write(
+        f"\nfloor: worst output at least {step['min_sqnr_db']:g} dB SQNR on {step['samples']} "
+        f"held-out samples ({step['source']}){within}: {db(step['sqnr_db'])} dB, full int8 "
+        f"{db(step['int8_sqnr_db'])} dB; {step['raised_ops']} op(s) raised, "
+        f"{share:.1%} of weight bytes to float16; {step['measurements']} candidates measured\n"
+    )
+    if step.get("refine"):
+        out.write(f"  refine: {step['refine']}\n")
+    table = [("region (raised alone)", "precision", "ops", "+bytes", "+dB")]
+    regions: dict[str, list] = {}
+    for t in step["tensors"]:
+        regions.setdefault(t["region"], []).append(t)
+    for name, ops in regions.items():
+        first = ops[0]
+        table.append(
+            (
+                clip(name, 44),
+                first["precision"],
+                str(len(ops)),
+                f"{first['region_bytes']:,}",
+                db(first["region_gain_db"]),
+            )
+        )
+    if len(table) > 1:
+        print_table(table, out, right={2, 3, 4})
