@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from tflrewrite import api, calibrate, reader, writer
+from tflrewrite import api, calibrate, reader, runtime, writer
 from tflrewrite.cli import main
 from tflrewrite.errors import TflRewriteError, UsageError
 from tflrewrite.model import FullyConnectedAttrs, Model, Operator, Subgraph, Tensor
@@ -180,13 +180,26 @@ def test_the_floor_holds_in_litert_on_the_written_file(mlp, tmp_path):
         ({"quantize": "int16x8"}, "needs --quantize int8"),
         ({"quantize": "int8-weights"}, "needs --quantize int8"),
         ({"quantize": "int8", "cluster": 16}, "--cluster"),
-        ({"target": "tflm"}, "--target tflm"),
         ({"max_vela_bytes": 10_000}, "--max-vela-bytes"),
     ],
 )
 def test_combinations_it_cannot_plan_are_refused(mlp, flags, message):
     with pytest.raises(UsageError, match=message):
         floored(mlp, 30, **flags)
+
+
+@pytest.mark.skipif(not runtime.tflm_available(), reason="tflite-micro is not installed")
+def test_a_floor_for_tflm_meets_it_and_runs_in_tflite_micro(mlp, tmp_path):
+    """--target tflm plans within tflite-micro's integer kernels (targets' `unsupported`
+    and `tied`), and the chosen mixed model runs there as in LiteRT."""
+    floor = mlp["int8_db"] + 10
+    out = tmp_path / "tflm.tflite"
+    result = floored(mlp, floor, target="tflm", output=out)
+    assert result.report["verify"]["min_sqnr_db"] >= floor
+    x = np.load(mlp["npz"])["features"][30:40]
+    samples = [[v] for v in x]
+    lite = verify.compare(runtime.Runner(mlp["path"]), runtime.TflmRunner(out), samples, "t")
+    assert lite.min_sqnr_db >= floor
 
 
 def test_it_needs_real_calibration_samples(mlp):

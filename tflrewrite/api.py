@@ -182,7 +182,7 @@ def rewrite(
         chosen = with_planner_steps(chosen)
     recipes.check(chosen, calibrated=calibration is not None, method=method, floor=min_sqnr)
     if min_sqnr is not None:
-        _check_floor(calibration, target)
+        _check_floor(calibration)
     # LiteRT runs in a child process for the report (a crash there ends only the child),
     # started now so that it loads while this one rewrites.
     child = summary.runner_soon() if verify else None
@@ -528,21 +528,12 @@ def _quantizes(recipe: str | os.PathLike | Recipe | None) -> bool:
     return any(s.name == "quantize" for s in chosen.steps)
 
 
-def _check_floor(calibration: DataLike | None, target: str) -> None:
-    """What --min-sqnr needs beyond the recipe: real samples to measure on, and a target
-    whose quantize step is the plain one (the floor runs its own)."""
-    from tflrewrite import targets
-
+def _check_floor(calibration: DataLike | None) -> None:
+    """What --min-sqnr needs beyond the recipe: real samples to measure on."""
     if calibration is not None and _is_random(calibration):
         raise UsageError(
             "--min-sqnr measures SQNR on held-out calibration samples: give real ones "
             "(--calibration DATA.npz or a folder of images), not random inputs"
-        )
-    if "quantize" in targets.load(target).steps:
-        raise UsageError(
-            f"--min-sqnr with --target {target}: that target quantizes its own way (its "
-            "runtime's int16 gaps), which the floor does not plan for yet; use --target "
-            "generic or cpu"
         )
 
 

@@ -141,6 +141,7 @@ def apply(
     samples = held_out.values[:MAX_SAMPLES]
     zip_name = name if floor.budget is not None and floor.budget.metric == "zip" else None
     planner = _Planner(model, floor, samples, held_out.source, zip_name, progress)
+    planner.runtime = targets.load(target)
     runs = {"quantize": planner.quantize_pass(), "refine": planner.guarded_refine()}
     result = pipeline.apply(
         model, recipe, progress=progress, target=target, data=data, method=method, runs=runs
@@ -161,6 +162,7 @@ class _Planner:
         self.final: float | None = None
         self.refine_note: str | None = None
         self.seconds = 0.0
+        self.runtime: targets.Target = targets.load(targets.DEFAULT)  # its integer gaps
 
     # -------------------------------------------------------------- as recipe steps
 
@@ -200,7 +202,13 @@ class _Planner:
     def _rewrite(self, cal, options, rules, precision: dict[int, str]) -> _Measured:
         source = f"--min-sqnr {self.floor.min_sqnr:g}"
         result = quantize_graph.rewrite(
-            cal, options, precision=precision, rules=rules, source=source
+            cal,
+            options,
+            precision=precision,
+            rules=rules,
+            unsupported=self.runtime.unsupported,
+            tied=self.runtime.tied,
+            source=source,
         )
         return self.judge.measure(result, precision)
 

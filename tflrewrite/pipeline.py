@@ -46,7 +46,9 @@ def apply(
     planner's own quantize step, say)."""
     check(recipe, calibrated=data is not None, method=None if data is None else method)
     laid = targets.load(target)
-    steps = recipe.planned(own_steps=laid.steps, data_aware=data is not None and method == "data")
+    steps = recipe.planned(
+        own_steps=laid.own_steps(), data_aware=data is not None and method == "data"
+    )
     if runs:
         steps = tuple(replace(s, runs=runs.get(s.name, s.runs)) for s in steps)
     result = Result(model)

@@ -74,13 +74,27 @@ class Target:
     step name (data-aware variants still take precedence). `estimate_bytes`: a weight's
     file bytes once laid down, from the values a candidate setting would store (`quantize_mode`,
     the recipe's quantize mode or None). `bytes_hint`: what a --max-bytes budget it could
-    not meet adds to its message."""
+    not meet adds to its message. `unsupported`: (activation dtype, op type) -> why its
+    runtime has no integer kernel for it (such ops stay float); `tied`: (activation dtype,
+    op type) whose kernel there needs one scale on input and output. Full-integer
+    quantization (its quantize step, and the --min-sqnr planner) honours both."""
 
     name: str
     run: Callable[[Model], PassResult] | None
     steps: Mapping[str, Pass] = field(default_factory=dict)
     estimate_bytes: EstimateBytes = dense_bytes
     bytes_hint: str = DENSE_HINT
+    unsupported: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    tied: frozenset[tuple[str, str]] = frozenset()
+
+    def own_steps(self) -> Mapping[str, Pass]:
+        """The steps this target runs its own way, its quantize step among them where its
+        runtime lacks integer kernels."""
+        if not (self.unsupported or self.tied):
+            return self.steps
+        from tflrewrite.passes import quantize
+
+        return {**self.steps, "quantize": quantize.for_runtime(self.unsupported, self.tied)}
 
 
 def load(name: str) -> Target:

@@ -42,7 +42,6 @@ from tflrewrite.errors import UsageError
 from tflrewrite.kernels import palette as kernels
 from tflrewrite.model import Model, Operator, Quantization, Tensor
 from tflrewrite.passes import cluster as cluster_pass
-from tflrewrite.passes import quantize
 from tflrewrite.passes.common import (
     Data,
     Pass,
@@ -429,8 +428,6 @@ def _requantize_record(model: Model, w: Weight) -> dict:
 TARGET = Target(
     name="ethos-u",
     run=run,
-    steps={
-        "cluster": Pass(name="cluster", Options=cluster_pass.Options, run=cluster),
-        "quantize": quantize.for_runtime(INT16_GAPS),
-    },
+    steps={"cluster": Pass(name="cluster", Options=cluster_pass.Options, run=cluster)},
+    unsupported=INT16_GAPS,
 )

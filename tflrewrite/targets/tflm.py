@@ -57,7 +57,6 @@ import numpy as np
 from tflrewrite.errors import UsageError
 from tflrewrite.kernels import bitpack
 from tflrewrite.model import Model, Operator, Subgraph, Tensor
-from tflrewrite.passes import quantize
 from tflrewrite.passes.common import PassResult, weight_stats
 from tflrewrite.targets import Target, common
 from tflrewrite.weights import Weight, find_weights, record, replace_data
@@ -427,7 +426,8 @@ def place_decodes(sg: Subgraph, decodes: dict[int, Operator]) -> None:
 TARGET = Target(
     name="tflm",
     run=run,
-    steps={"quantize": quantize.for_runtime(INT16_GAPS, TIED)},
+    unsupported=INT16_GAPS,
+    tied=TIED,
     estimate_bytes=estimate_bytes,
     bytes_hint="",
 )
