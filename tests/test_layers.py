@@ -37,7 +37,7 @@ LAYERS = {
     "tflrewrite.pipeline": "plan",
     "tflrewrite.api": "plan",
     "tflrewrite.budget": "plan",
-    "tflrewrite.explore": "plan",
+    "tflrewrite.tree": "plan",
     "tflrewrite.fanout": "plan",
     "tflrewrite.cli": "face",
     "tflrewrite.__main__": "face",
