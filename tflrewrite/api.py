@@ -656,7 +656,8 @@ def explore(
     into output/NAME), with explore.json and, given `html`, the page. `only`: shell patterns
     of candidate names, a list or comma-separated; `ray`: True for the Ray cluster Ray
     finds, or its address; `progress(model, candidate, done, total)` as each candidate is
-    measured. Raises TflRewriteError for what the command refuses, before any work."""
+    measured. Raises TflRewriteError for what the command refuses, before anything is
+    written."""
     from tflrewrite import tree
     from tflrewrite.fileio import check_output_path
 
