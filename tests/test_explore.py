@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tflrewrite import calibrate, explore, fanout, recipes, runtime
+from tflrewrite import calibrate, fanout, recipes, runtime, tree
 from tflrewrite.cli import main
+from tflrewrite.errors import UsageError
 from tflrewrite.reports.audit import zip_size
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,12 +137,91 @@ def test_each_command_line_makes_the_same_model(explored, tmp_path):
         assert (tmp_path / "again.tflite").read_bytes() == (out / r["file"]).read_bytes()
 
 
+def _untimed(doc: dict, folder: Path) -> list:
+    """Each model's candidates less their timings, with command lines relative to `folder`
+    (where the models were written), and its front."""
+    found = []
+    for m in doc["models"]:
+        rows = [
+            {k: v for k, v in r.items() if k != "seconds"}
+            | {"command": r["command"].replace(str(folder), "DIR")}
+            for r in m["candidates"]
+        ]
+        found.append(({k: v for k, v in m.items() if k != "candidates"}, rows))
+    return found
+
+
+def test_the_api_gives_the_command_s_models_record_and_front(explored, example_model, tmp_path):
+    import tflrewrite
+
+    out, doc, _, inputs = explored
+    seen = []
+    result = tflrewrite.explore(
+        str(example_model),
+        output=tmp_path / "api",
+        inputs=str(inputs),
+        only=NAMES,
+        progress=lambda model, row, done, total: seen.append((row["name"], done, total)),
+    )
+    assert _untimed(result.record, tmp_path / "api") == _untimed(doc, out)
+    assert json.loads((tmp_path / "api" / "explore.json").read_text()) == result.record
+    assert [r["name"] for r in result.candidates] == NAMES
+    assert [r["name"] for r in result.front] == doc["models"][0]["front"]
+    assert [(done, total) for _, done, total in seen] == [(k, 5) for k in range(1, 6)]
+    assert sorted(name for name, _, _ in seen) == sorted(NAMES)
+    assert sorted(result.files) == sorted(
+        [str(tmp_path / "api" / r["file"]) for r in _rows(doc)]
+        + [str(tmp_path / "api" / "explore.json")]
+    )
+    for r in _rows(doc):
+        assert (tmp_path / "api" / r["file"]).read_bytes() == (out / r["file"]).read_bytes()
+
+
+def test_the_api_takes_bytes_and_arrays(example_model, tmp_path):
+    import tflrewrite
+
+    with np.load(ROOT / "examples" / "digits_samples.npz") as npz:
+        arrays = {k: npz[k][:60] for k in npz.files}  # 40 calibrate, 20 held out, labelled
+    result = tflrewrite.explore(
+        example_model.read_bytes(),
+        output=tmp_path / "out",
+        calibration=arrays,
+        calibration_samples=40,
+        only="int8",
+    )
+    (row,) = result.candidates
+    assert row["status"] == "ok" and row["measures"]["accuracy"] > 0.8
+    assert row["command"].startswith("tflrewrite '<bytes>' -o ")
+    assert "--calibration '<arrays>' --calibration-samples 40" in row["command"]
+    (model,) = result.record["models"]
+    assert model["evaluation"]["samples"] == 20 and model["evaluation"]["labels"] == "classes"
+    with pytest.raises(UsageError, match="one size budget"):
+        tflrewrite.explore(
+            example_model.read_bytes(), output=tmp_path / "no", max_bytes=1, max_zip_bytes=1
+        )
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("target", ["generic", "tflm", "ethos-u"])
+def test_each_candidate_s_recipe_is_the_rewrite_command_s(target, tmp_path):
+    """The tree makes each candidate's recipe and budget from its flags as the rewrite
+    command's parser does."""
+    from tflrewrite.cli import rewrite
+
+    budgets = [("zip", 40_000), ("bytes", 50_000), ("vela", 30_000)]
+    for calibrated in (False, True):
+        for c in tree.tree(target=target, calibrated=calibrated, budgets=budgets):
+            flags = rewrite.parser().parse_args(["m.tflite", *c.flags])
+            expected = (rewrite.recipe_from_args(flags), rewrite.budget_from_args(flags))
+            assert tree.settings(c.flags) == expected, c.name
+
+
 def test_a_failing_candidate_is_a_row_with_its_reason(example_model):
     """Full int8 needs calibration data: given none, that candidate fails in its worker and
     the other still runs."""
     content = example_model.read_bytes()
     samples = runtime.random_inputs([runtime.load(content)], 4, 0)
-    subject = explore.Subject(
+    subject = tree.Subject(
         path=str(example_model),
         model=content,
         target="generic",
@@ -150,19 +230,19 @@ def test_a_failing_candidate_is_a_row_with_its_reason(example_model):
     )
     base = recipes.load("identity")
     plans = [
-        explore.Plan(
-            explore.Candidate("int8", ("--quantize", "int8")),
+        tree.Plan(
+            tree.Candidate("int8", ("--quantize", "int8")),
             "tflrewrite m --quantize int8",
             base.with_options({"quantize": {"mode": "int8"}}),
         ),
-        explore.Plan(
-            explore.Candidate("float16", ("--quantize", "float16")),
+        tree.Plan(
+            tree.Candidate("float16", ("--quantize", "float16")),
             "tflrewrite m --quantize float16",
             base.with_options({"quantize": {"mode": "float16"}}),
         ),
-        explore.Plan(explore.Candidate("refused", ()), "tflrewrite m", refused="not today"),
+        tree.Plan(tree.Candidate("refused", ()), "tflrewrite m", refused="not today"),
     ]
-    (e,) = explore.run([(subject, plans)])
+    (e,) = tree.run([(subject, plans)])
     failed, ran, refused = e.rows
     assert failed["status"] == "failed" and "calibration" in failed["reason"]
     assert ran["status"] == "ok" and ran["measures"]["sqnr_db"] > 40
@@ -251,14 +331,14 @@ def test_refusals_are_one_line_and_write_nothing(example_model, tmp_path, capsys
 
 def test_labels_score_classes_by_accuracy_and_values_by_mse():
     scores = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
-    assert explore.label_score(scores, np.array([1, 0, 0])) == {"accuracy": 2 / 3}
+    assert tree.label_score(scores, np.array([1, 0, 0])) == {"accuracy": 2 / 3}
     values = np.array([[1.0], [2.0], [4.0]])
-    assert explore.label_score(values, np.array([1.0, 2.0, 3.0])) == {"mse": 1 / 3}
+    assert tree.label_score(values, np.array([1.0, 2.0, 3.0])) == {"mse": 1 / 3}
 
 
 def test_pareto_keeps_what_nothing_beats():
     points = [(10, 0.5), (20, 0.9), (15, 0.4), (20, 0.9), (30, 0.8), (5, 0.1)]
-    assert explore.pareto(points) == [5, 0, 1]
+    assert tree.pareto(points) == [5, 0, 1]
 
 
 # ------------------------------------------------------------------ fleets

@@ -38,7 +38,7 @@ LAYERS = {
     "tflrewrite.api": "plan",
     "tflrewrite.budget": "plan",
     "tflrewrite.floor": "plan",
-    "tflrewrite.explore": "plan",
+    "tflrewrite.tree": "plan",
     "tflrewrite.fanout": "plan",
     "tflrewrite.cli": "face",
     "tflrewrite.__main__": "face",

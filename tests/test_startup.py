@@ -143,7 +143,7 @@ def test_zip_size_soon_gives_zip_size_or_none(example_model, tmp_path):
 # What Numba imports only to look, or for kernels that allocate arrays themselves (numpy 1.x
 # imports numpy.ma itself); matplotlib, which only --html draws with; and explore's machinery
 # and Ray, which only explore, several models and --ray use.
-EXPLORE_ONLY = ("tflrewrite.explore", "tflrewrite.fanout", "ray")
+EXPLORE_ONLY = ("tflrewrite.tree", "tflrewrite.fanout", "ray")
 NOT_LOADED = ("numba.np.arrayobj", "scipy", "yaml", "matplotlib", *EXPLORE_ONLY) + (
     ("numpy.ma",) if int(np.__version__.split(".")[0]) >= 2 else ()
 )

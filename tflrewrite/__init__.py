@@ -1,8 +1,8 @@
 """tflrewrite: read, rewrite, audit and verify TensorFlow Lite models.
 
-`tflrewrite.rewrite`, `audit` and `verify` are the Python API (tflrewrite.api), imported on
-first use so that `import tflrewrite` stays cheap. A function here must not share its name
-with a module of this package: importing the module would replace the function.
+`tflrewrite.rewrite`, `audit`, `verify` and `explore` are the Python API (tflrewrite.api),
+imported on first use so that `import tflrewrite` stays cheap. A function here must not share
+its name with a module of this package: importing the module would replace the function.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ _API = {
     "rewrite": "tflrewrite.api",
     "audit": "tflrewrite.api",
     "verify": "tflrewrite.api",
+    "explore": "tflrewrite.api",
     "Result": "tflrewrite.api",
+    "Explored": "tflrewrite.api",
 }
 
 __all__ = ["__version__", *_API]

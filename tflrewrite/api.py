@@ -1,4 +1,5 @@
-"""The Python API: rewrite, audit and verify a model as the commands do, without printing.
+"""The Python API: rewrite, audit, verify and explore models as the commands do, without
+printing.
 
 Each command is a thin layer over a function here (tflrewrite/cli/ parses and prints), and
 each function takes the command's flags as keyword arguments of the same names:
@@ -632,6 +633,192 @@ def verify(
         names=(sides[0].name, sides[1].name),
         progress=progress,
     )
+
+
+@dataclass
+class Explored:
+    """What explore found and wrote into the folder `output`. `record` is explore.json's
+    document: for each model its candidates (settings, figures, the command line that makes
+    the same bytes, the file, relative to `output`) and its front by name. `html`: the page
+    written, if any."""
+
+    record: dict
+    output: str
+    html: str | None = None
+
+    @property
+    def candidates(self) -> list[dict]:
+        """Every candidate of every model, in order, as explore.json lists them."""
+        return [row for m in self.record["models"] for row in m["candidates"]]
+
+    @property
+    def front(self) -> list[dict]:
+        """The candidates on each model's Pareto front, smallest first."""
+        rows = []
+        for m in self.record["models"]:
+            by_name = {r["name"]: r for r in m["candidates"]}
+            rows += [by_name[name] for name in m["front"]]
+        return rows
+
+    @property
+    def files(self) -> list[str]:
+        """Every file written: the candidates' models, explore.json, the HTML page."""
+        from tflrewrite.tree import RECORD
+
+        found = [os.path.join(self.output, r["file"]) for r in self.candidates if r["file"]]
+        found.append(os.path.join(self.output, RECORD))
+        return found + ([self.html] if self.html else [])
+
+
+def explore(
+    model: ModelLike | list[ModelLike] | tuple[ModelLike, ...],
+    *,
+    output: str | os.PathLike,
+    calibration: DataLike | None = None,
+    calibration_samples: int = 100,
+    inputs: DataLike | None = None,
+    samples: int = 32,
+    target: str = "generic",
+    accelerator: str | None = None,
+    max_zip_bytes: int | None = None,
+    max_bytes: int | None = None,
+    max_vela_bytes: int | None = None,
+    only: str | list[str] | tuple[str, ...] | None = None,
+    jobs: int = 1,
+    ray: str | bool | None = None,
+    html: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: Callable[[str, dict, int, int], None] | None = None,
+) -> Explored:
+    """Explore the deployment tree for `model` (or a list of models) as `tflrewrite explore`
+    does, with its flags as keyword arguments: every candidate rewrite for the target,
+    measured against the model on `inputs` (else the calibration samples held out, else
+    `samples` random inputs), written into the folder `output` (for several models, each
+    into output/NAME), with explore.json and, given `html`, the page. `only`: shell patterns
+    of candidate names, a list or comma-separated; `ray`: True for the Ray cluster Ray
+    finds, or its address; `progress(model, candidate, done, total)` as each candidate is
+    measured. Raises TflRewriteError for what the command refuses, before anything is
+    written."""
+    from tflrewrite import tree
+    from tflrewrite.fileio import check_output_path
+
+    several = isinstance(model, (list, tuple))
+    sources = [_Input.of(m) for m in (model if several else [model])]
+    output = os.fspath(output)
+    folders = tree.folders([s.name for s in sources], output)
+    paths = [s.path for s in sources if s.path is not None]
+    tree.check_folder(output, inputs=paths, force=force)
+    if html is not None:
+        from tflrewrite.reports import html as pages
+
+        pages.check_available()
+        html = os.fspath(html)
+        check_output_path(html, paths, force)
+    budget = _explore_budget(
+        target=target,
+        calibration=calibration,
+        accelerator=accelerator,
+        budgets=(max_zip_bytes, max_bytes, max_vela_bytes),
+        jobs=jobs,
+        ray=ray,
+    )
+    patterns = [p.strip() for p in only.split(",") if p.strip()] if isinstance(only, str) else only
+    budgets = None
+    explored = []
+    for src in sources:
+        subject = tree.subject(
+            src.name,
+            _content(src),
+            target=target,
+            calibration=calibration,
+            calibration_samples=calibration_samples,
+            inputs=inputs,
+            samples=samples,
+            accelerator=accelerator,
+        )
+        if budgets is None or several:
+            budgets = tree.budgets_for(subject.model, target=target, given=budget)
+        plans = tree.plans(
+            subject,
+            folder=folders[src.name],
+            calibration=calibration,
+            calibration_samples=calibration_samples,
+            budgets=budgets,
+            only=patterns or (),
+        )
+        explored.append((subject, plans))
+    total = sum(p.refused is None for _, plans in explored for p in plans)
+    count = 0
+
+    def done(subject: Any, name: str, row: dict) -> None:
+        nonlocal count
+        count += 1
+        if progress is not None:
+            progress(subject.path, row, count, total)
+
+    results = tree.run(
+        explored,
+        workers=jobs,
+        ray="" if ray is True else (None if ray is False else ray),
+        budget=budget,
+        on_done=done,
+    )
+    for e in results:
+        tree.assign_files(e, os.path.relpath(folders[e.subject.path], output))
+    record = tree.save(results, output, force=force)
+    if html is not None:
+        from tflrewrite.reports import html as pages
+        from tflrewrite.reports import sweep
+
+        pages.write(html, sweep.page(record))
+    return Explored(record, output, html)
+
+
+def _explore_budget(
+    *,
+    target: str,
+    calibration: Any,
+    accelerator: str | None,
+    budgets: tuple[int | None, int | None, int | None],
+    jobs: int,
+    ray: Any,
+) -> tuple[str, int] | None:
+    """The user's size budget (metric, limit), or None, once the settings are known to go
+    together."""
+    from tflrewrite.targets import TARGETS
+
+    if target not in TARGETS:
+        raise UsageError(f"target {target!r}: not one of {', '.join(TARGETS)}")
+    if jobs < 1:
+        raise UsageError(f"jobs: not a positive whole number: {jobs}")
+    given = [(m, v) for m, v in zip(("zip", "bytes", "vela"), budgets) if v is not None]
+    if len(given) > 1:
+        raise UsageError("give one size budget at a time (max_zip_bytes, max_bytes or vela)")
+    if target == "ethos-u" and calibration is None:
+        raise UsageError(
+            "explore --target ethos-u: Ethos-U runs full int8, which needs --calibration"
+        )
+    if target != "ethos-u":
+        for flag, value in (("--accelerator", accelerator), ("--max-vela-bytes", budgets[2])):
+            if value is not None:
+                raise UsageError(f"{flag} is for --target ethos-u")
+    if ray is not None and ray is not False:
+        from tflrewrite import fanout
+
+        if not fanout.ray_available():
+            raise UsageError(f"--ray needs Ray: {fanout.RAY_EXTRA}")
+    return given[0] if given else None
+
+
+def _content(src: _Input) -> bytes:
+    """The model's file in bytes, read once."""
+    if src.path is None:
+        return src.data()
+    try:
+        with open(src.path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TflRewriteError(f"{src.path}: cannot read it: {e.strerror or e}") from None
 
 
 class _Input:

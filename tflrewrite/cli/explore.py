@@ -1,22 +1,19 @@
-"""`tflrewrite explore`: runs the deployment tree's paths on models, prints each Pareto front
-and writes every candidate, explore.json and an HTML page."""
+"""`tflrewrite explore`: parses the flags for api.explore (the deployment tree's paths on
+models: every candidate, explore.json and an HTML page written), and prints each Pareto
+front."""
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import os
-import shlex
 import sys
 from typing import Any, TextIO
 
 from tflrewrite.cli.common import Parser, expand_models, formatter, positive, size
-from tflrewrite.errors import TflRewriteError, UsageError
 from tflrewrite.reports.text import clip, db
 from tflrewrite.targets import DEFAULT, TARGETS
 
 CALIBRATION_SAMPLES = 100  # as the rewrite command's --calibration-samples
-RANDOM_SEED = 1  # random evaluation inputs: not the calibration's seed-0 ones
 
 DESCRIPTION = """\
 Explore the deployment tree for MODEL: rewrite it every way the tree offers for the
@@ -165,203 +162,49 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tflrewrite import explore
-    from tflrewrite.fileio import check_output_path
+    from tflrewrite import api
+    from tflrewrite.tree import RECORD
 
     models = expand_models(args.models)
-    folders = _folders(models, args.output)
-    explore.check_folder(args.output, inputs=models, force=args.force)
-    if args.html:
-        from tflrewrite.reports import html
-
-        html.check_available()
-        check_output_path(args.html, models, args.force)
-    _check(args)
-    budgets = None
-    explored = []
-    for path in models:
-        subject = _subject(path, args)
-        if budgets is None or len(models) > 1:
-            budgets = _budgets(subject, args)
-        explored.append((subject, _plans(path, folders[path], args, budgets)))
-    total = sum(1 + sum(p.refused is None for p in plans) for _, plans in explored)
-    results = explore.run(
-        explored,
-        workers=args.jobs,
+    result = api.explore(
+        models if len(models) > 1 else models[0],
+        output=args.output,
+        calibration=args.calibration,
+        calibration_samples=args.calibration_samples,
+        inputs=args.inputs,
+        samples=args.samples,
+        target=args.target,
+        accelerator=args.accelerator,
+        max_zip_bytes=args.max_zip_bytes,
+        max_bytes=args.max_bytes,
+        max_vela_bytes=args.max_vela_bytes,
+        only=args.only,
+        jobs=args.jobs,
         ray=args.ray,
-        budget=_user_budget(args),
-        on_done=_progress(total - len(explored), several=len(models) > 1),
+        html=args.html,
+        force=args.force,
+        progress=_progress(several=len(models) > 1),
     )
-    for e in results:
-        explore.assign_files(e, os.path.relpath(folders[e.subject.path], args.output))
-    doc = explore.save(results, args.output, force=args.force)
-    if args.html:
-        from tflrewrite.reports import html, sweep
-
-        html.write(args.html, sweep.page(doc))
-    for e in results:
-        _print(e, sys.stdout, verbose=args.verbose)
-    sys.stdout.write(f"\nevery candidate: {os.path.join(args.output, explore.RECORD)}\n")
+    for model in result.record["models"]:
+        _print(model, sys.stdout, verbose=args.verbose)
+    sys.stdout.write(f"\nevery candidate: {os.path.join(args.output, RECORD)}\n")
     if args.html:
         sys.stdout.write(f"html report: {args.html}\n")
-    return 1 if any(not e.front for e in results) else 0
+    return 1 if any(not m["front"] for m in result.record["models"]) else 0
 
 
-def _check(args: argparse.Namespace) -> None:
-    if args.target == "ethos-u" and args.calibration is None:
-        raise UsageError(
-            "explore --target ethos-u: Ethos-U runs full int8, which needs --calibration"
-        )
-    if args.target != "ethos-u":
-        for flag, given in (
-            ("--accelerator", args.accelerator),
-            ("--max-vela-bytes", args.max_vela_bytes),
-        ):
-            if given is not None:
-                raise UsageError(f"{flag} is for --target ethos-u")
-    if args.ray is not None:
-        from tflrewrite import fanout
-
-        if not fanout.ray_available():
-            raise UsageError(f"--ray needs Ray: {fanout.RAY_EXTRA}")
-
-
-def _folders(models: list[str], output: str) -> dict[str, str]:
-    """Where each model's candidates go: DIR for one model, DIR/NAME for several."""
-    if len(models) == 1:
-        return {models[0]: output}
-    folders: dict[str, str] = {}
-    for path in models:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        folder = os.path.join(output, stem)
-        if folder in folders.values():
-            raise UsageError(f"{path}: another model is also named {stem}; explore them apart")
-        folders[path] = folder
-    return folders
-
-
-def _subject(path: str, args: argparse.Namespace) -> Any:
-    """The model at `path` with its calibration, evaluation samples and labels."""
-    from tflrewrite import calibrate, reader, runtime
-    from tflrewrite.explore import Subject, read_labels
-
-    try:
-        with open(path, "rb") as f:
-            content = f.read()
-    except OSError as e:
-        raise TflRewriteError(f"{path}: cannot read it: {e.strerror or e}") from None
-    reader.read_bytes(content, path)  # refuses what is not a model, before any work
-    runner = runtime.load(content, name=path)
-    calibration = held_out = None
-    n = args.calibration_samples
-    if args.calibration is not None:
-        calibration, held_out = calibrate.load(args.calibration, runner, n).split(n)
-    labelled = args.calibration if _is_npz(args.calibration) else None
-    labels = None
-    if args.inputs is not None:
-        if not os.path.isfile(args.inputs):
-            raise TflRewriteError(f"{args.inputs}: no such file")
-        values = runtime.npz_inputs(args.inputs, runner, None)
-        if not values:
-            raise TflRewriteError(f"{args.inputs}: holds no samples")
-        evaluation = calibrate.Samples(values, os.path.basename(args.inputs))
-        labels = read_labels(args.inputs, count=len(values))
-    elif held_out is not None:
-        evaluation = held_out
-        if labelled:
-            labels = read_labels(labelled, start=n, count=len(held_out.values))
-    elif calibration is not None and args.calibration != calibrate.RANDOM:
-        source = f"{calibration.source}, the calibration samples themselves (none held out)"
-        evaluation = calibrate.Samples(calibration.values, source)
-        if labelled:
-            labels = read_labels(labelled, count=len(calibration.values))
-    else:
-        values = runtime.random_inputs([runner], args.samples, RANDOM_SEED)
-        evaluation = calibrate.Samples(values, f"random inputs (seed {RANDOM_SEED})")
-    return Subject(
-        path=path,
-        model=content,
-        target=args.target,
-        calibration=calibration,
-        evaluation=evaluation,
-        labels=labels,
-        accelerator=args.accelerator,
-    )
-
-
-def _is_npz(spec: str | None) -> bool:
-    return spec is not None and os.path.isfile(spec)
-
-
-def _user_budget(args: argparse.Namespace) -> tuple[str, int] | None:
-    for metric, value in (
-        ("zip", args.max_zip_bytes),
-        ("bytes", args.max_bytes),
-        ("vela", args.max_vela_bytes),
-    ):
-        if value is not None:
-            return metric, value
-    return None
-
-
-def _budgets(subject: Any, args: argparse.Namespace) -> list[tuple[str, int]]:
-    from tflrewrite import explore
-
-    given = _user_budget(args)
-    metric = given[0] if given else explore.BUDGET_DEFAULT[args.target]
-    return explore.budget_sizes(subject.model, metric=metric, limit=given and given[1])
-
-
-def _plans(path: str, folder: str, args: argparse.Namespace, budgets: list) -> list[Any]:
-    """Each candidate of the tree as the rewrite command would run it, or why it cannot."""
-    from tflrewrite import explore
-
-    candidates = explore.tree(
-        target=args.target, calibrated=args.calibration is not None, budgets=budgets
-    )
-    if args.only:
-        patterns = [p.strip() for p in args.only.split(",") if p.strip()]
-        chosen = [c for c in candidates if any(fnmatch.fnmatch(c.name, p) for p in patterns)]
-        if not chosen:
-            names = ", ".join(c.name for c in candidates)
-            raise UsageError(f"--only {args.only}: matches none of the candidates: {names}")
-        candidates = chosen
-    return [_plan(c, path, folder, args) for c in candidates]
-
-
-def _plan(candidate: Any, path: str, folder: str, args: argparse.Namespace) -> Any:
-    from tflrewrite import recipes
-    from tflrewrite.cli import rewrite
-    from tflrewrite.explore import Plan
-
-    argv = [path, "-o", os.path.join(folder, candidate.file), *candidate.flags]
-    if candidate.calibrated:
-        argv += ["--calibration", args.calibration]
-        if args.calibration_samples != CALIBRATION_SAMPLES:
-            argv += ["--calibration-samples", str(args.calibration_samples)]
-    if args.target != DEFAULT:
-        argv += ["--target", args.target]
-    if args.accelerator and "--max-vela-bytes" in candidate.flags:
-        argv += ["--accelerator", args.accelerator]
-    command = shlex.join(["tflrewrite", *argv])
-    try:
-        flags = rewrite.parser().parse_args(argv)
-        recipe = rewrite.recipe_from_args(flags)
-        budget = rewrite.budget_from_args(flags)
-        recipes.check(recipe, calibrated=candidate.calibrated, method=flags.method)
-    except TflRewriteError as e:
-        return Plan(candidate, command, refused=str(e))
-    return Plan(candidate, command, recipe, budget, flags.method or "data")
-
-
-def _progress(total: int, *, several: bool) -> Any:
+def _progress(*, several: bool) -> Any:
+    """One line per measured candidate on a terminal (progress.Lines)."""
     from tflrewrite.progress import Lines
 
-    lines = Lines("explore:", total)
+    lines = None
 
-    def done(subject: Any, name: str, row: dict) -> None:
-        where = f"{os.path.basename(subject.path)}: " if several else ""
-        lines(f"{where}{name}: {_short(row)}")
+    def done(model: str, row: dict, count: int, total: int) -> None:
+        nonlocal lines
+        if lines is None:
+            lines = Lines("explore:", total)
+        where = f"{os.path.basename(model)}: " if several else ""
+        lines(f"{where}{row['name']}: {_short(row)}")
 
     return done
 
@@ -380,16 +223,16 @@ def _short(row: dict) -> str:
 # ------------------------------------------------------------------ the tables
 
 
-def _columns(e: Any) -> list[tuple[str, str]]:
+def _columns(m: dict) -> list[tuple[str, str]]:
     """(header, measure key) of the table's figures, the target's own among them."""
     cols = [("bytes", "bytes"), ("zipped", "zip_bytes")]
-    if e.subject.target == "ethos-u":
+    if m["target"] == "ethos-u":
         cols += [("Vela weights", "vela_encoded_weights_bytes"), ("cycles", "vela_cycles")]
-    if e.subject.target == "tflm":
+    if m["target"] == "tflm":
         cols += [("TFLM weights", "tflm_weight_bytes"), ("arena", "tflm_arena_bytes")]
     cols += [("SQNR dB", "sqnr_db"), ("top-1 agree", "top1_agreement")]
-    if e.fidelity_measure in ("accuracy", "mse"):
-        cols.append((e.fidelity_measure, e.fidelity_measure))
+    if m["fidelity_measure"] in ("accuracy", "mse"):
+        cols.append((m["fidelity_measure"], m["fidelity_measure"]))
     return cols
 
 
@@ -404,34 +247,39 @@ def _cell(measures: dict, key: str) -> str:
     return f"{value:,}"
 
 
-def _print(e: Any, out: TextIO, *, verbose: bool) -> None:
-    from tflrewrite.explore import FIDELITY_HELP, SIZE_LABEL
+def _print(m: dict, out: TextIO, *, verbose: bool) -> None:
+    """One model of explore.json (`m`): its input's figures, the front as a table (every
+    candidate with `verbose`), and the candidates that did not run."""
     from tflrewrite.reports.text import print_table
+    from tflrewrite.tree import FIDELITY_HELP
 
-    s = e.subject
-    ok = [r for r in e.rows if r.get("status") == "ok"]
-    labels = "" if s.labels is None else ", with labels"
+    rows = m["candidates"]
+    ok = [r for r in rows if r.get("status") == "ok"]
+    evaluation = m["evaluation"]
+    labels = "" if evaluation["labels"] is None else ", with labels"
     out.write(
-        f"\n{s.path}: {len(e.rows)} candidates for target {s.target}, measured on "
-        f"{len(s.evaluation.values)} samples ({s.evaluation.source}){labels}\n"
+        f"\n{m['input']}: {len(rows)} candidates for target {m['target']}, measured on "
+        f"{evaluation['samples']} samples ({evaluation['source']}){labels}\n"
     )
-    cols = _columns(e)
-    if "error" in e.reference:
-        out.write(f"  the input itself: {e.reference['error']}\n")
+    cols = _columns(m)
+    if "error" in m["reference"]:
+        out.write(f"  the input itself: {m['reference']['error']}\n")
     else:
-        ref = e.reference["measures"]
+        ref = m["reference"]["measures"]
         figures = ", ".join(
             f"{h} {_cell(ref, k)}" for h, k in cols if k not in ("sqnr_db", "top1_agreement")
         )
         out.write(f"  the input: {figures}\n")
-    size_label = SIZE_LABEL[e.size_measure]
-    fidelity = FIDELITY_HELP[e.fidelity_measure]
-    within = "" if e.budget is None else f", within {e.budget[1]:,} {size_label}"
+    size_label = m["size_label"]
+    fidelity = FIDELITY_HELP[m["fidelity_measure"]]
+    within = "" if m["budget"] is None else f", within {m['budget']['limit']:,} {size_label}"
     out.write(f"\nPareto front: {size_label} against {fidelity}{within}\n")
-    shown = e.front if not verbose else range(len(e.rows))
+    if verbose:
+        shown = rows
+    else:
+        shown = sorted((r for r in rows if r.get("front") is not None), key=lambda r: r["front"])
     table = [("#", "candidate", *(h for h, _ in cols), "file")]
-    for i in shown:
-        row = e.rows[i]
+    for row in shown:
         place = "" if row.get("front") is None else str(row["front"])
         if row.get("status") != "ok":
             table.append((place, clip(row["name"], 40), *("-" for _ in cols), row["status"]))
@@ -442,7 +290,7 @@ def _print(e: Any, out: TextIO, *, verbose: bool) -> None:
         print_table(table, out, right={0, *range(2, 2 + len(cols))})
     else:
         out.write("  (empty: no candidate ran)\n")
-    failed = [r for r in e.rows if r.get("status") != "ok"]
+    failed = [r for r in rows if r.get("status") != "ok"]
     for r in failed:
         out.write(f"  {r['status']}: {r['name']}: {r['reason']}\n")
-    out.write(f"  {len(ok)} of {len(e.rows)} candidates ran\n")
+    out.write(f"  {len(ok)} of {len(rows)} candidates ran\n")

@@ -1,11 +1,12 @@
-"""Explores the deployment tree for a model: runs its candidate rewrites side by side (fanout),
-measures each one's size and fidelity, and finds the Pareto front of size against fidelity.
+"""The deployment tree for a model, explored: its candidate rewrites run side by side (fanout),
+each one's size and fidelity measured, and the Pareto front of size against fidelity.
 
 The candidates are the tree's paths for the target (`tree`): weight-only int8 and float16;
 full int8; pruning, clustering, and both, each with and without full int8 (int8 weights
 where there is no calibration data); the budget planner at a few sizes. Each is the
-rewrite command's flags, so that each has a command line that makes the same bytes; the
-command turns them into a recipe (Plan). A candidate runs in a worker (`measure`), which
+rewrite command's flags, so that each has a command line that makes the same bytes; they
+become a recipe as that command makes one (`settings`, in a Plan). `subject` gathers a model
+and its data, api.explore runs the whole. A candidate runs in a worker (`measure`), which
 gets the model and the data as bytes and arrays and returns its figures as JSON and its
 model as bytes:
   size:     file bytes, zipped bytes (DEFLATE, TF Model Optimization's measure), and the
@@ -25,16 +26,18 @@ import json
 import math
 import os
 import secrets
+import shlex
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from tflrewrite import __version__, fanout
-from tflrewrite.errors import TflRewriteError
+from tflrewrite.errors import TflRewriteError, UsageError
+from tflrewrite.targets import DEFAULT
 
 SPARSITIES = (0.5, 0.75)
 CLUSTERS = (8, 16, 32)
@@ -69,6 +72,9 @@ BUDGET_DEFAULT = {
 BUDGET_MEASURE = {"zip": "zip_bytes", "bytes": "bytes", "vela": "vela_encoded_weights_bytes"}
 BUDGET_FLAGS = {"zip": "--max-zip-bytes", "bytes": "--max-bytes", "vela": "--max-vela-bytes"}
 RECORD = "explore.json"
+REWRITE_CALIBRATION_SAMPLES = 100  # the rewrite command's --calibration-samples default
+RANDOM_SEED = 1  # random evaluation inputs: not the calibration's seed-0 ones
+ARRAYS = "<arrays>"  # what a command line calls data given as arrays, not a file
 FIDELITY_LABEL = {"accuracy": "accuracy", "mse": "MSE", "sqnr_db": "worst output's SQNR, dB"}
 FIDELITY_HELP = {
     "accuracy": "top-1 accuracy on the labels",
@@ -206,6 +212,168 @@ def _round(value: float) -> int:
         return max(int(value), 1)
     scale = 10 ** (int(math.log10(value)) - 2)
     return int(round(value / scale) * scale)
+
+
+# ------------------------------------------------------------------ a model and its plans
+
+
+def subject(
+    name: str,
+    content: bytes,
+    *,
+    target: str,
+    calibration: Any,
+    calibration_samples: int,
+    inputs: Any,
+    samples: int,
+    accelerator: str | None,
+) -> Subject:
+    """The model `content` (called `name`) with its calibration samples (the first
+    `calibration_samples` of `calibration`: an .npz, a folder of images, "random" or arrays
+    keyed as an .npz's) and the samples its candidates are measured on: `inputs` (an .npz or
+    arrays, with `y` for labels), else the calibration samples held out from calibration,
+    else `samples` seeded random inputs; labels where that data has them."""
+    from tflrewrite import calibrate, reader, runtime
+
+    reader.read_bytes(content, name)  # refuses what is not a model, before any work
+    runner = runtime.load(content, name=name)
+    calibration_set = held_out = None
+    n = calibration_samples
+    if calibration is not None:
+        calibration_set, held_out = calibrate.load(calibration, runner, n).split(n)
+    real = not _is_random(calibration)
+    labels = None
+    if inputs is not None:
+        arrays, where = _arrays(inputs)
+        values = runtime.array_inputs(arrays, runner, None, where=where)
+        if not values:
+            raise TflRewriteError(f"{where}: holds no samples")
+        source = os.path.basename(where) if isinstance(inputs, (str, os.PathLike)) else where
+        evaluation = calibrate.Samples(values, source)
+        labels = read_labels(arrays, count=len(values), where=where)
+    elif held_out is not None:
+        evaluation = held_out
+        labels = held_out.labels
+    elif calibration_set is not None and real:
+        source = f"{calibration_set.source}, the calibration samples themselves (none held out)"
+        evaluation = calibrate.Samples(calibration_set.values, source)
+        labels = calibration_set.labels
+    else:
+        values = runtime.random_inputs([runner], samples, RANDOM_SEED)
+        evaluation = calibrate.Samples(values, f"random inputs (seed {RANDOM_SEED})")
+    return Subject(
+        path=name,
+        model=content,
+        target=target,
+        calibration=calibration_set,
+        evaluation=evaluation,
+        labels=labels,
+        accelerator=accelerator,
+    )
+
+
+def _is_random(spec: Any) -> bool:
+    from tflrewrite.calibrate import RANDOM
+
+    return isinstance(spec, str) and spec == RANDOM
+
+
+def _arrays(spec: Any) -> tuple[Mapping[str, np.ndarray], str]:
+    """The arrays of evaluation data (an .npz's path, or arrays) and what names them."""
+    from tflrewrite import runtime
+
+    if isinstance(spec, Mapping):
+        return spec, "the evaluation arrays"
+    path = os.fspath(spec)
+    if not os.path.isfile(path):
+        raise TflRewriteError(f"{path}: no such file")
+    return runtime.npz_arrays(path), path
+
+
+def budgets_for(model: bytes, *, target: str, given: tuple[str, int] | None) -> list:
+    """The planner's runs: at the user's budget (metric, limit) where there is one, else at
+    the sizes budget_sizes picks by the target's own budget."""
+    metric = given[0] if given else BUDGET_DEFAULT[target]
+    return budget_sizes(model, metric=metric, limit=given[1] if given else None)
+
+
+def plans(
+    subject: Subject,
+    *,
+    folder: str,
+    calibration: Any,
+    calibration_samples: int,
+    budgets: Sequence[tuple[str, int]],
+    only: Sequence[str] = (),
+) -> list[Plan]:
+    """Each candidate of the tree for `subject` as the rewrite command would run it into
+    `folder`, or why it cannot; `only`: shell patterns of the names to keep."""
+    import fnmatch
+
+    candidates = tree(target=subject.target, calibrated=calibration is not None, budgets=budgets)
+    if only:
+        chosen = [c for c in candidates if any(fnmatch.fnmatch(c.name, p) for p in only)]
+        if not chosen:
+            names = ", ".join(c.name for c in candidates)
+            raise UsageError(f"--only {','.join(only)}: matches none of the candidates: {names}")
+        candidates = chosen
+    data = None
+    if calibration is not None:
+        data = ARRAYS if isinstance(calibration, Mapping) else os.fspath(calibration)
+    return [
+        _plan(c, subject, folder=folder, calibration=data, count=calibration_samples)
+        for c in candidates
+    ]
+
+
+def _plan(c: Candidate, subject: Subject, *, folder: str, calibration: Any, count: int) -> Plan:
+    from tflrewrite import recipes
+
+    argv = [subject.path, "-o", os.path.join(folder, c.file), *c.flags]
+    if c.calibrated:
+        argv += ["--calibration", calibration]
+        if count != REWRITE_CALIBRATION_SAMPLES:
+            argv += ["--calibration-samples", str(count)]
+    if subject.target != DEFAULT:
+        argv += ["--target", subject.target]
+    if subject.accelerator and "--max-vela-bytes" in c.flags:
+        argv += ["--accelerator", subject.accelerator]
+    command = shlex.join(["tflrewrite", *argv])
+    try:
+        recipe, budget = settings(c.flags)
+        recipes.check(recipe, calibrated=c.calibrated)
+    except TflRewriteError as e:
+        return Plan(c, command, refused=str(e))
+    return Plan(c, command, recipe, budget, "data")
+
+
+# A candidate's flags as the rewrite command takes them: flag -> (pass, option, type).
+_OPTIONS = {
+    "--prune": ("prune", "sparsity", float),
+    "--quantize": ("quantize", "mode", str),
+    "--cluster": ("cluster", "clusters", int),
+}
+
+
+def settings(flags: Sequence[str]) -> tuple[Any, Any]:
+    """The recipe (recipes.Recipe) and the budget (budget.Budget, or None) that the rewrite
+    command makes of a candidate's flags, each a flag and its value."""
+    from tflrewrite import recipes
+
+    overrides: dict[str, dict[str, Any]] = {"prune": {}, "quantize": {}, "cluster": {}}
+    budget = None
+    metrics = {flag: metric for metric, flag in BUDGET_FLAGS.items()}
+    for flag, value in zip(flags[::2], flags[1::2]):
+        if flag in _OPTIONS:
+            step, option, kind = _OPTIONS[flag]
+            overrides[step][option] = kind(value)
+        elif flag in metrics:
+            from tflrewrite.budget import Budget
+
+            budget = Budget(metrics[flag], int(value))
+        else:
+            raise AssertionError(f"a candidate's flag that the tree does not know: {flag}")
+    return recipes.load("identity").with_options(overrides), budget
 
 
 # ------------------------------------------------------------------ running them
@@ -495,23 +663,18 @@ def _output_json(o: Any) -> dict:
 # ------------------------------------------------------------------ labels
 
 
-def read_labels(path: str, *, start: int = 0, count: int) -> np.ndarray | None:
-    """The labels of samples start .. start+count of the .npz at `path` (its `y`), or None
-    where it has none; refused where they are fewer than the samples."""
+def read_labels(arrays: Mapping[str, np.ndarray], *, count: int, where: str) -> np.ndarray | None:
+    """The labels of the first `count` samples of arrays keyed as an .npz's (its `y`), or
+    None where there are none; refused where they are fewer than the samples. `where` names
+    the arrays in errors."""
     from tflrewrite.runtime import LABELS
 
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if LABELS not in npz.files:
-                return None
-            labels = npz[LABELS]
-    except (OSError, ValueError) as e:
-        raise TflRewriteError(f"{path}: not a readable .npz ({e})") from None
-    if len(labels) < start + count:
-        raise TflRewriteError(
-            f"{path}: has {len(labels)} labels ({LABELS}) for {start + count} samples"
-        )
-    return labels[start : start + count]
+    if LABELS not in arrays:
+        return None
+    labels = np.asarray(arrays[LABELS])
+    if len(labels) < count:
+        raise TflRewriteError(f"{where}: has {len(labels)} labels ({LABELS}) for {count} samples")
+    return labels[:count]
 
 
 def _classes(labels: np.ndarray) -> bool:
@@ -597,6 +760,21 @@ def check_folder(folder: str, *, inputs: Sequence[str], force: bool) -> None:
         raise TflRewriteError(f"{folder}: folder {parent} does not exist")
     if os.path.isdir(folder) and os.listdir(folder) and not force:
         raise TflRewriteError(f"{folder}: is not empty (use --force to write into it)")
+
+
+def folders(names: Sequence[str], output: str) -> dict[str, str]:
+    """Where each model's candidates go: `output` for one model, output/NAME for several
+    (NAME: the model's file name less .tflite)."""
+    if len(names) == 1:
+        return {names[0]: output}
+    found: dict[str, str] = {}
+    for name in names:
+        stem = os.path.splitext(os.path.basename(name))[0]
+        folder = os.path.join(output, stem)
+        if folder in found.values():
+            raise UsageError(f"{name}: another model is also named {stem}; explore them apart")
+        found[name] = folder
+    return found
 
 
 def save(explorations: Sequence[Exploration], folder: str, *, force: bool) -> dict:
