@@ -94,10 +94,12 @@ HESSIAN_BYTES = 1 << 30  # X X^T of several layers collected in one pass over th
 # A zip budget scores a layer's candidates on some of its rows where it has many: rows x d
 # and rows x d^2 (the column sweep's work) are kept under these (a 1,000 x 1,280 FC took
 # 77 s for its 77 candidates, most of the budget's time on MobileNetV2, scored whole).
-SCORED_WEIGHTS = 1 << 15
-SCORED_WORK = 1 << 25
+SCORED_WEIGHTS = 1 << 14
+SCORED_WORK = 1 << 24
 MIN_SCORED_ROWS = 32
-SIZE_SAMPLE = 1 << 16  # values whose deflated bytes estimate a row-sampled weight's (_result)
+COARSE = (0.0, 0.5, 0.9)  # sparsities scored first (see _Scorer.layer)
+STACKED = 1 << 20  # weights of the candidates one column sweep scores together (score_all)
+SIZE_SAMPLE = 1 << 15  # values whose deflated bytes estimate a row-sampled weight's (_result)
 SLACK = 0.01  # a run this close under the budget is kept without trying to use the rest
 FIRST_MARGIN = 0.015  # of a zip budget, the first planned search keeps under (see apply)
 COMPARE_SAMPLES = 128  # calibration samples on which the planned and uniform runs compete
@@ -558,7 +560,27 @@ class _Scorer:
         return shared
 
     def layer(self, uniform: Setting) -> _Layer:
+        """The layer's candidates, scored: the grid's sparsities of COARSE first, the others
+        only where a middle one of those is on the layer's lower hull (pruning pays
+        somewhere between none and the most): where it is not, the greedy walk, which
+        steps along hulls, would not take them (on MobileNetV2 with random weights no
+        layer's hull held a sparsity between 0 and 0.9: 4 of 7 sparsities left unscored)."""
         settings = self.grid(uniform)
+        sparsities = sorted({s.sparsity for s in settings})
+        first = {x for x in sparsities if x in COARSE or x in (sparsities[0], sparsities[-1])}
+        scored = self._scored([s for s in settings if s.sparsity in first or s == uniform])
+        rest = [s for s in settings if s not in scored]
+        if rest and self._middle_pays(settings, scored, uniform, sparsities):
+            scored.update(self._scored(rest))
+        layer = self._layer([s for s in settings if s in scored], scored, uniform)
+        self._pruned.clear()
+        _thin(layer)
+        return layer
+
+    def _scored(self, settings: list[Setting]) -> dict[Setting, tuple]:
+        return dict(zip(settings, self.score_all(settings)))
+
+    def _layer(self, settings: list[Setting], scored: dict, uniform: Setting) -> _Layer:
         layer = _Layer(
             self.w,
             [],
@@ -566,63 +588,66 @@ class _Scorer:
             np.zeros(0),
             stored=[] if self.metric == "zip" else None,
         )
-        for s, scored in zip(settings, self.score_all(settings)):
-            layer.add(s, *scored)
+        for s in settings:
+            layer.add(s, *scored[s])
         layer.uniform = layer.settings.index(uniform)
-        self._pruned.clear()
-        _thin(layer)
         return layer
+
+    def _middle_pays(self, settings, scored: dict, uniform: Setting, sparsities) -> bool:
+        """Whether the hull of the candidates `scored` holds one of a sparsity other than
+        the least and the most."""
+        layer = self._layer([s for s in settings if s in scored], scored, uniform)
+        ends = (sparsities[0], sparsities[-1])
+        return any(layer.settings[i].sparsity not in ends for i in _hull(layer))
 
     def score(self, setting: Setting) -> tuple[int, float, Any]:
         """(size, relative error, stored values in the file's layout or None)."""
         return self.score_all([setting])[0]
 
     def score_all(self, settings: list[Setting]) -> list[tuple[int, float, Any]]:
-        """score() of each setting: the clustered ones of one sparsity in one column sweep
-        (kernels.reconstruct.solve, their rows stacked: the sweep's rows are independent,
-        and its cost per column is mostly Python's, whatever the rows)."""
+        """score() of each setting, the clustered ones in few column sweeps: their rows
+        stacked (kernels.reconstruct.solve's rows are independent, and its cost per column
+        is mostly Python's while the rows are few), up to STACKED weights a sweep."""
         out: dict[int, tuple] = {}
-        by_sparsity: dict[float, list[int]] = {}
+        clustered = []  # (index, setting, its zeros, its scales)
         for i, s in enumerate(settings):
-            by_sparsity.setdefault(s.sparsity, []).append(i)
-        for sparsity, indices in by_sparsity.items():
-            pruned, scales = self._prune(sparsity)
-            clustered = [i for i in indices if settings[i].clusters]
-            for i in indices:
-                if not settings[i].clusters:
-                    new = pruned if scales is None else _stored(pruned, scales, self.dtype)
-                    new = new if scales is None else new * scales[..., None]
-                    out[i] = self._result(new, scales)
-            if clustered:
-                news = self._cluster([settings[i] for i in clustered], pruned == 0, scales)
-                for i, new in zip(clustered, news):
-                    out[i] = self._result(new, scales)
+            pruned, scales = self._prune(s.sparsity)
+            if s.clusters:
+                clustered.append((i, s, pruned == 0, scales))
+                continue
+            new = pruned if scales is None else _stored(pruned, scales, self.dtype)
+            out[i] = self._result(new if scales is None else new * scales[..., None], scales)
+        per = max(1, STACKED // self.rows.size)
+        for a in range(0, len(clustered), per):
+            batch = clustered[a : a + per]
+            for (i, _, _, scales), new in zip(batch, self._cluster(batch)):
+                out[i] = self._result(new, scales)
         return [out[i] for i in range(len(settings))]
 
-    def _cluster(self, settings: list[Setting], zeros: np.ndarray, scales) -> list[np.ndarray]:
-        """The rows clustered with each setting (one sparsity: `zeros`), as
+    def _cluster(self, batch: list[tuple]) -> list[np.ndarray]:
+        """The rows clustered with each (index, setting, zeros, scales) of `batch`, as
         datafit.compress_rows clusters them without the codebook refit."""
         groups, rows, _ = self.rows.shape
-        codes = []
-        for s in settings:
+        codes, masks, units = [], [], []
+        for _, s, zeros, scales in batch:
             opts = dataclasses.replace(
                 self.clustering, clusters=s.clusters, granularity=s.granularity
             )
             # one width for every group's codebook (datafit._codebooks): no padding
             codes.append(np.stack(datafit._codebooks(self.rows, zeros, scales, opts, "cluster")))
+            masks.append(zeros)
+            units.append(np.ones((groups, rows)) if scales is None else scales)
         width = max(c.shape[2] for c in codes)
         codes = [np.pad(c, ((0, 0), (0, 0), (0, width - c.shape[2])), mode="edge") for c in codes]
-        n = len(settings)
-        targets = np.concatenate([self.rows] * n, axis=1)
-        mask = np.concatenate([zeros] * n, axis=1)
-        s = np.ones((groups, rows)) if scales is None else np.asarray(scales, np.float64)
-        s = np.concatenate([s] * n, axis=1)
+        targets = np.concatenate([self.rows] * len(batch), axis=1)
+        mask = np.concatenate(masks, axis=1)
+        s = np.concatenate(units, axis=1).astype(np.float64)
         codes = np.concatenate(codes, axis=1)
         if groups > 1:  # depthwise: many 9-tap groups at once
             new = kernels.solve_groups(targets, np.stack(self.factors), mask, s, codes)
         else:
             new = kernels.solve(targets[0], self.factors[0], mask[0], s[0], codes[0])[None]
-        return [new[:, k * rows : (k + 1) * rows] for k in range(n)]
+        return [new[:, k * rows : (k + 1) * rows] for k in range(len(batch))]
 
     def _result(self, new: np.ndarray, scales) -> tuple[int, float, Any]:
         stored = _stored(new, scales, self.dtype)
