@@ -91,6 +91,8 @@ REFINE_LAYERS = 3  # layers given settings between the two their choice straddle
 KEEP_SCORERS = 8  # the largest layers, whose fit inputs stay for that refinement
 SCORER_BYTES = 256 << 20  # ... while their X X^T together stay under this
 HESSIAN_BYTES = 1 << 30  # X X^T of several layers collected in one pass over the samples
+H_PER_INPUT = 384  # output positions per input of a row that the sensitivity's H takes
+MIN_H_SAMPLES = 8  # ... over this many samples at least
 # A zip budget scores a layer's candidates on some of its rows where it has many: rows x d
 # and rows x d^2 (the column sweep's work) are kept under these (a 1,000 x 1,280 FC took
 # 77 s for its 77 candidates, most of the budget's time on MobileNetV2, scored whole).
@@ -409,10 +411,15 @@ def _sensitivity(
     use_data = data is not None
     hessians = [None] * len(ops)
     if use_data:  # a few runs over the samples rather than every H in memory at once
-        for chunk in _chunks(ops):
-            found = datafit.layer_hessians(model_copy, [ops[i] for i in chunk], data.values)
-            for i, h in zip(chunk, found):
-                hessians[i] = h
+        counts = _sample_counts(ops, len(data.values))
+        for n in sorted(set(counts)):
+            these = [i for i, c in enumerate(counts) if c == n]
+            for chunk in _chunks([ops[i] for i in these]):
+                found = datafit.layer_hessians(
+                    model_copy, [ops[these[j]] for j in chunk], data.values[:n]
+                )
+                for j, h in zip(chunk, found):
+                    hessians[these[j]] = h
     keep = _largest(weights)
     bar = Progress("budget: candidate settings", len(weights))
     layers = []
@@ -472,6 +479,29 @@ def _largest(weights: list[Weight]) -> set[int]:
     """Indices of the KEEP_SCORERS weights of most elements."""
     order = sorted(range(len(weights)), key=lambda i: -weights[i].tensor.data.size)
     return set(order[:KEEP_SCORERS])
+
+
+def _sample_counts(ops, total: int) -> list[int]:
+    """Per op, the first samples its X X^T is taken over: enough for H_PER_INPUT output
+    positions per input of a row (the least power of two from MIN_H_SAMPLES; all where
+    that is more). The scores are relative errors, which H's scale leaves alone, and
+    they rank candidates: a 112 x 112 layer of MobileNetV2 has that many from one
+    sample, and 128 samples of its first layers took more time than all its scoring."""
+    out = []
+    for op in ops:
+        w, x = op.inputs[1].shape, op.inputs[0].shape
+        if op.type == "FULLY_CONNECTED":
+            d = w[1]
+            per = int(np.prod(x)) // d if x and all(n > 0 for n in x) else 1
+        else:
+            d = w[1] * w[2] * (1 if op.type == "DEPTHWISE_CONV_2D" else w[3])
+            shape = op.outputs[0].shape
+            per = int(shape[1] * shape[2]) if shape and all(n > 0 for n in shape) else 1
+        n = MIN_H_SAMPLES
+        while n < total and n * max(per, 1) < H_PER_INPUT * d:
+            n *= 2
+        out.append(min(n, total))
+    return out
 
 
 def _chunks(ops) -> list[list[int]]:
