@@ -4,7 +4,9 @@ estimated output error, and never with more than the recipe's own uniform settin
 
 0. Steps. The planner chooses the settings of the recipe's prune and cluster steps; a
    recipe with neither gets both (with_planner_steps), which then touch only the layers
-   the planner plans, and the default candidate space below.
+   the planner plans, and the default candidate space below. Where the recipe quantizes
+   the whole graph, weights behind a DEQUANTIZE of a constant (float16 models) become
+   the float32 constants they compute first, as quantize would make them anyway.
 1. Sensitivity. For every weight layer the data-aware passes can fit, and every candidate
    setting (sparsity from SPARSITIES where the recipe prunes; where it clusters, cluster
    count from CLUSTERS, 0 meaning "not clustered", with one codebook per tensor or one per
@@ -14,12 +16,18 @@ estimated output error, and never with more than the recipe's own uniform settin
    feedback; the codebook refit, which costs more than the rest, is left out, so
    clustering scores a little worse than it will be) and scored:
      error: tr(dW H dW^T) / tr(W H W^T), the layer's output error relative to its output,
-            with H = X X^T of its inputs in the original model over the calibration
-            samples (the identity without data: plain weight error);
+            with H = X X^T of its inputs in the original model over the first calibration
+            samples that give 384 positions per input of a row (_sample_counts; the
+            identity without data: plain weight error);
      size:  the stored weight's share of the budget's measure (deflated bytes for zip;
             for bytes, the target's own estimate of the weight as it lays it down,
             targets.Target.estimate_bytes; Vela's weight codec, by the rate model of
             kernels.palette, for vela).
+   What bounds the cost at the scale of mobile models: the sparsities of COARSE are
+   scored first and the others only where a middle one is on the layer's hull (which is
+   all the choice walks on); the clustered candidates share column sweeps; a zip budget
+   scores a wide layer on evenly spaced rows (_scored_rows), its bytes from values drawn
+   from theirs (_Sampled).
 2. The uniform run. The recipe runs as given, and its output is measured for real: it is
    the fallback (a budget it meets is never refused) and the first anchor of 3.
 3. Choice. Every layer starts at its least-error setting; then, while the estimate is over
@@ -38,7 +46,9 @@ estimated output error, and never with more than the recipe's own uniform settin
    setting with less error costs more than what is left), settings between the two are
    scored and the choice is made again (REFINE_LAYERS layers, once).
 5. Check. The choice runs as per-tensor rules and is measured for real; over the budget,
-   the run becomes the anchor and 3 repeats, ATTEMPTS runs at most. The fitting run of
+   the run becomes the anchor and 3 repeats, ATTEMPTS runs at most (a zip budget's first
+   search aims FIRST_MARGIN under, the fit's values deflating about 1% worse than the
+   scorer's; later ones as far under as the last price missed by). The fitting run of
    least estimated error is kept; where the uniform run fits too, the planned choice must
    have no more estimated error, and with calibration data no more output error on the
    samples than the uniform run (both measured), else the uniform run is kept.
