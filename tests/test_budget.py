@@ -216,6 +216,20 @@ def test_a_budget_alone_with_calibration_quantizes_as_given(tmp_path):
     assert doc["steps"][1]["options"]["mode"] == "int8"
 
 
+def test_a_budget_on_float16_weights_plans_every_layer(tmp_path):
+    """Float16 weights (behind DEQUANTIZE) under `--quantize int8 --calibration` and a
+    budget: the planner plans the layers as quantize will make them (it refused such a
+    model: "no layer whose settings it could choose"), and the output fits."""
+    f16 = tmp_path / "f16.tflite"
+    assert cli.main([str(MODEL), "-o", str(f16), "--quantize", "float16", "--no-verify"]) == 0
+    out, report = tmp_path / "int8.tflite", tmp_path / "int8.json"
+    args = [str(f16), "-o", str(out), "--quantize", "int8", "--calibration", str(SAMPLES)]
+    assert cli.main([*args, "--max-zip-bytes", "30000", "--no-verify", "--json", str(report)]) == 0
+    assert zip_size(out.read_bytes(), out.name) <= 30000
+    step = json.loads(report.read_text())["passes"][0]
+    assert step["pass"] == "budget" and len(step["tensors"]) == 5
+
+
 @pytest.mark.slow
 @pytest.mark.network
 @pytest.mark.skipif(not vela.available(), reason="ethos-u-vela is not installed (.[ethos-u])")

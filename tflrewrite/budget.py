@@ -4,7 +4,9 @@ estimated output error, and never with more than the recipe's own uniform settin
 
 0. Steps. The planner chooses the settings of the recipe's prune and cluster steps; a
    recipe with neither gets both (with_planner_steps), which then touch only the layers
-   the planner plans, and the default candidate space below.
+   the planner plans, and the default candidate space below. Where the recipe quantizes
+   the whole graph, weights behind a DEQUANTIZE of a constant (float16 models) become
+   the float32 constants they compute first, as quantize would make them anyway.
 1. Sensitivity. For every weight layer the data-aware passes can fit, and every candidate
    setting (sparsity from SPARSITIES where the recipe prunes; where it clusters, cluster
    count from CLUSTERS, 0 meaning "not clustered", with one codebook per tensor or one per
@@ -14,12 +16,18 @@ estimated output error, and never with more than the recipe's own uniform settin
    feedback; the codebook refit, which costs more than the rest, is left out, so
    clustering scores a little worse than it will be) and scored:
      error: tr(dW H dW^T) / tr(W H W^T), the layer's output error relative to its output,
-            with H = X X^T of its inputs in the original model over the calibration
-            samples (the identity without data: plain weight error);
+            with H = X X^T of its inputs in the original model over the first calibration
+            samples that give 384 positions per input of a row (_sample_counts; the
+            identity without data: plain weight error);
      size:  the stored weight's share of the budget's measure (deflated bytes for zip;
             for bytes, the target's own estimate of the weight as it lays it down,
             targets.Target.estimate_bytes; Vela's weight codec, by the rate model of
             kernels.palette, for vela).
+   What bounds the cost at the scale of mobile models: the sparsities of COARSE are
+   scored first and the others only where a middle one is on the layer's hull (which is
+   all the choice walks on); the clustered candidates share column sweeps; a zip budget
+   scores a wide layer on evenly spaced rows (_scored_rows), its bytes from values drawn
+   from theirs (_Sampled).
 2. The uniform run. The recipe runs as given, and its output is measured for real: it is
    the fallback (a budget it meets is never refused) and the first anchor of 3.
 3. Choice. Every layer starts at its least-error setting; then, while the estimate is over
@@ -38,7 +46,9 @@ estimated output error, and never with more than the recipe's own uniform settin
    setting with less error costs more than what is left), settings between the two are
    scored and the choice is made again (REFINE_LAYERS layers, once).
 5. Check. The choice runs as per-tensor rules and is measured for real; over the budget,
-   the run becomes the anchor and 3 repeats, ATTEMPTS runs at most. The fitting run of
+   the run becomes the anchor and 3 repeats, ATTEMPTS runs at most (a zip budget's first
+   search aims FIRST_MARGIN under, the fit's values deflating about 1% worse than the
+   scorer's; later ones as far under as the last price missed by). The fitting run of
    least estimated error is kept; where the uniform run fits too, the planned choice must
    have no more estimated error, and with calibration data no more output error on the
    samples than the uniform run (both measured), else the uniform run is kept.
@@ -67,8 +77,9 @@ from tflrewrite import pipeline, runtime, targets, writer
 from tflrewrite.errors import TflRewriteError
 from tflrewrite.kernels import reconstruct as kernels
 from tflrewrite.model import Model
-from tflrewrite.passes import PASSES, datafit
+from tflrewrite.passes import PASSES, datafit, quantize_graph
 from tflrewrite.passes.common import Rule, options_for, select
+from tflrewrite.passes.quantize import FULL_INTEGER
 from tflrewrite.progress import Progress
 from tflrewrite.recipes import Recipe, Step
 from tflrewrite.reports.text import db
@@ -90,7 +101,19 @@ REFINE_LAYERS = 3  # layers given settings between the two their choice straddle
 KEEP_SCORERS = 8  # the largest layers, whose fit inputs stay for that refinement
 SCORER_BYTES = 256 << 20  # ... while their X X^T together stay under this
 HESSIAN_BYTES = 1 << 30  # X X^T of several layers collected in one pass over the samples
+H_PER_INPUT = 384  # output positions per input of a row that the sensitivity's H takes
+MIN_H_SAMPLES = 8  # ... over this many samples at least
+# A zip budget scores a layer's candidates on some of its rows where it has many: rows x d
+# and rows x d^2 (the column sweep's work) are kept under these (a 1,000 x 1,280 FC took
+# 77 s for its 77 candidates, most of the budget's time on MobileNetV2, scored whole).
+SCORED_WEIGHTS = 1 << 14
+SCORED_WORK = 1 << 24
+MIN_SCORED_ROWS = 32
+COARSE = (0.0, 0.5, 0.9)  # sparsities scored first (see _Scorer.layer)
+STACKED = 1 << 20  # weights of the candidates one column sweep scores together (score_all)
+SIZE_SAMPLE = 1 << 15  # values whose deflated bytes estimate a row-sampled weight's (_result)
 SLACK = 0.01  # a run this close under the budget is kept without trying to use the rest
+FIRST_MARGIN = 0.015  # of a zip budget, the first planned search keeps under (see apply)
 COMPARE_SAMPLES = 128  # calibration samples on which the planned and uniform runs compete
 # The rule that leaves a step the planner added to the planned layers: a regex comment,
 # which matches every name, and says in the report's recipe why it is there.
@@ -201,6 +224,7 @@ def apply(
     archive holds too."""
     recipe = with_planner_steps(recipe)
     steps = {s.name: s for s in recipe.steps}
+    model = _float_weights(model, steps)
     measure = _measure(budget, accelerator, name)
     scored = model
     if "equalize" in steps:  # the recipe equalizes first: score the layers as it leaves them
@@ -234,7 +258,10 @@ def apply(
         return runs[-1]
 
     uniform = run(tuple(layer.uniform for layer in layers), recipe, "the recipe as given")
-    anchor, tried, refined, margin = uniform, {uniform.chosen}, False, 0
+    # the first planned run's values are the scorer's, which deflate a little better than
+    # the fit's (by about 1% on the MNIST bench and on MobileNetV2): it aims that far under
+    margin = int(FIRST_MARGIN * limit) if budget.metric == "zip" else 0
+    anchor, tried, refined = uniform, {uniform.chosen}, False
     for _ in range(ATTEMPTS):
         chosen, priced = _search(layers, limit - margin, anchor, name)
         if not refined:
@@ -247,9 +274,11 @@ def apply(
             break  # the same choice again would measure the same
         tried.add(chosen)
         anchor = run(chosen, _with_choice(recipe, layers, chosen), f"planned, priced {priced:,}")
-        # the fit's values deflate a little worse than the estimate's (by up to 1% on the
-        # MNIST bench): the worst a price missed by, the next searches keep clear of
-        margin = max(margin, anchor.got - priced)
+        # the next searches price against this run, its chosen layers by the fit's own
+        # values: what is left to keep clear of is what this price missed by (the worst
+        # miss of all runs, kept, held later runs short of the limit by as much, one run
+        # after another: four planned runs of 20 s each on MobileNetV2)
+        margin = max(0, anchor.got - priced)
         if limit - SLACK * limit <= anchor.got <= limit:
             break
     kept, note = _keep(runs, layers, limit, model=model, data=data)
@@ -277,6 +306,23 @@ def apply(
     }
     kept.result.records.insert(0, step)
     return kept.result
+
+
+def _float_weights(model: Model, steps: dict) -> Model:
+    """`model` with weights behind a DEQUANTIZE of a constant (float16 or int8 storage)
+    as the float32 constants they compute, where the recipe quantizes the whole graph,
+    which folds them so anyway (quantize_graph): the planner and the data-aware prune,
+    which both skip weights read through DEQUANTIZE, then see them before quantize does
+    (a float16 MobileNetV2 had no layer they could plan). Else `model` itself."""
+    quantize = steps.get("quantize")
+    if quantize is None or quantize.options.mode not in FULL_INTEGER:
+        return model
+    folded = model.copy()
+    quantize_graph.fold_constants(folded)
+    same = all(
+        len(a.operators) == len(b.operators) for a, b in zip(model.subgraphs, folded.subgraphs)
+    )
+    return model if same else folded
 
 
 def _keep(runs: list[_Run], layers: list[_Layer], limit: int, *, model: Model, data: Any):
@@ -375,10 +421,15 @@ def _sensitivity(
     use_data = data is not None
     hessians = [None] * len(ops)
     if use_data:  # a few runs over the samples rather than every H in memory at once
-        for chunk in _chunks(ops):
-            found = datafit.layer_hessians(model_copy, [ops[i] for i in chunk], data.values)
-            for i, h in zip(chunk, found):
-                hessians[i] = h
+        counts = _sample_counts(ops, len(data.values))
+        for n in sorted(set(counts)):
+            these = [i for i, c in enumerate(counts) if c == n]
+            for chunk in _chunks([ops[i] for i in these]):
+                found = datafit.layer_hessians(
+                    model_copy, [ops[these[j]] for j in chunk], data.values[:n]
+                )
+                for j, h in zip(chunk, found):
+                    hessians[these[j]] = h
     keep = _largest(weights)
     bar = Progress("budget: candidate settings", len(weights))
     layers = []
@@ -440,6 +491,29 @@ def _largest(weights: list[Weight]) -> set[int]:
     return set(order[:KEEP_SCORERS])
 
 
+def _sample_counts(ops, total: int) -> list[int]:
+    """Per op, the first samples its X X^T is taken over: enough for H_PER_INPUT output
+    positions per input of a row (the least power of two from MIN_H_SAMPLES; all where
+    that is more). The scores are relative errors, which H's scale leaves alone, and
+    they rank candidates: a 112 x 112 layer of MobileNetV2 has that many from one
+    sample, and 128 samples of its first layers took more time than all its scoring."""
+    out = []
+    for op in ops:
+        w, x = op.inputs[1].shape, op.inputs[0].shape
+        if op.type == "FULLY_CONNECTED":
+            d = w[1]
+            per = int(np.prod(x)) // d if x and all(n > 0 for n in x) else 1
+        else:
+            d = w[1] * w[2] * (1 if op.type == "DEPTHWISE_CONV_2D" else w[3])
+            shape = op.outputs[0].shape
+            per = int(shape[1] * shape[2]) if shape and all(n > 0 for n in shape) else 1
+        n = MIN_H_SAMPLES
+        while n < total and n * max(per, 1) < H_PER_INPUT * d:
+            n *= 2
+        out.append(min(n, total))
+    return out
+
+
 def _chunks(ops) -> list[list[int]]:
     """Indices of `ops` in runs whose X X^T together stay under HESSIAN_BYTES."""
     chunks, size = [[]], 0
@@ -482,8 +556,16 @@ class _Scorer:
             and op.type != "DEPTHWISE_CONV_2D"
             and rows.shape[2] >= datafit.MIN_ROW
         )
-        self.zeros = rows == 0
         self.stored_scales = datafit.row_scales(op.type, w.tensor)
+        # a zip budget scores wide layers on a subset of their rows (see _scored_rows)
+        self.share = 1.0
+        keep = _scored_rows(rows.shape) if metric == "zip" else None
+        if keep is not None:
+            self.share = rows.shape[1] / keep.size
+            self.rows = rows = rows[:, keep]
+            if self.stored_scales is not None:
+                self.stored_scales = self.stored_scales[:, keep]
+        self.zeros = rows == 0
         self.quantized = w.tensor.dtype == "INT8" or mode in ("int8", "int16x8", "int8-weights")
         self.energy = max(_energy(rows, h), 1e-30)
         self.dtype = np.dtype(np.float16) if mode == "float16" else w.tensor.np_dtype
@@ -518,7 +600,27 @@ class _Scorer:
         return shared
 
     def layer(self, uniform: Setting) -> _Layer:
+        """The layer's candidates, scored: the grid's sparsities of COARSE first, the others
+        only where a middle one of those is on the layer's lower hull (pruning pays
+        somewhere between none and the most): where it is not, the greedy walk, which
+        steps along hulls, would not take them (on MobileNetV2 with random weights no
+        layer's hull held a sparsity between 0 and 0.9: 4 of 7 sparsities left unscored)."""
         settings = self.grid(uniform)
+        sparsities = sorted({s.sparsity for s in settings})
+        first = {x for x in sparsities if x in COARSE or x in (sparsities[0], sparsities[-1])}
+        scored = self._scored([s for s in settings if s.sparsity in first or s == uniform])
+        rest = [s for s in settings if s not in scored]
+        if rest and self._middle_pays(settings, scored, uniform, sparsities):
+            scored.update(self._scored(rest))
+        layer = self._layer([s for s in settings if s in scored], scored, uniform)
+        self._pruned.clear()
+        _thin(layer)
+        return layer
+
+    def _scored(self, settings: list[Setting]) -> dict[Setting, tuple]:
+        return dict(zip(settings, self.score_all(settings)))
+
+    def _layer(self, settings: list[Setting], scored: dict, uniform: Setting) -> _Layer:
         layer = _Layer(
             self.w,
             [],
@@ -527,40 +629,83 @@ class _Scorer:
             stored=[] if self.metric == "zip" else None,
         )
         for s in settings:
-            layer.add(s, *self.score(s))
+            layer.add(s, *scored[s])
         layer.uniform = layer.settings.index(uniform)
-        self._pruned.clear()
-        _thin(layer)
         return layer
+
+    def _middle_pays(self, settings, scored: dict, uniform: Setting, sparsities) -> bool:
+        """Whether the hull of the candidates `scored` holds one of a sparsity other than
+        the least and the most."""
+        layer = self._layer([s for s in settings if s in scored], scored, uniform)
+        ends = (sparsities[0], sparsities[-1])
+        return any(layer.settings[i].sparsity not in ends for i in _hull(layer))
 
     def score(self, setting: Setting) -> tuple[int, float, Any]:
         """(size, relative error, stored values in the file's layout or None)."""
-        pruned, scales = self._prune(setting.sparsity)
-        if setting.clusters == 0:
-            new = (
-                pruned
-                if scales is None
-                else _stored(pruned, scales, self.dtype) * scales[..., None]
-            )
-        else:
+        return self.score_all([setting])[0]
+
+    def score_all(self, settings: list[Setting]) -> list[tuple[int, float, Any]]:
+        """score() of each setting, the clustered ones in few column sweeps: their rows
+        stacked (kernels.reconstruct.solve's rows are independent, and its cost per column
+        is mostly Python's while the rows are few), up to STACKED weights a sweep."""
+        out: dict[int, tuple] = {}
+        clustered = []  # (index, setting, its zeros, its scales)
+        for i, s in enumerate(settings):
+            pruned, scales = self._prune(s.sparsity)
+            if s.clusters:
+                clustered.append((i, s, pruned == 0, scales))
+                continue
+            new = pruned if scales is None else _stored(pruned, scales, self.dtype)
+            out[i] = self._result(new if scales is None else new * scales[..., None], scales)
+        per = max(1, STACKED // self.rows.size)
+        for a in range(0, len(clustered), per):
+            batch = clustered[a : a + per]
+            for (i, _, _, scales), new in zip(batch, self._cluster(batch)):
+                out[i] = self._result(new, scales)
+        return [out[i] for i in range(len(settings))]
+
+    def _cluster(self, batch: list[tuple]) -> list[np.ndarray]:
+        """The rows clustered with each (index, setting, zeros, scales) of `batch`, as
+        datafit.compress_rows clusters them without the codebook refit."""
+        groups, rows, _ = self.rows.shape
+        codes, masks, units = [], [], []
+        for _, s, zeros, scales in batch:
             opts = dataclasses.replace(
-                self.clustering, clusters=setting.clusters, granularity=setting.granularity
+                self.clustering, clusters=s.clusters, granularity=s.granularity
             )
-            new = datafit.compress_rows(
-                "cluster",
-                self.rows,
-                self.fit_h,
-                zeros=pruned == 0,
-                scales=scales,
-                opts=opts,
-                factors=self.factors,
-                refit=False,
-            )
+            # one width for every group's codebook (datafit._codebooks): no padding
+            codes.append(np.stack(datafit._codebooks(self.rows, zeros, scales, opts, "cluster")))
+            masks.append(zeros)
+            units.append(np.ones((groups, rows)) if scales is None else scales)
+        width = max(c.shape[2] for c in codes)
+        codes = [np.pad(c, ((0, 0), (0, 0), (0, width - c.shape[2])), mode="edge") for c in codes]
+        targets = np.concatenate([self.rows] * len(batch), axis=1)
+        mask = np.concatenate(masks, axis=1)
+        s = np.concatenate(units, axis=1).astype(np.float64)
+        codes = np.concatenate(codes, axis=1)
+        if groups > 1:  # depthwise: many 9-tap groups at once
+            new = kernels.solve_groups(targets, np.stack(self.factors), mask, s, codes)
+        else:
+            new = kernels.solve(targets[0], self.factors[0], mask[0], s[0], codes[0])[None]
+        return [new[:, k * rows : (k + 1) * rows] for k in range(len(batch))]
+
+    def _result(self, new: np.ndarray, scales) -> tuple[int, float, Any]:
         stored = _stored(new, scales, self.dtype)
         error = _energy(new - self.rows, self.h) / self.energy
-        size = _size(self.metric, stored, self.estimate)
-        laid = _file_layout(self.op.type, stored, self.w.shape) if self.metric == "zip" else None
-        return size, error, laid
+        if self.share == 1.0:
+            laid = None
+            if self.metric == "zip":
+                laid = _file_layout(self.op.type, stored, self.w.shape)
+            return _size(self.metric, stored, self.estimate), error, laid
+        # scored on a subset of the rows (zip): the whole weight's deflated bytes are
+        # those of its values drawn independently from the subset's (within 0.2% of the
+        # fit's weights' on MobileNetV2's 22 largest layers; the subset's own bytes scaled
+        # up missed by up to 3.6%, their rows being unlike the rest), from SIZE_SAMPLE of
+        # them (smaller buffers deflate a little worse: +0.6% at this size); the values
+        # that price a choice are drawn at the whole weight's size (_thin)
+        sampled = _Sampled(stored.reshape(-1), self.w.tensor.data.size)
+        size = _deflated(sampled.draw(min(sampled.size, SIZE_SAMPLE)))
+        return round(size * sampled.size / min(sampled.size, SIZE_SAMPLE)), error, sampled
 
     def _prune(self, sparsity: float) -> tuple[np.ndarray, Any]:
         if sparsity not in self._pruned:
@@ -584,13 +729,42 @@ class _Scorer:
         return self._pruned[sparsity]
 
 
+def _scored_rows(shape: tuple) -> np.ndarray | None:
+    """The rows a zip budget scores a layer of `shape` (groups x rows x d) on: where its
+    rows hold more than SCORED_WEIGHTS weights, or its column sweeps cost more than
+    SCORED_WORK, evenly spaced rows within both (at least MIN_SCORED_ROWS); None for all.
+    A candidate's error is a sum over rows (relative: over the same rows before) and its
+    deflated size about proportional to them, so a subset estimates both, at a fraction
+    of the cost; the rows' values then price no choice (their estimated sizes do)."""
+    groups, rows, d = shape
+    keep = max(MIN_SCORED_ROWS, min(SCORED_WEIGHTS // d, SCORED_WORK // (d * d)))
+    if groups > 1 or rows <= keep:
+        return None
+    return np.unique(np.linspace(0, rows - 1, keep).round().astype(np.int64))
+
+
 def _thin(layer: _Layer) -> None:
     """Drop the stored values of candidates no choice takes (off the Pareto frontier, and
     not the uniform setting): only a choice is ever priced."""
     if layer.stored is None:
         return
     keep = set(_frontier(layer)) | {layer.uniform}
-    layer.stored = [v if i in keep else None for i, v in enumerate(layer.stored)]
+    layer.stored = [
+        (v.draw(v.size) if isinstance(v, _Sampled) else v) if i in keep else None
+        for i, v in enumerate(layer.stored)
+    ]
+
+
+@dataclass
+class _Sampled:
+    """A candidate's stored values on a subset of a weight's rows, standing for the whole
+    weight's `size` values: as many drawn from them, independently and reproducibly."""
+
+    values: np.ndarray
+    size: int
+
+    def draw(self, n: int) -> np.ndarray:
+        return np.random.default_rng(0).choice(self.values, size=n)
 
 
 def _energy(rows: np.ndarray, h: np.ndarray) -> float:
@@ -620,10 +794,14 @@ def _size(metric: str, stored: np.ndarray, estimate: Callable[[np.ndarray], int]
     """The stored weight's estimated share of the budget's measure; `estimate`: the
     target's file bytes of it."""
     if metric == "zip":
-        return len(zlib.compress(np.ascontiguousarray(stored).tobytes(), 6))
+        return _deflated(stored)
     if metric == "vela":
         return _vela_bytes(stored)
     return estimate(stored)
+
+
+def _deflated(stored: np.ndarray) -> int:
+    return len(zlib.compress(np.ascontiguousarray(stored).tobytes(), 6))
 
 
 def _vela_bytes(stored: np.ndarray) -> int:

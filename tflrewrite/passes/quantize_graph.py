@@ -291,7 +291,7 @@ def calibrated(model: Model, data: object, options: object) -> Calibrated:
         )
     model = model.copy()
     folded = _fold_sparse(model)
-    _fold_constants(model)
+    fold_constants(model)
     result = Calibrated(model, data, options.method, folded)
     result.ranges(ACTIVATIONS[options.mode])
     return result
@@ -455,7 +455,7 @@ def _unfold(model: Model, sg: Subgraph, folded: dict[int, _Folded]) -> None:
     model.buffers = [b for b in model.buffers if id(b) not in folds]
 
 
-def _fold_constants(model: Model) -> None:
+def fold_constants(model: Model) -> None:
     """Constant weights in the plain float form the rewrite starts from: a DEQUANTIZE of a
     constant (float16 or int8 weights) becomes the float32 constant it computes, and int8
     weights read directly by float ops (hybrid, weight-only models) become float32."""
