@@ -401,3 +401,23 @@ def test_statistics_of_big_layers_come_from_a_subset_of_positions(quantized, mon
     np.testing.assert_array_equal(some.mean_o, every.mean_o)
     assert np.linalg.norm(some.h - every.h) < 0.2 * np.linalg.norm(every.h)
     assert not np.array_equal(some.h, every.h)
+
+
+def test_layer_hessians_take_the_grid_the_fit_takes(quantized, monkeypatch):
+    """Past STATS_WORK, the budget's H (layer_hessians) is the fit's H: the same grid of
+    positions, the same scaling."""
+    model, _, data = quantized
+    samples = data.values[:32]
+    sg = model.subgraphs[0]
+    order = {id(op): i for i, op in enumerate(sg.operators)}
+    op = next(op for op in sg.operators if op.type == "CONV_2D" and op.inputs[1].shape[1] > 1)
+    monkeypatch.setattr(datafit, "STATS_WORK", 1.0)
+    monkeypatch.setattr(datafit, "STATS_PER_WEIGHT", 4)
+    got = datafit.layer_hessians(model, [op], samples)[0]
+    cursor = propagate.Cursor(model, samples, name="m")
+    cursor.advance(order[id(op)])
+    assert np.prod(datafit._grid_steps(op, cursor, datafit._rows_shape(op))) > 1
+    w = datafit.layer_rows(op.type, real_values(op.inputs[1]))
+    summed = np.zeros(cursor.stored(op.inputs[0]).shape[1:])
+    want = datafit._collect(op, op, cursor, summed, w).h
+    np.testing.assert_array_equal(got, want)

@@ -229,12 +229,9 @@ def _original_sums(layers: list, original: Model, samples: list) -> dict[int, np
             stored = runner.stored(index[id(t)])
             if stored is None:
                 continue  # a run that never computes it: the layer is skipped
-            if stored.dtype.kind == "f":  # exact in float64: added as they are, no copy
-                x = stored
-            else:
-                x = propagate.real_values(t, stored, dtype=np.float64)
+            x = propagate.real_values(t, stored, dtype=np.float64)
             if id(source) in sums:
-                np.add(sums[id(source)], x, out=sums[id(source)])
+                sums[id(source)] += x
             else:
                 sums[id(source)] = x.astype(np.float64)
     return sums
@@ -621,17 +618,35 @@ def _gram(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def layer_hessians(model: Model, ops: list[Operator], samples: list) -> list[np.ndarray]:
     """X X^T (groups x d x d) of each op's input over `samples`, in `model` as it is: one
-    pass of a cursor (tflrewrite.propagate) over the model serves every layer."""
+    pass of a cursor (tflrewrite.propagate) over the model serves every layer. Layers past
+    STATS_WORK take it over a grid of positions, scaled to every position's, as the fit
+    does."""
     order = {id(op): i for i, op in enumerate(model.subgraphs[0].operators)}
     cursor = propagate.Cursor(model, samples, name="model")
     h: list = [None] * len(ops)
     for i in sorted(range(len(ops)), key=lambda i: order[id(ops[i])]):
         op = ops[i]
         cursor.advance(order[id(op)])
-        for a, b in _sample_chunks(op, cursor):
-            x = _products(op, _layer_input(cursor, op, a, b), None)[0]
+        steps = _grid_steps(op, cursor, _rows_shape(op))
+        taken = 0
+        for k, (a, b) in enumerate(_sample_chunks(op, cursor, steps)):
+            x, _, positions = _products(
+                op, _layer_input(cursor, op, a, b), None, grid=_grid(steps, k)
+            )
             h[i] = x if h[i] is None else h[i] + x
+            taken += positions
+        count = cursor.count * _positions(op, cursor.stored(op.inputs[0]).shape[2:])
+        if taken < count:
+            h[i] *= count / taken
     return h
+
+
+def _rows_shape(op: Operator) -> tuple[int, int, int]:
+    """The shape of the op's weights as layer_rows gives them: groups x rows x d."""
+    shape = op.inputs[1].shape
+    if op.type == "DEPTHWISE_CONV_2D":
+        return shape[3], 1, shape[1] * shape[2]
+    return 1, shape[0], int(np.prod(shape[1:]))
 
 
 def _patch_sums(op: Operator, x: np.ndarray) -> np.ndarray:
