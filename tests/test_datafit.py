@@ -343,3 +343,81 @@ def test_layer_hessians_equal_the_whole_models(quantized):
         )
         want = np.matmul(p.transpose(0, 2, 1), p)
         np.testing.assert_allclose(h, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_grid_of_positions_takes_those_rows_of_the_patches(quantized):
+    """Patches on a grid (a row and column step, and where each starts) are the rows of
+    every position's patches at those output positions, for each kind of layer."""
+    model, _, data = quantized
+    for op in [op for op in model.subgraphs[0].operators if op.type in datafit.LAYER_OPS]:
+        x = whole_model_inputs(model, op.inputs[0].name, data.values[:3])
+        x = x.reshape((-1, *x.shape[2:]))
+        full = datafit._patches(op, x)
+        if op.type == "FULLY_CONNECTED":
+            grid = (2, 1, 1, 0)
+            np.testing.assert_array_equal(datafit._patches(op, x, grid), full[:, 1::2])
+            continue
+        oh, ow = op.outputs[0].shape[1:3]
+        for grid in [(2, 3, 1, 2), (3, 1, 0, 0), (oh, ow, oh - 1, 0)]:
+            gr, gc, r0, c0 = grid
+            want = full.reshape(full.shape[0], len(x), oh, ow, -1)[:, :, r0::gr, c0::gc]
+            want = want.reshape(full.shape[0], -1, full.shape[2])
+            np.testing.assert_array_equal(datafit._patches(op, x, grid), want)
+            h = datafit._products(op, x, None, grid=grid)[0]
+            np.testing.assert_allclose(h, np.matmul(want.transpose(0, 2, 1), want), rtol=1e-12)
+
+
+def test_statistics_of_big_layers_come_from_a_subset_of_positions(quantized, monkeypatch):
+    """Above STATS_WORK, H and the cross term come from a grid of positions, scaled to the
+    whole set, close to the sums over every position; the means stay exact."""
+    model, original, data = quantized
+    samples = data.values[:32]
+    sg, osg = model.subgraphs[0], original.subgraphs[0]
+    sources = datafit._ops_by_output(osg)
+    order, oorder = ({id(op): i for i, op in enumerate(g.operators)} for g in (sg, osg))
+    producers = {id(t): op for op in osg.operators for t in op.outputs}
+    op = next(op for op in sg.operators if op.type == "CONV_2D" and op.inputs[1].shape[1] > 1)
+    source = sources[datafit._base_name(op.outputs[0].name)]
+    w = datafit.layer_rows(
+        op.type, real_values(datafit._constant_source(producers, source.inputs[1]))
+    )
+
+    def stats():
+        current = propagate.Cursor(model, samples, name="m")
+        reference = propagate.Cursor(original, samples, name="o")
+        current.advance(order[id(op)])
+        reference.advance(oorder[id(source)])
+        return datafit._collect(op, source, current, reference, w), current
+
+    every, cursor = stats()
+    assert datafit._grid_steps(op, cursor, w.shape) == (1, 1)
+    monkeypatch.setattr(datafit, "STATS_WORK", 1.0)
+    monkeypatch.setattr(datafit, "STATS_PER_WEIGHT", every.count // (4 * w.shape[2]))
+    some, cursor = stats()
+    rows, cols = datafit._grid_steps(op, cursor, w.shape)
+    assert rows * cols == 4
+    assert some.count == every.count
+    np.testing.assert_array_equal(some.mean_c, every.mean_c)
+    np.testing.assert_array_equal(some.mean_o, every.mean_o)
+    assert np.linalg.norm(some.h - every.h) < 0.2 * np.linalg.norm(every.h)
+    assert not np.array_equal(some.h, every.h)
+
+
+def test_layer_hessians_take_the_grid_the_fit_takes(quantized, monkeypatch):
+    """Past STATS_WORK, the budget's H (layer_hessians) is the fit's H: the same grid of
+    positions, the same scaling."""
+    model, _, data = quantized
+    samples = data.values[:32]
+    sg = model.subgraphs[0]
+    order = {id(op): i for i, op in enumerate(sg.operators)}
+    op = next(op for op in sg.operators if op.type == "CONV_2D" and op.inputs[1].shape[1] > 1)
+    monkeypatch.setattr(datafit, "STATS_WORK", 1.0)
+    monkeypatch.setattr(datafit, "STATS_PER_WEIGHT", 4)
+    got = datafit.layer_hessians(model, [op], samples)[0]
+    cursor = propagate.Cursor(model, samples, name="m")
+    cursor.advance(order[id(op)])
+    assert np.prod(datafit._grid_steps(op, cursor, datafit._rows_shape(op))) > 1
+    w = datafit.layer_rows(op.type, real_values(op.inputs[1]))
+    summed = np.zeros(cursor.stored(op.inputs[0]).shape[1:])
+    want = datafit._collect(op, op, cursor, summed, w).h
+    np.testing.assert_array_equal(got, want)

@@ -16,7 +16,9 @@ new weights, and one over the original does the same (refine, which needs only X
 mean, runs the original once per sample instead). H, W (G - H) and the means are sums of
 float64 products over chunks of samples (BLAS), so that the fit makes the choices the
 whole-model path made, sample by sample, before propagation (tools/same_outputs.py and
-tools/bench/datafit_table.py: byte-identical outputs, the same held-out SQNR).
+tools/bench/datafit_table.py: byte-identical outputs, the same held-out SQNR). Layers
+whose H would cost more than STATS_WORK multiply-adds take H and W (G - H) over an even
+grid of their output positions instead (see STATS_WORK).
 
 Steps:
 - prune: mask by the OBS cost w^2 / [H^-1]_jj^2 with the pass's pattern and counts (the
@@ -77,6 +79,8 @@ OBC_MAX = 256
 # After clustering, each codebook moves to the values of least output error for the
 # assignment made (kernels.reconstruct.refit_codebook).
 REFIT = True
+# The grid of output positions (see _grid) that takes every one.
+EVERY = (1, 1, 0, 0)
 DEPTHWISE_NOT_PRUNED = (
     "with data, depthwise kernels are not pruned (a few taps each: too few to lose)"
 )
@@ -411,20 +415,30 @@ def _collect(op, source, current, reference, w_orig: np.ndarray) -> _Stats:
     cross = isinstance(reference, propagate.Cursor)
     through_d = cross and _through_difference(op, w_orig)
     h = g = shift = None
-    count = 0
-    for a, b in _sample_chunks(op, current):
+    taken = 0
+    steps = _grid_steps(op, current, w_orig.shape)
+    for k, (a, b) in enumerate(_sample_chunks(op, current, steps)):
+        grid = _grid(steps, k)
         xc = _layer_input(current, op, a, b)
         xo = _layer_input(reference, source, a, b) if cross else None
-        dh, dg, positions = _products(op, xc, None if through_d else xo)
-        h = dh if h is None else h + dh
         if through_d:
-            ds = _difference_products(op, xc, xo - xc, w_orig)
+            pc = _patches(op, xc, grid) if op.type != "DEPTHWISE_CONV_2D" else None
+            dh, _, positions = _products(op, xc, None, pc=pc, grid=grid)
+            diff = np.subtract(xo, xc, dtype=STATS)
+            ds = _difference_products(op, xc, diff, w_orig, pc=pc, grid=grid)
             shift = ds if shift is None else shift + ds
-        elif cross:
-            g = dg if g is None else g + dg
-        count += positions
+        else:
+            dh, dg, positions = _products(op, xc, xo, grid=grid)
+            if cross:
+                g = dg if g is None else g + dg
+        h = dh if h is None else h + dh
+        taken += positions
     if g is not None:
         shift = np.matmul(w_orig, g - h)  # as the whole-model path took it
+    count = current.count * _positions(op, current.stored(op.inputs[0]).shape[2:])
+    if taken < count:  # a subset of positions: sums scaled to the whole set's
+        h *= count / taken
+        shift = None if shift is None else shift * (count / taken)
     summed_o = _summed_input(reference, source) if cross else reference
     mean_c = _patch_sums(op, _summed_input(current, op)) / max(count, 1)
     mean_o = _patch_sums(op, summed_o) / max(count, 1)
@@ -438,14 +452,16 @@ def _through_difference(op: Operator, w: np.ndarray) -> bool:
     return op.type == "DEPTHWISE_CONV_2D" or 2 * rows < d
 
 
-def _difference_products(op, xc, diff, w: np.ndarray) -> np.ndarray:
-    """groups x rows x d: W D^T X_c over one chunk, D = `diff` (X_o - X_c): the layer's
-    outputs on D (no bias) against X_c's patches."""
+def _difference_products(op, xc, diff, w: np.ndarray, pc=None, grid=EVERY) -> np.ndarray:
+    """groups x rows x d: W D^T X_c over one chunk's positions of `grid`, D = `diff` (X_o -
+    X_c): the layer's outputs on D (no bias) against X_c's patches (`pc`, where already
+    made)."""
     if op.type != "DEPTHWISE_CONV_2D":
-        pc, pd = _patches(op, xc), _patches(op, diff)
+        pc = _patches(op, xc, grid) if pc is None else pc
+        pd = _patches(op, diff, grid)
         y = np.dot(pd[0], w[0].T)  # positions x rows
         return np.dot(y.T, pc[0])[None]
-    taps_c, taps_d = _taps(op, xc), _taps(op, diff)
+    taps_c, taps_d = _taps(op, xc.astype(STATS, copy=False), grid), _taps(op, diff, grid)
     multiplier = w.shape[0] // xc.shape[3]
     if multiplier > 1:  # group g = channel * multiplier + m reads input channel g // m
         taps_c = [np.repeat(t, multiplier, axis=3) for t in taps_c]
@@ -483,9 +499,60 @@ STATS = np.float64
 PATCH_BYTES = 4 * 2**20
 
 
-def _sample_chunks(op: Operator, cursor: propagate.Cursor) -> list[tuple[int, int]]:
-    """[a, b) ranges of samples whose patches take about PATCH_BYTES."""
+# Above this many multiply-adds for a layer's H (groups x positions x d^2), and where a
+# layer has at least twice STATS_PER_WEIGHT output positions per input of a row, H and the
+# cross term are taken over an even grid of output positions with at least
+# STATS_PER_WEIGHT per input (every 2nd position of a 3x3 convolution on 32 x 32 x 16 over
+# 128 samples, 2.7e9 multiply-adds, 0.15 s a layer in float64 BLAS: more than twenty
+# times its forward pass; every 3rd to 18th of MobileNetV2's 16 widest layers), scaled to
+# the whole set. The means for the bias correction still take every position. At 128
+# positions per input (rather than 384) tools/bench/datafit_table.py lost 0.39 dB on
+# image_classification (prune) and 0.25 dB on rock_paper_scissors (AdaRound), where
+# every position of those layers was taken at 384; the 3x3 convolution of
+# fingerprint_signature_generator, every 2nd of 112,896 positions, gained 0.3 dB.
+STATS_WORK = 2.5e8
+STATS_PER_WEIGHT = 384
+
+
+def _grid_steps(op: Operator, cursor: propagate.Cursor, rows_shape: tuple) -> tuple[int, int]:
+    """(row step, column step) of the output positions the statistics take: (1, 1) for
+    every position; for FULLY_CONNECTED the first is a step over its input rows."""
+    groups, _, d = rows_shape
+    per_sample = _positions(op, cursor.stored(op.inputs[0]).shape[2:])
+    n = cursor.count * per_sample
+    step = int(min(groups * n * d * d // STATS_WORK, n // (STATS_PER_WEIGHT * d)))
+    if step <= 1:
+        return 1, 1
+    if op.type == "FULLY_CONNECTED":
+        return step, 1
+    oh, ow = op.outputs[0].shape[1:3]
+    rows = int(min(oh, max(1, round(np.sqrt(step)))))
+    return rows, int(min(ow, max(1, step // rows)))
+
+
+def _grid(steps: tuple[int, int], k: int) -> tuple[int, int, int, int]:
+    """(row step, column step, first row, first column) for chunk k: each chunk of samples
+    starts the grid elsewhere, so that together they see every offset."""
+    rows, cols = steps
+    return rows, cols, k % rows, (k // rows) % cols
+
+
+def _positions(op: Operator, shape: tuple) -> int:
+    """Output positions (patches) of one sample of input `shape` (without the batch
+    axis)."""
+    if op.type == "FULLY_CONNECTED":
+        return int(np.prod(shape)) // op.inputs[1].shape[1]
+    oh, ow = op.outputs[0].shape[1:3]
+    return int(oh * ow)
+
+
+def _sample_chunks(
+    op: Operator, cursor: propagate.Cursor, steps: tuple[int, int] = (1, 1)
+) -> list[tuple[int, int]]:
+    """[a, b) ranges of samples whose patches (on a grid of `steps`) take about
+    PATCH_BYTES."""
     one = np.dtype(STATS).itemsize * _patch_size(op, cursor.stored(op.inputs[0]).shape[1:])
+    one //= steps[0] * steps[1]
     step = max(1, PATCH_BYTES // max(one, 1))
     return [(a, min(a + step, cursor.count)) for a in range(0, cursor.count, step)]
 
@@ -501,22 +568,28 @@ def _patch_size(op: Operator, shape: tuple) -> int:
 
 
 def _layer_input(cursor: propagate.Cursor, op: Operator, a: int, b: int) -> np.ndarray:
-    """Samples [a, b) of the op's input from the cursor's cut, real values in float64
-    (STATS), the samples merged into the first axis (n x H x W x C for convolutions)."""
-    x = cursor.real(op.inputs[0], a, b, dtype=STATS)
+    """Samples [a, b) of the op's input from the cursor's cut, real values, the samples
+    merged into the first axis (n x H x W x C for convolutions): float32 activations as
+    they are (each is exact in STATS, into which patches convert them as they copy),
+    dequantized ones in STATS."""
+    t = op.inputs[0]
+    stored = cursor.stored(t)
+    dtype = np.float32 if stored.dtype == np.float32 else STATS
+    x = cursor.real(t, a, b, dtype=dtype)
     return x.reshape((-1, *x.shape[2:])) if x.ndim > 2 else x
 
 
-def _products(op: Operator, xc: np.ndarray, xo: np.ndarray | None) -> tuple:
+def _products(op: Operator, xc: np.ndarray, xo: np.ndarray | None, pc=None, grid=EVERY) -> tuple:
     """(X_c^T X_c, X_o^T X_c or None, positions) of one chunk of a layer's inputs, each
-    groups x d x d in float64. Depthwise kernels take one product of two tap windows per
-    pair of taps, summed per channel, rather than patches: a 9 x 9 matrix per channel
+    groups x d x d in float64, over the output positions of `grid` (see _grid; `pc`: X_c's
+    patches, where already made). Depthwise kernels take one product of two tap windows
+    per pair of taps, summed per channel, rather than patches: a 9 x 9 matrix per channel
     from patches is a tiny matrix product per channel, ten times slower."""
     if op.type != "DEPTHWISE_CONV_2D":
-        pc = _patches(op, xc)
-        g = None if xo is None else _gram(_patches(op, xo), pc)
+        pc = _patches(op, xc, grid) if pc is None else pc
+        g = None if xo is None else _gram(_patches(op, xo, grid), pc)
         return _gram(pc, pc), g, pc.shape[1]
-    taps_c = _taps(op, xc)
+    taps_c = _taps(op, xc.astype(STATS, copy=False), grid)
     multiplier = op.inputs[1].shape[3] // xc.shape[3]
     k = len(taps_c)
     h = np.empty((xc.shape[3], k, k))
@@ -525,7 +598,7 @@ def _products(op: Operator, xc: np.ndarray, xo: np.ndarray | None) -> tuple:
             h[:, i, j] = h[:, j, i] = np.einsum("nhwc,nhwc->c", taps_c[i], taps_c[j])
     g = None
     if xo is not None:
-        taps_o = _taps(op, xo)
+        taps_o = _taps(op, xo.astype(STATS, copy=False), grid)
         g = np.empty_like(h)
         for i in range(k):
             for j in range(k):
@@ -545,17 +618,35 @@ def _gram(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def layer_hessians(model: Model, ops: list[Operator], samples: list) -> list[np.ndarray]:
     """X X^T (groups x d x d) of each op's input over `samples`, in `model` as it is: one
-    pass of a cursor (tflrewrite.propagate) over the model serves every layer."""
+    pass of a cursor (tflrewrite.propagate) over the model serves every layer. Layers past
+    STATS_WORK take it over a grid of positions, scaled to every position's, as the fit
+    does."""
     order = {id(op): i for i, op in enumerate(model.subgraphs[0].operators)}
     cursor = propagate.Cursor(model, samples, name="model")
     h: list = [None] * len(ops)
     for i in sorted(range(len(ops)), key=lambda i: order[id(ops[i])]):
         op = ops[i]
         cursor.advance(order[id(op)])
-        for a, b in _sample_chunks(op, cursor):
-            x = _products(op, _layer_input(cursor, op, a, b), None)[0]
+        steps = _grid_steps(op, cursor, _rows_shape(op))
+        taken = 0
+        for k, (a, b) in enumerate(_sample_chunks(op, cursor, steps)):
+            x, _, positions = _products(
+                op, _layer_input(cursor, op, a, b), None, grid=_grid(steps, k)
+            )
             h[i] = x if h[i] is None else h[i] + x
+            taken += positions
+        count = cursor.count * _positions(op, cursor.stored(op.inputs[0]).shape[2:])
+        if taken < count:
+            h[i] *= count / taken
     return h
+
+
+def _rows_shape(op: Operator) -> tuple[int, int, int]:
+    """The shape of the op's weights as layer_rows gives them: groups x rows x d."""
+    shape = op.inputs[1].shape
+    if op.type == "DEPTHWISE_CONV_2D":
+        return shape[3], 1, shape[1] * shape[2]
+    return 1, shape[0], int(np.prod(shape[1:]))
 
 
 def _patch_sums(op: Operator, x: np.ndarray) -> np.ndarray:
@@ -573,36 +664,44 @@ def _patch_sums(op: Operator, x: np.ndarray) -> np.ndarray:
     return sums.T.reshape(-1, kh * kw)
 
 
-def _taps(op: Operator, x: np.ndarray) -> list[np.ndarray]:
+def _taps(op: Operator, x: np.ndarray, grid=None) -> list[np.ndarray]:
     """The view of the padded input each kernel tap sees (n x out H x out W x C), taps in
-    the order the weights flatten."""
+    the order the weights flatten; only the output positions of `grid` (see _grid)."""
     w = op.inputs[1]
     kh, kw = w.shape[1], w.shape[2]
     (sh, sw), (dh, dw), padding = op.attrs.stride, op.attrs.dilation, op.attrs.padding
     _, height, width, _ = x.shape
     oh, pt, pb = _window(height, kh, sh, dh, padding)
     ow, pl, pr = _window(width, kw, sw, dw, padding)
+    gr, gc, r0, c0 = grid or EVERY
+    rows, cols = len(range(r0, oh, gr)), len(range(c0, ow, gc))
     xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))) if pt + pb + pl + pr else x
     taps = []
     for i in range(kh):
         for j in range(kw):
-            a, b = i * dh, j * dw
-            taps.append(xp[:, a : a + sh * (oh - 1) + 1 : sh, b : b + sw * (ow - 1) + 1 : sw, :])
+            a, b = i * dh + r0 * sh, j * dw + c0 * sw
+            ra, rb = sh * gr, sw * gc  # steps in the padded input
+            taps.append(xp[:, a : a + ra * (rows - 1) + 1 : ra, b : b + rb * (cols - 1) + 1 : rb])
     return taps
 
 
-def _patches(op: Operator, x: np.ndarray) -> np.ndarray:
+def _patches(op: Operator, x: np.ndarray, grid=EVERY) -> np.ndarray:
     """The layer's input as groups x positions x d (one group, or one per depthwise
-    channel), in the order its weights flatten."""
+    channel), in the order its weights flatten, in STATS (`x` float32 or STATS: the
+    conversion rides on the copy that makes the patches); only the output positions of
+    `grid` (see _grid; for FULLY_CONNECTED, every grid[0]-th input row from grid[2])."""
+    gr, gc, r0, c0 = grid
     if op.type == "FULLY_CONNECTED":
         depth = op.inputs[1].shape[1]
-        return x.reshape(1, -1, depth)
+        return x.reshape(-1, depth)[r0::gr][None].astype(STATS, copy=False)
     w = op.inputs[1]
     kh, kw = w.shape[1], w.shape[2]
     c = x.shape[3]
     if op.type == "CONV_2D" and kh == kw == 1 and op.attrs.stride == (1, 1):
-        return x.reshape(1, -1, c)  # a 1x1 convolution's patches are its input
-    p = np.stack(_taps(op, x), axis=3)  # n, oh, ow, taps, c
+        # a 1x1 convolution's patches are its input
+        x = x[:, r0::gr, c0::gc, :] if grid != EVERY else x
+        return x.reshape(1, -1, c).astype(STATS, copy=False)
+    p = np.stack(_taps(op, x, grid), axis=3, dtype=STATS)  # n, oh, ow, taps, c
     n, oh, ow = p.shape[:3]
     if op.type == "CONV_2D":
         return p.reshape(1, n * oh * ow, kh * kw * c)
