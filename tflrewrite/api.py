@@ -728,7 +728,7 @@ def explore(
     for src in sources:
         subject = tree.subject(
             src.name,
-            _content(src),
+            src.file_bytes(),
             target=target,
             calibration=calibration,
             calibration_samples=calibration_samples,
@@ -810,17 +810,6 @@ def _explore_budget(
     return given[0] if given else None
 
 
-def _content(src: _Input) -> bytes:
-    """The model's file in bytes, read once."""
-    if src.path is None:
-        return src.data()
-    try:
-        with open(src.path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise TflRewriteError(f"{src.path}: cannot read it: {e.strerror or e}") from None
-
-
 class _Input:
     """A model given to the API: a file (`path`), a file's bytes, or a Model; `name` names
     it in reports and errors. Read once, when first needed."""
@@ -861,13 +850,14 @@ class _Input:
         return self._data
 
     def file_bytes(self) -> bytes:
+        """The file's bytes as they are on disk (or `data()` for a model given in memory)."""
         if self.path is None:
             return self.data()
         try:
             with open(self.path, "rb") as f:
                 return f.read()
         except OSError as e:
-            raise TflRewriteError(f"{self.path}: {e.strerror or e}") from None
+            raise TflRewriteError(f"{self.path}: cannot read it: {e.strerror or e}") from None
 
     def source(self) -> str | bytes:
         """What runtime.load takes: the path, or the bytes."""
