@@ -214,6 +214,28 @@ def test_grouped_solve_equals_solving_each_group(grid):
         np.testing.assert_allclose(together[g], alone, rtol=1e-12, atol=1e-12)
 
 
+def test_refine_takes_the_original_sums_from_calibration(digits, monkeypatch):
+    """Where refine follows, calibration sums the original's layer inputs and refine takes
+    them rather than run the original again: the model is byte for byte the one refine's
+    own run gives. The magnitude command sums nothing."""
+    model, data, _ = digits
+    recipe = recipes.load("full-int8")
+    own_run = dataclasses.replace(datafit.REFINE, wants=frozenset())
+    with monkeypatch.context() as m:
+        m.setattr(datafit, "REFINE", own_run)
+        alone = pipeline.apply(model, recipe, data=data, method="data").model
+    with monkeypatch.context() as m:
+
+        def refused(*args, **kwargs):
+            raise AssertionError("refine ran the original itself")
+
+        m.setattr(datafit, "_original_sums", refused)
+        shared = pipeline.apply(model, recipe, data=data, method="data").model
+        m.setattr(calibrate, "_add", refused)
+        pipeline.apply(model, recipe, data=data, method="magnitude")
+    assert writer.to_bytes(shared) == writer.to_bytes(alone)
+
+
 # ------------------------------------------------------------------ propagation
 
 
