@@ -55,7 +55,7 @@ from tflrewrite.kernels import adaround, kmeans1d
 from tflrewrite.kernels import prune as prune_kernels
 from tflrewrite.kernels import reconstruct as kernels
 from tflrewrite.model import Model, Operator, Tensor
-from tflrewrite.passes import cluster, prune, quantize
+from tflrewrite.passes import cluster, prune, quantize, quantize_graph
 from tflrewrite.passes.common import (
     INPUT_SUMS,
     LAYER_OPS,
@@ -96,13 +96,15 @@ DEPTHWISE_NOT_PRUNED = (
 )
 
 
-def _runner(step: str) -> Run:
+def _runner(step: str, *, fold: bool = False) -> Run:
     def run(
         model: Model, options, rules: tuple[Rule, ...] = (), *, data: Data | None = None
     ) -> PassResult:
         if data is None:
             raise UsageError(f"data-aware {step} needs calibration samples")
         original = data.reference or model
+        if fold:
+            model = quantize_graph.dequantized_weights(model)
         sums = data.found.get(INPUT_SUMS)
         return fit(step, model, options, rules, data.samples, original, sums=sums)
 
@@ -114,6 +116,12 @@ def _runner(step: str) -> Run:
 # int8 quantize step that no clustering follows, with the quantize step's options.
 PRUNE = Pass(name="prune", Options=prune.Options, run=_runner("prune"))
 CLUSTER = Pass(name="cluster", Options=cluster.Options, run=_runner("cluster"))
+# The data-aware prune before a full-integer quantize step, which folds weights behind a
+# DEQUANTIZE of a constant (float16 or int8 storage) into float32 anyway: it folds them
+# first (quantize_graph.dequantized_weights, as the size budget's planner does), so that it
+# fits them rather than fall back to magnitude ("read through DEQUANTIZE"; a float16
+# MobileNetV2 had no layer it fitted). Clustering follows quantize, on int8 weights.
+PRUNE_FOLDED = Pass(name="prune", Options=prune.Options, run=_runner("prune", fold=True))
 REFINE = Pass(
     name="refine",
     Options=quantize.Options,

@@ -508,6 +508,20 @@ def fold_constants(model: Model) -> None:
                     op.inputs[i] = dequantized[id(t)]
 
 
+def dequantized_weights(model: Model) -> Model:
+    """`model` with its weights behind a DEQUANTIZE of a constant (float16 or int8
+    storage) as the float32 constants they compute, as full-integer quantization folds
+    them anyway (fold_constants): a folded copy, or `model` itself where it has none. Steps
+    before a full-integer quantize (the size budget's planner, the data-aware prune and
+    cluster), which leave weights read through DEQUANTIZE alone, then fit them too."""
+    folded = model.copy()
+    fold_constants(folded)
+    same = all(
+        len(a.operators) == len(b.operators) for a, b in zip(model.subgraphs, folded.subgraphs)
+    )
+    return model if same else folded
+
+
 def _affine(t: Tensor) -> bool:
     return t.quantization is not None and t.quantization.is_affine
 
