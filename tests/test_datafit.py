@@ -13,7 +13,7 @@ import twins
 
 from tflrewrite import calibrate, pipeline, propagate, reader, recipes, runtime, writer
 from tflrewrite.kernels import reconstruct
-from tflrewrite.passes import cluster, datafit, prune, quantize
+from tflrewrite.passes import cluster, datafit, prune, quantize, quantize_graph
 from tflrewrite.passes.common import Data
 from tflrewrite.reports import verify
 from tflrewrite.weights import find_weights, real_values
@@ -212,6 +212,49 @@ def test_grouped_solve_equals_solving_each_group(grid):
             None if codes is None else codes[g],
         )
         np.testing.assert_allclose(together[g], alone, rtol=1e-12, atol=1e-12)
+
+
+def test_refine_takes_the_original_sums_from_calibration(digits, monkeypatch):
+    """Where refine follows, calibration sums the original's layer inputs and refine takes
+    them rather than run the original again: the model is byte for byte the one refine's
+    own run gives. The magnitude command sums nothing."""
+    model, data, _ = digits
+    recipe = recipes.load("full-int8")
+    own_run = dataclasses.replace(datafit.REFINE, wants=frozenset())
+    with monkeypatch.context() as m:
+        m.setattr(datafit, "REFINE", own_run)
+        alone = pipeline.apply(model, recipe, data=data, method="data").model
+    with monkeypatch.context() as m:
+
+        def refused(*args, **kwargs):
+            raise AssertionError("refine ran the original itself")
+
+        m.setattr(datafit, "_original_sums", refused)
+        shared = pipeline.apply(model, recipe, data=data, method="data").model
+        m.setattr(calibrate, "_add", refused)
+        pipeline.apply(model, recipe, data=data, method="magnitude")
+    assert writer.to_bytes(shared) == writer.to_bytes(alone)
+
+
+def test_data_aware_prune_fits_float16_weights_before_full_int8(digits):
+    """Float16 weights (behind DEQUANTIZE) under a full-int8 recipe: the data-aware prune
+    fits them, as on the float32 weights that quantize folds them into, where it fell back
+    to magnitude ("read through DEQUANTIZE"); the output is the one the folded model gives.
+    Without full int8 the weights stay float16, and the prune falls back as before."""
+    model, data, _ = digits
+    f16 = quantize.PASS.run(model, quantize.Options(mode="float16", min_size=0)).model
+    assert sum(op.type == "DEQUANTIZE" for op in f16.subgraphs[0].operators) == 5
+    recipe = recipes.load("prune-cluster-full-int8")
+    out = pipeline.apply(f16, recipe, data=data, method="data")
+    pruned = [r for r in out.records[0]["tensors"] if r["action"] == "pruned"]
+    assert len(pruned) == 3 and all(r["method"] == "data" for r in pruned)  # 2 skipped
+    folded = quantize_graph.dequantized_weights(f16)
+    assert folded is not f16 and quantize_graph.dequantized_weights(model) is model
+    same = pipeline.apply(folded, recipe, data=data, method="data").model
+    assert writer.to_bytes(out.model) == writer.to_bytes(same)
+    alone = pipeline.apply(f16, recipes.load("prune"), data=data, method="data")
+    pruned = [r for r in alone.records[0]["tensors"] if r["action"] == "pruned"]
+    assert pruned and all(r["why_not_data"] == "read through DEQUANTIZE" for r in pruned)
 
 
 # ------------------------------------------------------------------ propagation

@@ -317,12 +317,7 @@ def _float_weights(model: Model, steps: dict) -> Model:
     quantize = steps.get("quantize")
     if quantize is None or quantize.options.mode not in FULL_INTEGER:
         return model
-    folded = model.copy()
-    quantize_graph.fold_constants(folded)
-    same = all(
-        len(a.operators) == len(b.operators) for a, b in zip(model.subgraphs, folded.subgraphs)
-    )
-    return model if same else folded
+    return quantize_graph.dequantized_weights(model)
 
 
 def _keep(runs: list[_Run], layers: list[_Layer], limit: int, *, model: Model, data: Any):

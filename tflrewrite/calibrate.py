@@ -144,10 +144,14 @@ def ranges(
     method: str = "minmax",
     progress: Callable[[int, int], None] | None = None,
     levels: int = 256,
+    sums: dict[int, np.ndarray | None] | None = None,
 ) -> dict[int, tuple[float, float]]:
     """(low, high) of every float32 activation of the main subgraph, keyed by id(tensor).
     Activations that a run never computes (an unused branch) are left out. `levels`: the
-    integer steps the ranges will be quantized to (method mse weighs rounding by them)."""
+    integer steps the ranges will be quantized to (method mse weighs rounding by them).
+    `sums`: its keys index activations of the main subgraph, each of whose values becomes
+    that activation summed over the samples in float64, in sample order (None where no run
+    computes it), from the same runs."""
     if method not in METHODS:
         raise TflRewriteError(f"calibration method must be one of {', '.join(METHODS)}")
     runner = runtime.load(model, name="calibration model", keep_tensors=True)
@@ -158,12 +162,15 @@ def ranges(
     total = len(samples.values) * (1 if method == "minmax" else 2)
     low = np.full(len(watched), np.inf)
     high = np.full(len(watched), -np.inf)
+    summed = list(sums or ())
     for k, _ in enumerate(runner.run_each(samples.values)):
         for j, (i, _t) in enumerate(watched):
             value = runner.stored(i)
             if value is not None and value.size:
                 low[j] = min(low[j], float(value.min()))
                 high[j] = max(high[j], float(value.max()))
+        for i in summed:
+            _add(sums, i, runner.stored(i))
         if progress:
             progress(k + 1, total)
     if method != "minmax":
@@ -175,6 +182,15 @@ def ranges(
         for (_, t), lo, hi in zip(watched, low, high)
         if np.isfinite(lo) and np.isfinite(hi)
     }
+
+
+def _add(sums: dict[int, np.ndarray | None], i: int, value: np.ndarray | None) -> None:
+    if value is None:
+        return  # not computed in this run
+    if sums[i] is None:
+        sums[i] = value.astype(np.float64)
+    else:
+        sums[i] += value
 
 
 def _clipped(runner, samples, watched, low, high, method, progress, total, *, levels):

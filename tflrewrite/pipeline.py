@@ -53,10 +53,12 @@ def apply(
         steps = tuple(replace(s, runs=runs.get(s.name, s.runs)) for s in steps)
     result = Result(model)
     reference = model  # what data-aware passes aim each layer's outputs at
-    for step in steps:
+    found: dict = {}  # what steps learned about `reference` for later ones (Data.found)
+    for i, step in enumerate(steps):
         if progress:
             progress(step.name)
-        given = None if data is None else Data(data, reference)
+        wanted = frozenset().union(*(s.runner.wants for s in steps[i + 1 :]))
+        given = None if data is None else Data(data, reference, wanted, found)
         out = step.runner.run(result.model, step.options, step.rules, data=given)
         result.model = out.model
         result.records.append({"pass": step.name, "tensors": out.records})
@@ -65,7 +67,7 @@ def apply(
         if on_step:
             on_step(step.name, result.model)
         if step.runner.preserves_function:  # the same function: aim at it from here on
-            reference = result.model
+            reference, found = result.model, {}
     if laid.run is not None:
         if progress:
             progress(f"target {target}")

@@ -71,15 +71,19 @@ class Recipe:
     ) -> tuple[Step, ...]:
         """The steps as a rewrite runs them, each with its pass: a target's own way of a
         step (`own_steps`, by step name), and with `data_aware` (calibration samples and
-        the data method) the data-aware prune and cluster in their place, and a refine of
-        full-integer weights (int8, also under int16 activations) that no clustering will
-        redo."""
+        the data method) the data-aware prune and cluster in their place (the prune
+        folding weights behind DEQUANTIZE first where the whole graph is quantized), and a
+        refine of full-integer weights (int8, also under int16 activations) that no
+        clustering will redo."""
         steps = [dataclasses.replace(s, runs=(own_steps or {}).get(s.name)) for s in self.steps]
         if not data_aware:
             return tuple(steps)
         from tflrewrite.passes import datafit
 
-        fitted = {p.name: p for p in (datafit.PRUNE, datafit.CLUSTER)}
+        full = any(s.name == "quantize" and s.options.mode in FULL_INTEGER for s in steps)
+        fitted = {
+            p.name: p for p in (datafit.PRUNE_FOLDED if full else datafit.PRUNE, datafit.CLUSTER)
+        }
         refine = not any(s.name == "cluster" for s in steps)  # clustering redoes the rounding
         planned = []
         for s in steps:

@@ -56,15 +56,30 @@ class PassResult:
     seconds: dict[str, float] | None = None
 
 
+# A key of Data.found: the reference model's layer inputs (input 0 of each op of
+# LAYER_OPS, float32 activations) summed over the samples, {tensor name: float64 sum in
+# sample order, one sample's shape, or None where no run computes it}. Calibration
+# records them from its own run of that model where a later step wants them (refine's
+# bias correction), so that the model does not run over the samples twice.
+INPUT_SUMS = "input sums"
+# The layers that data-aware passes fit.
+LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
 @dataclass(frozen=True)
 class Data:
     """What a pass gets when calibration samples are given: the samples (calibrate.Samples)
     and the model whose layer outputs data-aware passes aim at (the rewrite's input, or
     that input as the last function-preserving pass left it; None: the model the pass is
-    given)."""
+    given). `found`: what a step learned about `reference` on the samples for a later
+    step, by key (INPUT_SUMS), shared by the steps of one rewrite; a step adds the keys
+    of `wanted` (those the later steps' Pass.wants name) that its own work on `reference`
+    gives at little cost."""
 
     samples: Any
     reference: Model | None = None
+    wanted: frozenset[str] = frozenset()
+    found: dict[str, Any] = field(default_factory=dict)
 
 
 class Run(Protocol):
@@ -80,12 +95,14 @@ class Pass:
     `run` returns a new model (the input is never changed) with one record per tensor it
     considered. `preserves_function`: the pass changes weights without changing what the
     model computes, so data-aware passes after it aim at its output rather than the input.
+    `wants`: keys of Data.found the pass reads where an earlier step has added them.
     """
 
     name: str
     Options: type  # noqa: N815 -- the pass's frozen, keyword-only options dataclass
     run: Run
     preserves_function: bool = False
+    wants: frozenset[str] = frozenset()
 
 
 def check_regex(pattern: str | None, what: str) -> None:

@@ -12,8 +12,9 @@ per channel.
 
 The layers' inputs come from one pass over each model (tflrewrite.propagate): a cursor
 over the model being compressed runs it segment by segment, each fitted layer with its
-new weights, and one over the original does the same (refine, which needs only X_o's
-mean, runs the original once per sample instead). H, W (G - H) and the means are sums of
+new weights, and one over the original does the same (refine needs only X_o's mean:
+calibration's run of the original sums it where refine follows, else refine runs the
+original once per sample). H, W (G - H) and the means are sums of
 float64 products over chunks of samples (BLAS), so that the fit makes the choices the
 whole-model path made, sample by sample, before propagation (tools/same_outputs.py and
 tools/bench/datafit_table.py: byte-identical outputs, the same held-out SQNR). Layers
@@ -54,12 +55,21 @@ from tflrewrite.kernels import adaround, kmeans1d
 from tflrewrite.kernels import prune as prune_kernels
 from tflrewrite.kernels import reconstruct as kernels
 from tflrewrite.model import Model, Operator, Tensor
-from tflrewrite.passes import cluster, prune, quantize
-from tflrewrite.passes.common import Data, Pass, PassResult, Rule, Run, select, weight_stats
+from tflrewrite.passes import cluster, prune, quantize, quantize_graph
+from tflrewrite.passes.common import (
+    INPUT_SUMS,
+    LAYER_OPS,
+    Data,
+    Pass,
+    PassResult,
+    Rule,
+    Run,
+    select,
+    weight_stats,
+)
 from tflrewrite.progress import Progress
 from tflrewrite.weights import Weight, find_weights, real_values, record, replace_data
 
-LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 # With data, output channels fed by fewer weights than this are not pruned: a 3x3 conv on
 # one input channel lost 2.7 points of MNIST accuracy at 50% (0.930 against 0.948 with it
 # left alone, bench model), for 576 bytes.
@@ -86,13 +96,17 @@ DEPTHWISE_NOT_PRUNED = (
 )
 
 
-def _runner(step: str) -> Run:
+def _runner(step: str, *, fold: bool = False) -> Run:
     def run(
         model: Model, options, rules: tuple[Rule, ...] = (), *, data: Data | None = None
     ) -> PassResult:
         if data is None:
             raise UsageError(f"data-aware {step} needs calibration samples")
-        return fit(step, model, options, rules, data.samples, data.reference or model)
+        original = data.reference or model
+        if fold:
+            model = quantize_graph.dequantized_weights(model)
+        sums = data.found.get(INPUT_SUMS)
+        return fit(step, model, options, rules, data.samples, original, sums=sums)
 
     return run
 
@@ -102,12 +116,34 @@ def _runner(step: str) -> Run:
 # int8 quantize step that no clustering follows, with the quantize step's options.
 PRUNE = Pass(name="prune", Options=prune.Options, run=_runner("prune"))
 CLUSTER = Pass(name="cluster", Options=cluster.Options, run=_runner("cluster"))
-REFINE = Pass(name="refine", Options=quantize.Options, run=_runner("refine"))
+# The data-aware prune before a full-integer quantize step, which folds weights behind a
+# DEQUANTIZE of a constant (float16 or int8 storage) into float32 anyway: it folds them
+# first (quantize_graph.dequantized_weights, as the size budget's planner does), so that it
+# fits them rather than fall back to magnitude ("read through DEQUANTIZE"; a float16
+# MobileNetV2 had no layer it fitted). Clustering follows quantize, on int8 weights.
+PRUNE_FOLDED = Pass(name="prune", Options=prune.Options, run=_runner("prune", fold=True))
+REFINE = Pass(
+    name="refine",
+    Options=quantize.Options,
+    run=_runner("refine"),
+    wants=frozenset({INPUT_SUMS}),
+)
 
 
-def fit(step: str, model: Model, options, rules: tuple[Rule, ...], data, original: Model):
+def fit(
+    step: str,
+    model: Model,
+    options,
+    rules: tuple[Rule, ...],
+    data,
+    original: Model,
+    *,
+    sums: dict | None = None,
+):
     """The `step` ("prune", "cluster" or "refine") of `model` fitted to `original`'s layer
-    outputs on `data` (calibrate.Samples)."""
+    outputs on `data` (calibrate.Samples). `sums`: `original`'s layer inputs summed over
+    the samples where an earlier step has them (INPUT_SUMS), which refine then takes
+    rather than run `original` again."""
     rounding = "feedback"
     if step == "refine":  # `options`: the quantize step's
         rounding = getattr(options, "rounding", rounding)
@@ -136,18 +172,18 @@ def fit(step: str, model: Model, options, rules: tuple[Rule, ...], data, origina
         ]
     if not fitted:
         return PassResult(model, records)
-    done, seconds = _fit_layers(step, model, fitted, original, data, rounding)
+    done, seconds = _fit_layers(step, model, fitted, original, data, rounding, sums or {})
     return PassResult(model, records + done, seconds)
 
 
-def _fit_layers(step, model, fitted, original, data, rounding) -> tuple[list, dict]:
+def _fit_layers(step, model, fitted, original, data, rounding, sums) -> tuple[list, dict]:
     """Fit each layer of `fitted` ((weight name, options) pairs) in graph order: a cursor
     over the model being fitted gives each layer's inputs X_c after one pass over it in
     all (tflrewrite.propagate), each fitted layer's new weights in the model before the
     cursor runs it. Pruning and clustering take X_o from a cursor over the original;
-    refine needs only the mean of X_o, summed in one streaming run of the original before
-    the first fit. The records carry the seconds of each phase; the second result sums
-    them."""
+    refine needs only the mean of X_o, from `sums` (INPUT_SUMS) where calibration summed
+    it, else summed in one streaming run of the original before the first fit. The records
+    carry the seconds of each phase; the second result sums them."""
     sg = model.subgraphs[0]
     readers = sg.consumers()
     weights = {w.name: w for w in find_weights(model)[0]}
@@ -166,7 +202,11 @@ def _fit_layers(step, model, fitted, original, data, rounding) -> tuple[list, di
     current = propagate.Cursor(model, data.values, name="model being fitted")
     if step == "refine":
         found = [(op, source) for _, _, op, source in layers if source is not None]
-        reference = _original_sums(found, original, data.values)
+        missing = [(op, source) for op, source in found if source.inputs[0].name not in sums]
+        reference = _original_sums(missing, original, data.values) if missing else {}
+        for _, source in found:
+            if sums.get(source.inputs[0].name) is not None:
+                reference[id(source)] = sums[source.inputs[0].name]
     else:
         reference = propagate.Cursor(original, data.values, name="original model")
     total["capture"] += time.perf_counter() - began

@@ -28,6 +28,7 @@ from tflrewrite.errors import UsageError
 from tflrewrite.model import Model
 from tflrewrite.passes import quantize_graph, weight_only
 from tflrewrite.passes.common import (
+    INPUT_SUMS,
     Data,
     Pass,
     PassResult,
@@ -99,12 +100,26 @@ def run(
     quantize_graph.check_rules(options, rules)
     if options.mode in FULL_INTEGER:
         samples = None if data is None else data.samples
-        return quantize_graph.run(
-            model, options, rules, data=samples, unsupported=unsupported, tied=tied
+        sums = {} if _sums_wanted(model, data) else None
+        result = quantize_graph.run(
+            model, options, rules, data=samples, unsupported=unsupported, tied=tied, sums=sums
         )
+        if sums is not None:
+            data.found[INPUT_SUMS] = sums
+        return result
     model, chosen, records = select(model, options, rules, refuse=weight_only.not_quantizable)
     records += weight_only.quantize_weights(model, chosen)
     return PassResult(model, records)
+
+
+def _sums_wanted(model: Model, data: Data | None) -> bool:
+    """Whether calibration, which runs `model` over the samples, also sums its layer
+    inputs for a later step (INPUT_SUMS): wanted, and `model` is the reference."""
+    return (
+        data is not None
+        and INPUT_SUMS in data.wanted
+        and (data.reference is None or data.reference is model)
+    )
 
 
 PASS = Pass(name="quantize", Options=Options, run=run)

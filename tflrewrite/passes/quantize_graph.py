@@ -49,6 +49,7 @@ import copy
 import dataclasses
 import re
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -59,7 +60,7 @@ from tflrewrite.errors import TflRewriteError, UsageError
 from tflrewrite.kernels import quantize as kernels
 from tflrewrite.model import Model, Operator, Quantization, Subgraph, Tensor
 from tflrewrite.passes import weight_only
-from tflrewrite.passes.common import PassResult, Rule, options_for, weight_stats
+from tflrewrite.passes.common import LAYER_OPS, PassResult, Rule, options_for, weight_stats
 from tflrewrite.progress import Progress
 from tflrewrite.weights import DENSIFY_BYTES, find_weights, real_values, record
 
@@ -226,15 +227,16 @@ def run(
     data: object = None,
     unsupported: Mapping[tuple[str, str], str] | None = None,
     tied: frozenset[tuple[str, str]] = frozenset(),
+    sums: dict | None = None,
 ) -> PassResult:
     """`options` are the quantize pass's (mode "int8" or "int16x8": method, io); `data` the
     calibration samples (calibrate.Samples); `unsupported`: (activation dtype, op type) ->
     why the target's runtime cannot run it, for ops that stay float; `tied`: (activation
     dtype, op type) whose kernel in the target's runtime needs one scale on its input and
-    output."""
+    output. `sums`: filled as `calibrated` fills it."""
     check_rules(options, rules)
     return rewrite(
-        calibrated(model, data, options),
+        calibrated(model, data, options, sums=sums),
         options,
         rules=rules,
         unsupported=unsupported,
@@ -260,9 +262,10 @@ class Calibrated:
     seconds: float = 0.0  # spent calibrating so far
     _ranges: dict[int, dict[int, tuple[float, float]]] = field(default_factory=dict)
 
-    def ranges(self, dtype: str) -> dict[int, tuple[float, float]]:
+    def ranges(self, dtype: str, *, sums: dict | None = None) -> dict[int, tuple[float, float]]:
         """(low, high) of each float activation of `model`, keyed by id(tensor), for
-        activations of `dtype` ("INT8" or "INT16"); computed on first use."""
+        activations of `dtype` ("INT8" or "INT16"); computed on first use. `sums`: as
+        calibrate.ranges takes it, filled where the ranges are computed now."""
         levels = 2 ** (8 * np.dtype(dtype.lower()).itemsize)
         key = levels if self.method == "mse" else 0
         if key not in self._ranges:
@@ -275,14 +278,20 @@ class Calibrated:
                 method=self.method,
                 progress=lambda done, _: bar(done),
                 levels=levels,
+                sums=sums,
             )
             self.seconds += time.perf_counter() - began
         return self._ranges[key]
 
 
-def calibrated(model: Model, data: object, options: object) -> Calibrated:
+def calibrated(
+    model: Model, data: object, options: object, *, sums: dict | None = None
+) -> Calibrated:
     """`model` folded and calibrated on `data` (calibrate.Samples) with `options.method`,
-    for the activation dtype of `options.mode`; reusable by any number of `rewrite` calls."""
+    for the activation dtype of `options.mode`; reusable by any number of `rewrite` calls.
+    `sums`, where given, is filled with `model`'s layer inputs summed over the samples
+    (passes.common.INPUT_SUMS) from the calibration's own run: the fold leaves activations
+    as they were."""
     if data is None:
         raise UsageError(
             f"--quantize {options.mode} needs calibration data: --calibration DATA.npz (one "
@@ -293,8 +302,28 @@ def calibrated(model: Model, data: object, options: object) -> Calibrated:
     folded = _fold_sparse(model)
     fold_constants(model)
     result = Calibrated(model, data, options.method, folded)
-    result.ranges(ACTIVATIONS[options.mode])
+    summed = None if sums is None else _layer_inputs(model.subgraphs[0])
+    result.ranges(ACTIVATIONS[options.mode], sums=summed)
+    if sums is not None:
+        sg = model.subgraphs[0]
+        sums.update({sg.tensors[i].name: total for i, total in summed.items()})
     return result
+
+
+def _layer_inputs(sg: Subgraph) -> dict[int, None]:
+    """{index: None} of the float activations that layers (LAYER_OPS) read as input 0, those
+    of names that no other tensor of `sg` has (INPUT_SUMS is keyed by name)."""
+    names = Counter(t.name for t in sg.tensors)
+    index = {id(t): i for i, t in enumerate(sg.tensors)}
+    return {
+        index[id(t)]: None
+        for op in sg.operators
+        if op.type in LAYER_OPS
+        and (t := op.inputs[0]) is not None
+        and t.dtype == "FLOAT32"
+        and not t.is_constant
+        and names[t.name] == 1
+    }
 
 
 def rewrite(
@@ -477,6 +506,20 @@ def fold_constants(model: Model) -> None:
                         dequantized[id(t)] = Tensor(t.name, "FLOAT32", t.shape, buffer=real)
                         sg.tensors.append(dequantized[id(t)])
                     op.inputs[i] = dequantized[id(t)]
+
+
+def dequantized_weights(model: Model) -> Model:
+    """`model` with its weights behind a DEQUANTIZE of a constant (float16 or int8
+    storage) as the float32 constants they compute, as full-integer quantization folds
+    them anyway (fold_constants): a folded copy, or `model` itself where it has none. Steps
+    before a full-integer quantize (the size budget's planner, the data-aware prune and
+    cluster), which leave weights read through DEQUANTIZE alone, then fit them too."""
+    folded = model.copy()
+    fold_constants(folded)
+    same = all(
+        len(a.operators) == len(b.operators) for a, b in zip(model.subgraphs, folded.subgraphs)
+    )
+    return model if same else folded
 
 
 def _affine(t: Tensor) -> bool:
