@@ -668,8 +668,12 @@ class _Scorer:
             opts = dataclasses.replace(
                 self.clustering, clusters=s.clusters, granularity=s.granularity
             )
-            # one width for every group's codebook (datafit._codebooks): no padding
-            codes.append(np.stack(datafit._codebooks(self.rows, zeros, scales, opts, "cluster")))
+            # one width for every group's codebook (datafit.codebooks): no padding
+            codes.append(
+                np.stack(
+                    datafit.codebooks(self.rows, zeros, scales=scales, opts=opts, step="cluster")
+                )
+            )
             masks.append(zeros)
             units.append(np.ones((groups, rows)) if scales is None else scales)
         width = max(c.shape[2] for c in codes)
@@ -679,9 +683,13 @@ class _Scorer:
         s = np.concatenate(units, axis=1).astype(np.float64)
         codes = np.concatenate(codes, axis=1)
         if groups > 1:  # depthwise: many 9-tap groups at once
-            new = kernels.solve_groups(targets, np.stack(self.factors), mask, s, codes)
+            new = kernels.solve_groups(
+                targets, np.stack(self.factors), pruned=mask, scales=s, codes=codes
+            )
         else:
-            new = kernels.solve(targets[0], self.factors[0], mask[0], s[0], codes[0])[None]
+            new = kernels.solve(
+                targets[0], self.factors[0], pruned=mask[0], scales=s[0], codes=codes[0]
+            )[None]
         return [new[:, k * rows : (k + 1) * rows] for k in range(len(batch))]
 
     def _result(self, new: np.ndarray, scales) -> tuple[int, float, Any]:

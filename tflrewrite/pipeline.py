@@ -58,7 +58,7 @@ def apply(
         if progress:
             progress(step.name)
         wanted = frozenset().union(*(s.runner.wants for s in steps[i + 1 :]))
-        given = None if data is None else Data(data, reference, wanted, found)
+        given = None if data is None else Data(data, reference, wanted=wanted, found=found)
         out = step.runner.run(result.model, step.options, step.rules, data=given)
         result.model = out.model
         result.records.append({"pass": step.name, "tensors": out.records})

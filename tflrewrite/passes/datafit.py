@@ -356,7 +356,7 @@ def _fit(step, model, op, w, opts, source, producers, stats, rounding) -> dict:
         [_target(step, rows_orig[g], stats.h[g], shift[g]) for g in range(len(stats.h))]
     )
     if rounding == "adaround":
-        codes = adaround.adaround(targets, stats.h, scales, rows_now == 0)
+        codes = adaround.adaround(targets, stats.h, scales=scales, zeros=rows_now == 0)
         new_rows = codes * scales[:, :, None]
     else:
         new_rows = compress_rows(
@@ -385,7 +385,7 @@ def compress_rows(step, targets, h, *, zeros, scales, opts, factors=None, refit=
     if step == "prune" and _obc_fits(opts, targets.shape[2]):
         # one group (depthwise kernels are not pruned with data); exact greedy OBS
         k = np.full(targets.shape[1], prune_kernels.prune_count(targets.shape[2], opts.sparsity))
-        targets = kernels.obc_prune_rows(targets[0], h[0], zeros[0], k)[None]
+        targets = kernels.obc_prune_rows(targets[0], h[0], forced=zeros[0], k=k)[None]
         pruned = targets == 0
         codes = [None]
     elif step == "prune":
@@ -394,23 +394,29 @@ def compress_rows(step, targets, h, *, zeros, scales, opts, factors=None, refit=
         choose = _chooser(zeros[0], opts)
     else:
         pruned = zeros
-        codes = _codebooks(targets, pruned, scales, opts, step)
+        codes = codebooks(targets, pruned, scales=scales, opts=opts, step=step)
     if len(factors) > 1 and choose is None:  # depthwise: many 9-tap groups at once
         s = scales
         if s is None and codes[0] is not None:
             s = np.ones(targets.shape[:2])
-        new_rows = kernels.solve_groups(targets, np.stack(factors), pruned, s, _stacked(codes))
+        new_rows = kernels.solve_groups(
+            targets, np.stack(factors), pruned=pruned, scales=s, codes=_stacked(codes)
+        )
     else:
         new_rows = np.empty_like(targets)
         for g, (u, w_star) in enumerate(zip(factors, targets)):
             s = None if scales is None else scales[g]
             if s is None and codes[g] is not None:
                 s = np.ones(w_star.shape[0])
-            new_rows[g] = kernels.solve(w_star, u, pruned[g], s, codes[g], choose=choose)
+            new_rows[g] = kernels.solve(
+                w_star, u, pruned=pruned[g], scales=s, codes=codes[g], choose=choose
+            )
     if step == "cluster" and refit and REFIT and _refit_fits(targets.shape, opts.clusters):
         s = np.ones(targets.shape[:2]) if scales is None else scales
         shared = opts.granularity == "tensor"
-        new_rows = kernels.refit_codebook(new_rows, targets, h, s, shared, scales is not None)
+        new_rows = kernels.refit_codebook(
+            new_rows, targets, h, scales=s, shared=shared, integer=scales is not None
+        )
     return new_rows
 
 
@@ -844,7 +850,7 @@ def _chooser(zeros: np.ndarray, opts):
     return choose
 
 
-def _codebooks(targets, pruned, scales, opts, step) -> list:
+def codebooks(targets, pruned, *, scales, opts, step) -> list:
     """Per group, rows x K nonzero codes each row may take, in stored units (int8 codes
     for int8 weights); None per group for the plain int8 grid (refine)."""
     if step == "refine":
