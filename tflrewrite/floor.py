@@ -49,6 +49,9 @@ NAMES = {"INT8": "int8", "INT16": "int16x8", "FLOAT": "float"}
 # What one raised op costs besides its bytes: about a conversion op's share of the file.
 OP_BYTES = 64
 MAX_SAMPLES = 256  # held-out samples the floor is measured on, at most
+# Held-out samples each region's sensitivity is measured on (its noise scaled to the whole
+# set): a ranking of raises, which every choice is then measured against on all of them.
+SENSITIVITY_SAMPLES = 32
 # The budgets a floor can be held to: those measured on the file itself.
 BUDGETS = ("bytes", "zip")
 
@@ -106,13 +109,19 @@ class _Judge:
             ratios = np.where(noise > 0, self.signal / np.maximum(noise, 1e-300), np.inf)
         return float(np.min(10 * np.log10(np.maximum(ratios, 1e-300))))
 
-    def measure(self, result: PassResult, precision: dict[int, str]) -> _Measured:
+    def measure(
+        self, result: PassResult, precision: dict[int, str], count: int | None = None
+    ) -> _Measured:
+        """`result` run on the samples (the first `count` of them, the noise scaled to all)."""
         data = writer.to_bytes(result.model)
         runner = runtime.load(data, name="a --min-sqnr candidate")
+        samples = self.samples[:count]
         noise = np.zeros(len(self.want))
-        got = [np.stack(col).astype(np.float64) for col in zip(*runner.run_each(self.samples))]
+        got = [np.stack(col).astype(np.float64) for col in zip(*runner.run_each(samples))]
         for i, (w, g) in enumerate(zip(self.want, got)):
+            w = w[: len(samples)]
             noise[i] = float(np.sum((w - g.reshape(w.shape)) ** 2))
+        noise *= len(self.samples) / len(samples)
         self.count += 1
         size = len(data)
         measured = size
@@ -199,7 +208,7 @@ class _Planner:
 
     # -------------------------------------------------------------- the choice
 
-    def _rewrite(self, cal, options, rules, precision: dict[int, str]) -> _Measured:
+    def _rewrite(self, cal, options, rules, precision: dict[int, str], count=None) -> _Measured:
         source = f"--min-sqnr {self.floor.min_sqnr:g}"
         result = quantize_graph.rewrite(
             cal,
@@ -210,7 +219,7 @@ class _Planner:
             tied=self.runtime.tied,
             source=source,
         )
-        return self.judge.measure(result, precision)
+        return self.judge.measure(result, precision, count)
 
     def _note(self, text: str) -> None:
         if self.progress:
@@ -259,14 +268,23 @@ class _Planner:
         return current
 
     def _sensitivity(self, cal, options, rules) -> None:
-        """Each region alone raised to each level above int8, measured."""
+        """Each region alone raised to each level above int8, measured on the first
+        SENSITIVITY_SAMPLES (full int8 too, so that what a raise takes off is measured on
+        the same samples)."""
+        count = SENSITIVITY_SAMPLES if len(self.judge.samples) > SENSITIVITY_SAMPLES else None
         base = self.base
+        if count is not None:
+            base = self.judge.measure(base.result, {}, count)
         for i, region in enumerate(self.regions):
             region.noise["INT8"], region.bytes["INT8"] = base.noise, base.bytes
             for level in LEVELS[1:]:
-                m = self._rewrite(cal, options, rules, {op: level for op in region.ops})
+                m = self._rewrite(cal, options, rules, {op: level for op in region.ops}, count)
                 region.noise[level], region.bytes[level] = m.noise, m.bytes
             self._note(f"sensitivity of region {i + 1} of {len(self.regions)}")
+
+    def _int8_alone(self) -> float:
+        """Full int8's SQNR on the samples the regions were measured on alone."""
+        return self.judge.sqnr(self.regions[0].noise["INT8"])
 
     def _cost(self, r: int, frm: int, to: int) -> float:
         region = self.regions[r]
@@ -305,7 +323,7 @@ class _Planner:
 
         def value(r: int) -> float:
             region = self.regions[r]
-            alone = self.judge.sqnr(region.noise[LEVELS[levels[r]]]) - self.base.sqnr
+            alone = self.judge.sqnr(region.noise[LEVELS[levels[r]]]) - self._int8_alone()
             return alone / self._cost(r, 0, levels[r])
 
         for r in sorted((r for r in range(len(levels)) if levels[r]), key=value):
@@ -350,7 +368,7 @@ class _Planner:
             name = LEVELS[level]
             if name == "FLOAT":
                 raised_weights += region.weights
-            gain = self.judge.sqnr(region.noise[name]) - base.sqnr
+            gain = self.judge.sqnr(region.noise[name]) - self._int8_alone()
             for op in region.ops:
                 tensors.append(
                     {
