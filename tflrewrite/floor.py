@@ -52,6 +52,9 @@ MAX_SAMPLES = 256  # held-out samples the floor is measured on, at most
 # Held-out samples each region's sensitivity is measured on (its noise scaled to the whole
 # set): a ranking of raises, which every choice is then measured against on all of them.
 SENSITIVITY_SAMPLES = 32
+# How far under the floor a lowering must fall on those samples to be refused unmeasured on
+# the rest.
+SCREEN_DB = 1.0
 # The budgets a floor can be held to: those measured on the file itself.
 BUDGETS = ("bytes", "zip")
 
@@ -209,17 +212,18 @@ class _Planner:
     # -------------------------------------------------------------- the choice
 
     def _rewrite(self, cal, options, rules, precision: dict[int, str], count=None) -> _Measured:
-        source = f"--min-sqnr {self.floor.min_sqnr:g}"
-        result = quantize_graph.rewrite(
+        return self.judge.measure(self._candidate(cal, options, rules, precision), precision, count)
+
+    def _candidate(self, cal, options, rules, precision: dict[int, str]) -> PassResult:
+        return quantize_graph.rewrite(
             cal,
             options,
             precision=precision,
             rules=rules,
             unsupported=self.runtime.unsupported,
             tied=self.runtime.tied,
-            source=source,
+            source=f"--min-sqnr {self.floor.min_sqnr:g}",
         )
-        return self.judge.measure(result, precision, count)
 
     def _note(self, text: str) -> None:
         if self.progress:
@@ -330,12 +334,24 @@ class _Planner:
             while levels[r] > 0:
                 trial = list(levels)
                 trial[r] -= 1
-                m = self._rewrite(cal, options, rules, self._precision(trial))
+                precision = self._precision(trial)
+                candidate = self._candidate(cal, options, rules, precision)
+                if self._clearly_under(candidate, precision):
+                    break
+                m = self.judge.measure(candidate, precision)
                 if m.sqnr < self.floor.min_sqnr:
                     break
                 levels[:], current = trial, m
         self.levels = levels
         return current
+
+    def _clearly_under(self, candidate: PassResult, precision: dict[int, str]) -> bool:
+        """Whether `candidate`, on the first SENSITIVITY_SAMPLES, is SCREEN_DB or more under
+        the floor: not worth measuring on all of them (a lowering the floor refuses)."""
+        if len(self.judge.samples) <= SENSITIVITY_SAMPLES:
+            return False
+        quick = self.judge.measure(candidate, precision, SENSITIVITY_SAMPLES)
+        return quick.sqnr < self.floor.min_sqnr - SCREEN_DB
 
     def _precision(self, levels: list[int]) -> dict[int, str]:
         return {
