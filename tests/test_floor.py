@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tflrewrite import api, calibrate, reader, runtime, writer
+from tflrewrite import floor as floor_module
 from tflrewrite.cli import main
 from tflrewrite.errors import TflRewriteError, UsageError
 from tflrewrite.model import FullyConnectedAttrs, Model, Operator, Subgraph, Tensor
@@ -99,6 +100,18 @@ def test_the_floor_is_met_on_held_out_samples(mlp):
     assert {"centred", "normalized"} <= set(raised)
     assert all(t["precision"] in ("int16x8", "float") for t in raised.values())
     assert step["raised_weight_bytes"] <= 0.25 * step["weight_bytes"]
+
+
+def test_sensitivity_on_a_few_samples_still_meets_the_floor_on_all(mlp, monkeypatch):
+    """Regions measured alone on the first 8 held-out samples, and lowerings screened on
+    them: the choice is still measured on all 30 and meets the floor there."""
+    monkeypatch.setattr(floor_module, "SENSITIVITY_SAMPLES", 8)
+    floor = mlp["int8_db"] + 10
+    result = floored(mlp, floor)
+    step = result.report["passes"][0]
+    assert step["samples"] == 30
+    assert result.report["verify"]["min_sqnr_db"] >= floor
+    assert {"centred", "normalized"} <= {t["tensor"] for t in step["tensors"]}
 
 
 def test_the_floor_implies_int8_and_raises_nothing_when_int8_meets_it(mlp):
