@@ -390,24 +390,36 @@ def test_layer_hessians_equal_the_whole_models(quantized):
 
 def test_a_grid_of_positions_takes_those_rows_of_the_patches(quantized):
     """Patches on a grid (a row and column step, and where each starts) are the rows of
-    every position's patches at those output positions, for each kind of layer."""
+    every position's patches at those output positions, for each kind of layer, made real
+    from the int8 codes of just those positions, in float32 (SAMPLED_STATS); every
+    position's patches from the codes are those of the real values."""
     model, _, data = quantized
-    for op in [op for op in model.subgraphs[0].operators if op.type in datafit.LAYER_OPS]:
+    cursor = propagate.Cursor(model, data.values[:3], name="model")
+    for k, op in enumerate(model.subgraphs[0].operators):
+        if op.type not in datafit.LAYER_OPS:
+            continue
+        cursor.advance(k)
+        codes, t = datafit._layer_input(cursor, op, 0, 3)
+        assert codes.dtype == np.int8
         x = whole_model_inputs(model, op.inputs[0].name, data.values[:3])
         x = x.reshape((-1, *x.shape[2:]))
         full = datafit._patches(op, x)
+        np.testing.assert_array_equal(datafit._patches(op, codes, t), full)
         if op.type == "FULLY_CONNECTED":
             grid = (2, 1, 1, 0)
-            np.testing.assert_array_equal(datafit._patches(op, x, grid), full[:, 1::2])
+            got = datafit._patches(op, codes, t, grid=grid)
+            np.testing.assert_array_equal(got, full[:, 1::2].astype(np.float32))
             continue
         oh, ow = op.outputs[0].shape[1:3]
         for grid in [(2, 3, 1, 2), (3, 1, 0, 0), (oh, ow, oh - 1, 0)]:
             gr, gc, r0, c0 = grid
             want = full.reshape(full.shape[0], len(x), oh, ow, -1)[:, :, r0::gr, c0::gc]
             want = want.reshape(full.shape[0], -1, full.shape[2])
-            np.testing.assert_array_equal(datafit._patches(op, x, grid), want)
-            h = datafit._products(op, x, None, grid=grid)[0]
-            np.testing.assert_allclose(h, np.matmul(want.transpose(0, 2, 1), want), rtol=1e-12)
+            got = datafit._patches(op, codes, t, grid=grid)
+            assert got.dtype == datafit.SAMPLED_STATS
+            np.testing.assert_array_equal(got, want.astype(np.float32))
+            h = datafit._products(op, (codes, t), None, grid=grid)[0]
+            np.testing.assert_allclose(h, np.matmul(want.transpose(0, 2, 1), want), rtol=1e-5)
 
 
 def test_statistics_of_big_layers_come_from_a_subset_of_positions(quantized, monkeypatch):

@@ -468,16 +468,15 @@ def _collect(op, source, current, reference, w_orig: np.ndarray) -> _Stats:
         xc = _layer_input(current, op, a, b)
         xo = _layer_input(reference, source, a, b) if cross else None
         if through_d:
-            pc = _patches(op, xc, grid) if op.type != "DEPTHWISE_CONV_2D" else None
+            pc = _patches(op, *xc, grid) if op.type != "DEPTHWISE_CONV_2D" else None
             dh, _, positions = _products(op, xc, None, pc=pc, grid=grid)
-            diff = np.subtract(xo, xc, dtype=STATS)
-            ds = _difference_products(op, xc, diff, w_orig, pc=pc, grid=grid)
-            shift = ds if shift is None else shift + ds
+            ds = _difference_products(op, xc, xo, w_orig, pc=pc, grid=grid)
+            shift = _add(shift, ds)
         else:
             dh, dg, positions = _products(op, xc, xo, grid=grid)
             if cross:
-                g = dg if g is None else g + dg
-        h = dh if h is None else h + dh
+                g = _add(g, dg)
+        h = _add(h, dh)
         taken += positions
     if g is not None:
         shift = np.matmul(w_orig, g - h)  # as the whole-model path took it
@@ -491,6 +490,11 @@ def _collect(op, source, current, reference, w_orig: np.ndarray) -> _Stats:
     return _Stats(h, shift, mean_c, mean_o, count)
 
 
+def _add(total: np.ndarray | None, part: np.ndarray) -> np.ndarray:
+    """A running sum of one chunk's products, kept in float64 whatever their dtype."""
+    return part.astype(np.float64) if total is None else total + part
+
+
 def _through_difference(op: Operator, w: np.ndarray) -> bool:
     """Whether W (G - H) costs less through the layer's outputs on D = X_o - X_c (2 rows
     x d products a position) than through G (d x d)."""
@@ -498,22 +502,26 @@ def _through_difference(op: Operator, w: np.ndarray) -> bool:
     return op.type == "DEPTHWISE_CONV_2D" or 2 * rows < d
 
 
-def _difference_products(op, xc, diff, w: np.ndarray, pc=None, grid=EVERY) -> np.ndarray:
-    """groups x rows x d: W D^T X_c over one chunk's positions of `grid`, D = `diff` (X_o -
-    X_c): the layer's outputs on D (no bias) against X_c's patches (`pc`, where already
-    made)."""
+def _difference_products(op, xc: tuple, xo: tuple, w: np.ndarray, pc=None, grid=EVERY):
+    """groups x rows x d: W D^T X_c over one chunk's positions of `grid`, D = X_o - X_c
+    (`xc`, `xo`: as _layer_input gives them): the layer's outputs on D (no bias) against
+    X_c's patches (`pc`, where already made). D is taken patch by patch, on the positions
+    of the grid only."""
+    dtype = _stats_dtype(grid)
+    w = w.astype(dtype, copy=False)
     if op.type != "DEPTHWISE_CONV_2D":
-        pc = _patches(op, xc, grid) if pc is None else pc
-        pd = _patches(op, diff, grid)
+        pc = _patches(op, *xc, grid) if pc is None else pc
+        pd = np.subtract(_patches(op, *xo, grid), pc)
         y = np.dot(pd[0], w[0].T)  # positions x rows
         return np.dot(y.T, pc[0])[None]
-    taps_c, taps_d = _taps(op, xc.astype(STATS, copy=False), grid), _taps(op, diff, grid)
-    multiplier = w.shape[0] // xc.shape[3]
+    taps_c = _real_taps(op, *xc, grid)
+    taps_d = [np.subtract(o, c) for o, c in zip(_real_taps(op, *xo, grid), taps_c)]
+    multiplier = w.shape[0] // xc[0].shape[3]
     if multiplier > 1:  # group g = channel * multiplier + m reads input channel g // m
         taps_c = [np.repeat(t, multiplier, axis=3) for t in taps_c]
         taps_d = [np.repeat(t, multiplier, axis=3) for t in taps_d]
     y = sum(taps_d[t] * w[:, 0, t] for t in range(len(taps_d)))  # n x oh x ow x groups
-    out = np.empty(w.shape)
+    out = np.empty(w.shape, dtype)
     for t, tap in enumerate(taps_c):
         out[:, 0, t] = np.einsum("nhwc,nhwc->c", y, tap)
     return out
@@ -558,6 +566,16 @@ PATCH_BYTES = 4 * 2**20
 # fingerprint_signature_generator, every 2nd of 112,896 positions, gained 0.3 dB.
 STATS_WORK = 2.5e8
 STATS_PER_WEIGHT = 384
+# The products of a layer whose statistics take a grid of positions are float32, summed
+# over the chunks in float64: a subset of positions leaves H about 1/sqrt(positions) from
+# every position's (0.4% at 65,536), thousands of times float32's rounding, so float32
+# (twice as fast in BLAS, half the bytes of patches) loses nothing the grid had not.
+SAMPLED_STATS = np.float32
+
+
+def _stats_dtype(grid: tuple) -> type:
+    """The dtype of the products over the positions of `grid` (see SAMPLED_STATS)."""
+    return STATS if grid[:2] == (1, 1) else SAMPLED_STATS
 
 
 def _grid_steps(op: Operator, cursor: propagate.Cursor, rows_shape: tuple) -> tuple[int, int]:
@@ -613,38 +631,69 @@ def _patch_size(op: Operator, shape: tuple) -> int:
     return shape[0] * oh[0] * ow[0] * int(np.prod(w.shape[1:3])) * max(shape[3], w.shape[3])
 
 
-def _layer_input(cursor: propagate.Cursor, op: Operator, a: int, b: int) -> np.ndarray:
-    """Samples [a, b) of the op's input from the cursor's cut, real values, the samples
-    merged into the first axis (n x H x W x C for convolutions): float32 activations as
-    they are (each is exact in STATS, into which patches convert them as they copy),
-    dequantized ones in STATS."""
+def _layer_input(cursor: propagate.Cursor, op: Operator, a: int, b: int) -> tuple:
+    """(samples [a, b) of the op's input from the cursor's cut as stored, the samples
+    merged into the first axis (n x H x W x C for convolutions); its tensor). Integer
+    activations stay codes here: patches and taps take the positions they need first and
+    make real values of those alone (_real), a few of every input on a grid."""
     t = op.inputs[0]
-    stored = cursor.stored(t)
-    dtype = np.float32 if stored.dtype == np.float32 else STATS
-    x = cursor.real(t, a, b, dtype=dtype)
-    return x.reshape((-1, *x.shape[2:])) if x.ndim > 2 else x
+    x = cursor.stored(t)[a:b]
+    return (x.reshape((-1, *x.shape[2:])) if x.ndim > 2 else x), t
 
 
-def _products(op: Operator, xc: np.ndarray, xo: np.ndarray | None, pc=None, grid=EVERY) -> tuple:
-    """(X_c^T X_c, X_o^T X_c or None, positions) of one chunk of a layer's inputs, each
-    groups x d x d in float64, over the output positions of `grid` (see _grid; `pc`: X_c's
-    patches, where already made). Depthwise kernels take one product of two tap windows
-    per pair of taps, summed per channel, rather than patches: a 9 x 9 matrix per channel
-    from patches is a tiny matrix product per channel, ten times slower."""
+def _real(x: np.ndarray, t: Tensor | None, dtype: type) -> np.ndarray:
+    """Stored values `x` of `t` (None: `x` holds real values) as real values of `dtype`."""
+    return x.astype(dtype, copy=False) if t is None else propagate.real_values(t, x, dtype=dtype)
+
+
+def _affine(x: np.ndarray, t: Tensor | None) -> tuple[int, float] | None:
+    """(zero point, scale) where `x` holds integer codes of `t`, as real_values reads them;
+    None where it holds real values."""
+    q = None if t is None else t.quantization
+    if x.dtype.kind not in "iu" or q is None or not q.is_affine:
+        return None
+    zero = 0 if q.zero_point is None or not q.zero_point.size else int(q.zero_point.flat[0])
+    return zero, float(q.scale.flat[0])
+
+
+def _pad_code(x: np.ndarray, t: Tensor | None) -> int:
+    """The stored value of a real zero, which pads the input."""
+    codes = _affine(x, t)
+    return 0 if codes is None else codes[0]
+
+
+def _real_taps(op: Operator, x: np.ndarray, t: Tensor | None, grid=EVERY) -> list[np.ndarray]:
+    """The taps (see _taps) of stored input `x` of `t` in real values, in the dtype of
+    `grid`'s products: on every position, the whole input made real once and its taps
+    views; on a grid, each tap's positions gathered as codes and made real alone."""
+    dtype = _stats_dtype(grid)
+    if grid[:2] == (1, 1):
+        return _taps(op, _real(x, t, dtype), grid)
+    return [_real(tap, t, dtype) for tap in _taps(op, x, grid, pad=_pad_code(x, t))]
+
+
+def _products(op: Operator, xc: tuple, xo: tuple | None, pc=None, grid=EVERY) -> tuple:
+    """(X_c^T X_c, X_o^T X_c or None, positions) of one chunk of a layer's inputs (`xc`,
+    `xo`: as _layer_input gives them), each groups x d x d, over the output positions of
+    `grid` (see _grid; `pc`: X_c's patches, where already made). Depthwise kernels take
+    one product of two tap windows per pair of taps, summed per channel, rather than
+    patches: a 9 x 9 matrix per channel from patches is a tiny matrix product per channel,
+    ten times slower."""
     if op.type != "DEPTHWISE_CONV_2D":
-        pc = _patches(op, xc, grid) if pc is None else pc
-        g = None if xo is None else _gram(_patches(op, xo, grid), pc)
+        pc = _patches(op, *xc, grid) if pc is None else pc
+        g = None if xo is None else _gram(_patches(op, *xo, grid), pc)
         return _gram(pc, pc), g, pc.shape[1]
-    taps_c = _taps(op, xc.astype(STATS, copy=False), grid)
-    multiplier = op.inputs[1].shape[3] // xc.shape[3]
+    taps_c = _real_taps(op, *xc, grid)
+    channels = xc[0].shape[3]
+    multiplier = op.inputs[1].shape[3] // channels
     k = len(taps_c)
-    h = np.empty((xc.shape[3], k, k))
+    h = np.empty((channels, k, k))
     for i in range(k):
         for j in range(i, k):
             h[:, i, j] = h[:, j, i] = np.einsum("nhwc,nhwc->c", taps_c[i], taps_c[j])
     g = None
     if xo is not None:
-        taps_o = _taps(op, xo.astype(STATS, copy=False), grid)
+        taps_o = _real_taps(op, *xo, grid)
         g = np.empty_like(h)
         for i in range(k):
             for j in range(k):
@@ -679,7 +728,7 @@ def layer_hessians(model: Model, ops: list[Operator], samples: list) -> list[np.
             x, _, positions = _products(
                 op, _layer_input(cursor, op, a, b), None, grid=_grid(steps, k)
             )
-            h[i] = x if h[i] is None else h[i] + x
+            h[i] = _add(h[i], x)
             taken += positions
         count = cursor.count * _positions(op, cursor.stored(op.inputs[0]).shape[2:])
         if taken < count:
@@ -710,9 +759,10 @@ def _patch_sums(op: Operator, x: np.ndarray) -> np.ndarray:
     return sums.T.reshape(-1, kh * kw)
 
 
-def _taps(op: Operator, x: np.ndarray, grid=None) -> list[np.ndarray]:
-    """The view of the padded input each kernel tap sees (n x out H x out W x C), taps in
-    the order the weights flatten; only the output positions of `grid` (see _grid)."""
+def _taps(op: Operator, x: np.ndarray, grid=None, pad=0) -> list[np.ndarray]:
+    """The view of the input padded with `pad` each kernel tap sees (n x out H x out W x
+    C), taps in the order the weights flatten; only the output positions of `grid` (see
+    _grid)."""
     w = op.inputs[1]
     kh, kw = w.shape[1], w.shape[2]
     (sh, sw), (dh, dw), padding = op.attrs.stride, op.attrs.dilation, op.attrs.padding
@@ -721,7 +771,8 @@ def _taps(op: Operator, x: np.ndarray, grid=None) -> list[np.ndarray]:
     ow, pl, pr = _window(width, kw, sw, dw, padding)
     gr, gc, r0, c0 = grid or EVERY
     rows, cols = len(range(r0, oh, gr)), len(range(c0, ow, gc))
-    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))) if pt + pb + pl + pr else x
+    padding = ((0, 0), (pt, pb), (pl, pr), (0, 0))
+    xp = np.pad(x, padding, constant_values=pad) if pt + pb + pl + pr else x
     taps = []
     for i in range(kh):
         for j in range(kw):
@@ -731,23 +782,31 @@ def _taps(op: Operator, x: np.ndarray, grid=None) -> list[np.ndarray]:
     return taps
 
 
-def _patches(op: Operator, x: np.ndarray, grid=EVERY) -> np.ndarray:
+def _patches(op: Operator, x: np.ndarray, t: Tensor | None = None, grid=EVERY) -> np.ndarray:
     """The layer's input as groups x positions x d (one group, or one per depthwise
-    channel), in the order its weights flatten, in STATS (`x` float32 or STATS: the
-    conversion rides on the copy that makes the patches); only the output positions of
-    `grid` (see _grid; for FULLY_CONNECTED, every grid[0]-th input row from grid[2])."""
+    channel), in the order its weights flatten, in real values of the dtype of `grid`'s
+    products (STATS, or SAMPLED_STATS on a grid); only the output positions of `grid` (see
+    _grid; for FULLY_CONNECTED, every grid[0]-th input row from grid[2]). `x`: the input
+    as stored for tensor `t` (None: real values); integer codes are made real as the
+    patches copy them, only those the patches take."""
     gr, gc, r0, c0 = grid
+    dtype = _stats_dtype(grid)
     if op.type == "FULLY_CONNECTED":
         depth = op.inputs[1].shape[1]
-        return x.reshape(-1, depth)[r0::gr][None].astype(STATS, copy=False)
+        return _real(x.reshape(-1, depth)[r0::gr][None], t, dtype)
     w = op.inputs[1]
     kh, kw = w.shape[1], w.shape[2]
     c = x.shape[3]
     if op.type == "CONV_2D" and kh == kw == 1 and op.attrs.stride == (1, 1):
         # a 1x1 convolution's patches are its input
         x = x[:, r0::gr, c0::gc, :] if grid != EVERY else x
-        return x.reshape(1, -1, c).astype(STATS, copy=False)
-    p = np.stack(_taps(op, x, grid), axis=3, dtype=STATS)  # n, oh, ow, taps, c
+        return _real(x.reshape(1, -1, c), t, dtype)
+    codes = _affine(x, t)
+    pad = 0 if codes is None else codes[0]
+    p = np.stack(_taps(op, x, grid, pad=pad), axis=3, dtype=dtype)  # n, oh, ow, taps, c
+    if codes is not None:  # real values, as propagate.real_values makes them
+        p -= dtype(codes[0])
+        p *= dtype(codes[1])
     n, oh, ow = p.shape[:3]
     if op.type == "CONV_2D":
         return p.reshape(1, n * oh * ow, kh * kw * c)
