@@ -101,29 +101,65 @@ def solve(
     pruned = np.array(pruned, dtype=bool)
     rows, d = w.shape
     out = np.zeros_like(w)
-    s = None if scales is None else np.asarray(scales, np.float64).reshape(rows, 1)
+    # the kernel's grid: 0 any real, 1 the int8 integers, 2 `codes`; unused arrays as stand-ins
+    grid = 0 if scales is None else 1 if codes is None else 2
+    s = np.ones(rows) if scales is None else np.asarray(scales, np.float64).reshape(rows)
+    table = np.zeros((1, 1)) if codes is None else np.ascontiguousarray(codes, np.float64)
     for a in range(0, d, block):
         b = min(a + block, d)
         w1 = w[:, a:b].copy()
         err = np.zeros_like(w1)
-        u1 = u[a:b, a:b]
-        for i in range(b - a):
-            if choose is not None and i % MASK_BLOCK == 0:
-                j = min(i + MASK_BLOCK, b - a)
+        got = np.zeros_like(w1)
+        u1 = np.ascontiguousarray(u[a:b, a:b], dtype=np.float64)
+        for i in range(0, b - a, MASK_BLOCK):
+            j = min(i + MASK_BLOCK, b - a)
+            if choose is not None:
                 costs = (w1[:, i:j] / np.diag(u1)[None, i:j]) ** 2
                 pruned[:, a + i : a + j] |= choose(costs, a + i, a + j)
-            col = w1[:, i]
-            if s is None:
-                q = col.copy()
-            else:
-                q = nearest_code((col / s[:, 0])[:, None], codes)[:, 0] * s[:, 0]
-            q[pruned[:, a + i]] = 0.0
-            out[:, a + i] = q
-            e = (col - q) / u1[i, i]
-            w1[:, i:] -= np.outer(e, u1[i, i:])
-            err[:, i] = e
+            gone = np.ascontiguousarray(pruned[:, a:b])
+            _sweep(w1, u1, gone, s, table, grid, i, j, got, err)
+        out[:, a:b] = got
         w[:, b:] -= err @ u[a:b, b:]
     return out
+
+
+@jit
+def _sweep(w, u, pruned, s, codes, grid, first, stop, out, err):
+    """Columns first..stop-1 of one block of `solve`, in order: each weight put on its
+    row's grid (0: any real; 1: scale s[r] times the nearest nonzero integer within
+    +-127; 2: s[r] times the nearest code of `codes`, one row of codes per weight row or
+    one shared), 0 where `pruned`, and its error compensated on the block's columns after
+    it (err: the errors divided by U's diagonal, for the update of the later blocks)."""
+    rows, m = w.shape
+    shared = codes.shape[0] == 1
+    for i in range(first, stop):
+        p = u[i, i]
+        for r in range(rows):
+            col = w[r, i]
+            q = col
+            if grid != 0:
+                v = col / s[r]
+                if grid == 1:
+                    c = min(np.floor(abs(v) + 0.5), 127.0)
+                    c = max(c, 1.0)
+                    if v < 0:
+                        c = -c
+                else:
+                    k = 0 if shared else r
+                    c = codes[k, 0]
+                    best = abs(v - c)
+                    for t in range(1, codes.shape[1]):
+                        gap = abs(v - codes[k, t])
+                        if gap < best:
+                            best, c = gap, codes[k, t]
+                q = c * s[r]
+            if pruned[r, i]:
+                q = 0.0
+            out[r, i] = q
+            e = (col - q) / p
+            err[r, i] = e
+            for j in range(i, m):
+                w[r, j] -= e * u[i, j]
 
 
 def solve_groups(

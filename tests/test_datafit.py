@@ -51,6 +51,31 @@ def test_blocked_solve_equals_the_unblocked_reference(seed, grid):
         np.testing.assert_allclose(units, np.round(units), atol=1e-9)
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("grid", ["float", "int8", "codebook", "shared", "choose"])
+def test_solve_kernel_equals_its_numpy_twin_exactly(seed, grid):
+    """The Numba column sweep gives the numpy twin's weights bit for bit: any real, the
+    int8 grid, codebooks per row or shared, and masks chosen between blocks of columns."""
+    rng = np.random.default_rng(seed)
+    w, h = problem(seed, rows=9, d=300)
+    u = reconstruct.inverse_cholesky(h)
+    pruned = rng.random(w.shape) < 0.2
+    scales = None if grid in ("float", "choose") else np.abs(w).max(axis=1) / 127
+    codes = None
+    if grid in ("codebook", "shared"):
+        scales = np.abs(w).max(axis=1) / 4
+        codes = np.sort(rng.uniform(-4, 4, size=(1 if grid == "shared" else 9, 7)), axis=1)
+    choose = None
+    if grid == "choose":
+
+        def choose(costs, a, b):
+            return costs < np.quantile(costs, 0.4, axis=1, keepdims=True)
+
+    fast = reconstruct.solve(w, u, pruned, scales, codes, block=200, choose=choose)
+    slow = twins.solve_numpy(w, u, pruned, scales, codes, block=200, choose=choose)
+    np.testing.assert_array_equal(fast, slow)
+
+
 def test_without_constraints_the_target_comes_back():
     w, h = problem(0)
     u = reconstruct.inverse_cholesky(h)

@@ -349,6 +349,46 @@ def symmetric_int8_rows_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
 # ------------------------------------------------------------------ reconstruct
 
 
+def solve_numpy(
+    w_star: np.ndarray,
+    u: np.ndarray,
+    pruned: np.ndarray,
+    scales: np.ndarray | None = None,
+    codes: np.ndarray | None = None,
+    block: int = reconstruct.BLOCK,
+    choose=None,
+) -> np.ndarray:
+    """Plain numpy twin of `reconstruct.solve` (its column sweep `_sweep`): the same
+    operations in the same order, column by column over all rows at once."""
+    w = np.array(w_star, dtype=np.float64)
+    pruned = np.array(pruned, dtype=bool)
+    rows, d = w.shape
+    out = np.zeros_like(w)
+    s = None if scales is None else np.asarray(scales, np.float64).reshape(rows, 1)
+    for a in range(0, d, block):
+        b = min(a + block, d)
+        w1 = w[:, a:b].copy()
+        err = np.zeros_like(w1)
+        u1 = u[a:b, a:b]
+        for i in range(b - a):
+            if choose is not None and i % reconstruct.MASK_BLOCK == 0:
+                j = min(i + reconstruct.MASK_BLOCK, b - a)
+                costs = (w1[:, i:j] / np.diag(u1)[None, i:j]) ** 2
+                pruned[:, a + i : a + j] |= choose(costs, a + i, a + j)
+            col = w1[:, i]
+            if s is None:
+                q = col.copy()
+            else:
+                q = reconstruct.nearest_code((col / s[:, 0])[:, None], codes)[:, 0] * s[:, 0]
+            q[pruned[:, a + i]] = 0.0
+            out[:, a + i] = q
+            e = (col - q) / u1[i, i]
+            w1[:, i:] -= np.outer(e, u1[i, i:])
+            err[:, i] = e
+        w[:, b:] -= err @ u[a:b, b:]
+    return out
+
+
 def solve_numpy_reference(
     w_star: np.ndarray,
     u: np.ndarray,
