@@ -308,6 +308,8 @@ def _obc_prune_rows(w, hinv, forced, k, out):
             p = h[j, j]
             col = h[:, j].copy()
             for a in range(d):
+                if gone[a]:
+                    continue  # a removed weight's row of H^-1 is never read again
                 ca = col[a] / p
                 if ca != 0.0:
                     for b in range(d):

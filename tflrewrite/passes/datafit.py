@@ -19,7 +19,8 @@ float64 products over chunks of samples (BLAS), so that the fit makes the choice
 whole-model path made, sample by sample, before propagation (tools/same_outputs.py and
 tools/bench/datafit_table.py: byte-identical outputs, the same held-out SQNR). Layers
 whose H would cost more than STATS_WORK multiply-adds take H and W (G - H) over an even
-grid of their output positions instead (see STATS_WORK).
+grid of their output positions instead, as float32 products (see STATS_WORK and
+SAMPLED_STATS), made real from the codes at those positions alone.
 
 Steps:
 - prune: mask by the OBS cost w^2 / [H^-1]_jj^2 with the pass's pattern and counts (the
