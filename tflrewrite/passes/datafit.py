@@ -778,8 +778,8 @@ def _taps(op: Operator, x: np.ndarray, grid=None, pad=0) -> list[np.ndarray]:
     ow, pl, pr = _window(width, kw, sw, dw, padding)
     gr, gc, r0, c0 = grid or EVERY
     rows, cols = len(range(r0, oh, gr)), len(range(c0, ow, gc))
-    padding = ((0, 0), (pt, pb), (pl, pr), (0, 0))
-    xp = np.pad(x, padding, constant_values=pad) if pt + pb + pl + pr else x
+    widths = ((0, 0), (pt, pb), (pl, pr), (0, 0))
+    xp = np.pad(x, widths, constant_values=pad) if pt + pb + pl + pr else x
     taps = []
     for i in range(kh):
         for j in range(kw):
