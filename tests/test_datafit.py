@@ -160,15 +160,15 @@ def test_refine_and_cluster_keep_the_int8_invariants(digits, tmp_path):
     assert sqnr(full.model, tmp_path / "f.tflite", held_out) > 30
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(8))
 def test_obc_kernel_equals_its_numpy_twin_and_beats_one_shot_masks(seed):
-    w, h = problem(seed, rows=5, d=24)
+    w, h = problem(seed, rows=5, d=24 + 13 * seed)
     rng = np.random.default_rng(seed)
     forced = rng.random(w.shape) < 0.15
-    k = rng.integers(0, 20, size=w.shape[0])
+    k = rng.integers(0, w.shape[1] - 3, size=w.shape[0])
     fast = reconstruct.obc_prune_rows(w, h, forced, k)
     slow = twins.obc_prune_rows_numpy(w, h, forced, k)
-    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(fast, slow)  # the same operations on every entry read
     zeros = fast == 0
     assert np.all(zeros[forced])
     assert np.all(zeros.sum(axis=1) == np.maximum(k, forced.sum(axis=1)))

@@ -420,7 +420,9 @@ def obc_prune_rows_numpy(
     k: np.ndarray,
     damp: float = reconstruct.DAMP,
 ) -> np.ndarray:
-    """Plain numpy twin of `reconstruct.obc_prune_rows`."""
+    """Plain numpy twin of `reconstruct.obc_prune_rows`: the whole of H^-1 downdated after
+    each removal, each entry by the operations the kernel applies lazily to the entries
+    it reads (so the results are equal, not merely close)."""
     hinv0 = reconstruct._damped_inverse(h, damp)
     out = np.array(w_star, dtype=np.float64)
     for r in range(out.shape[0]):
@@ -434,10 +436,14 @@ def obc_prune_rows_numpy(
                 with np.errstate(divide="ignore", invalid="ignore"):
                     cost = np.where(gone, np.inf, x * x / np.diag(hinv))
                 j = int(np.argmin(cost))
-            x -= x[j] / hinv[j, j] * hinv[:, j]
+            col = hinv[:, j].copy()
+            p = col[j]
+            x -= x[j] / p * col
             x[j] = 0.0
             gone[j] = True
-            hinv -= np.outer(hinv[:, j], hinv[j, :]) / hinv[j, j]
+            ca = col / p
+            live = ~gone & (ca != 0)
+            hinv[live] -= ca[live, None] * col[None, :]
         x[gone] = 0.0
     return out
 

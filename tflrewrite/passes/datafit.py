@@ -876,7 +876,7 @@ def _stored(t: Tensor, values: np.ndarray) -> np.ndarray:
 
 def _obc_fits(opts, d: int) -> bool:
     """Whether pruning takes the exact greedy path: unstructured, per channel, and narrow
-    enough for its O(k d^2) per channel."""
+    enough for its O(k^2 d) per channel."""
     return not (opts.n_of_m or opts.block) and opts.scope == "channel" and d <= OBC_MAX
 
 
