@@ -160,6 +160,23 @@ def test_refine_and_cluster_keep_the_int8_invariants(digits, tmp_path):
     assert sqnr(full.model, tmp_path / "f.tflite", held_out) > 30
 
 
+@pytest.mark.parametrize("d", [1, 9, 64, 65, 130, 300])
+def test_inverse_cholesky_is_the_upper_factor_of_the_damped_inverse(d):
+    rng = np.random.default_rng(d)
+    x = rng.normal(size=(3, 2 * d + 5, d)) * rng.uniform(0.1, 3.0, size=(1, 1, d))
+    x[1, :, 0] = 0  # an input that was always zero: a unit diagonal, no coupling
+    h = np.swapaxes(x, 1, 2) @ x
+    u = reconstruct.inverse_cholesky(h)  # a stack, each as if alone
+    assert u.shape == h.shape and u.flags.c_contiguous
+    for g in range(3):
+        assert np.array_equal(u[g], reconstruct.inverse_cholesky(h[g]))
+        assert np.all(np.tril(u[g], -1) == 0) and np.all(np.diag(u[g]) > 0)
+        inverse = np.linalg.inv(reconstruct.damped(h[g]))
+        np.testing.assert_allclose(
+            u[g].T @ u[g], inverse, rtol=1e-9, atol=1e-12 * np.abs(inverse).max()
+        )
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_obc_kernel_equals_its_numpy_twin_and_beats_one_shot_masks(seed):
     w, h = problem(seed, rows=5, d=24 + 13 * seed)
