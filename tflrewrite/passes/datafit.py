@@ -470,7 +470,12 @@ def _collect(op, source, current, reference, w_orig: np.ndarray) -> _Stats:
         xc = _layer_input(current, op, a, b)
         xo = _layer_input(reference, source, a, b) if cross else None
         if through_d:
-            pc = _patches(op, *xc, grid) if op.type != "DEPTHWISE_CONV_2D" else None
+            # X_c's patches (taps, for depthwise kernels), made once for both products
+            pc = (
+                _patches(op, *xc, grid)
+                if op.type != "DEPTHWISE_CONV_2D"
+                else _real_taps(op, *xc, grid)
+            )
             dh, _, positions = _products(op, xc, None, pc=pc, grid=grid)
             ds = _difference_products(op, xc, xo, w_orig, pc=pc, grid=grid)
             shift = _add(shift, ds)
@@ -507,8 +512,8 @@ def _through_difference(op: Operator, w: np.ndarray) -> bool:
 def _difference_products(op, xc: tuple, xo: tuple, w: np.ndarray, pc=None, grid=EVERY):
     """groups x rows x d: W D^T X_c over one chunk's positions of `grid`, D = X_o - X_c
     (`xc`, `xo`: as _layer_input gives them): the layer's outputs on D (no bias) against
-    X_c's patches (`pc`, where already made). D is taken patch by patch, on the positions
-    of the grid only."""
+    X_c's patches (`pc`, where already made; its taps from _real_taps for depthwise
+    kernels). D is taken patch by patch, on the positions of the grid only."""
     dtype = _stats_dtype(grid)
     w = w.astype(dtype, copy=False)
     if op.type != "DEPTHWISE_CONV_2D":
@@ -516,7 +521,7 @@ def _difference_products(op, xc: tuple, xo: tuple, w: np.ndarray, pc=None, grid=
         pd = np.subtract(_patches(op, *xo, grid), pc)
         y = np.dot(pd[0], w[0].T)  # positions x rows
         return np.dot(y.T, pc[0])[None]
-    taps_c = _real_taps(op, *xc, grid)
+    taps_c = _real_taps(op, *xc, grid) if pc is None else pc
     taps_d = [np.subtract(o, c) for o, c in zip(_real_taps(op, *xo, grid), taps_c)]
     multiplier = w.shape[0] // xc[0].shape[3]
     if multiplier > 1:  # group g = channel * multiplier + m reads input channel g // m
@@ -682,7 +687,8 @@ def _real_taps(op: Operator, x: np.ndarray, t: Tensor | None, grid=EVERY) -> lis
 def _products(op: Operator, xc: tuple, xo: tuple | None, pc=None, grid=EVERY) -> tuple:
     """(X_c^T X_c, X_o^T X_c or None, positions) of one chunk of a layer's inputs (`xc`,
     `xo`: as _layer_input gives them), each groups x d x d, over the output positions of
-    `grid` (see _grid; `pc`: X_c's patches, where already made). Depthwise kernels take
+    `grid` (see _grid; `pc`: X_c's patches, or its taps from _real_taps for depthwise
+    kernels, where already made). Depthwise kernels take
     one product of two tap windows per pair of taps, summed per channel, rather than
     patches: a 9 x 9 matrix per channel from patches is a tiny matrix product per channel,
     ten times slower."""
@@ -690,7 +696,7 @@ def _products(op: Operator, xc: tuple, xo: tuple | None, pc=None, grid=EVERY) ->
         pc = _patches(op, *xc, grid) if pc is None else pc
         g = None if xo is None else _gram(_patches(op, *xo, grid), pc)
         return _gram(pc, pc), g, pc.shape[1]
-    taps_c = _real_taps(op, *xc, grid)
+    taps_c = _real_taps(op, *xc, grid) if pc is None else pc
     channels = xc[0].shape[3]
     multiplier = op.inputs[1].shape[3] // channels
     k = len(taps_c)
