@@ -157,6 +157,26 @@ def test_segments_of_a_residual_model_give_the_whole_models_intermediates():
             np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5)
 
 
+def test_an_advance_on_its_own_thread_gives_the_same_cut_and_raises_its_errors():
+    model = residual_model()
+    samples = samples_for(model, 9)
+    sg = model.subgraphs[0]
+    alone = propagate.Cursor(model, samples, name="test")
+    behind = propagate.Cursor(model, samples, name="test")
+    for k in range(len(sg.operators) + 1):
+        alone.advance(k)
+        behind.start_advance(k)
+        assert behind.position == k  # reading it waits for the thread
+        for t in sg.tensors:
+            if id(t) in alone._live:
+                assert np.array_equal(behind.stored(t), alone.stored(t))
+        assert behind._live.keys() == alone._live.keys()
+    behind.start_advance(0)  # behind the cursor: refused on the thread, raised by the reader
+    with pytest.raises(ValueError, match="past 0"):
+        behind.stored(sg.outputs[0])
+    assert behind.position == len(sg.operators)
+
+
 def test_a_segment_model_has_the_segments_inputs_and_outputs_only():
     model = residual_model()
     sg = model.subgraphs[0]

@@ -6,7 +6,10 @@ as they left them. A Cursor walks the main subgraph in order: `advance(k)` runs 
 k (exclusive) as one sub-model (tflrewrite.segments), once, batched over the samples, and
 frees each activation once its last reader has run. A pass reads layer k's input from the
 cut, edits layer k's weights, and the next advance runs layer k as edited: one pass over
-the model in all, and memory that follows the widest cut rather than the whole model.
+the model in all, and memory that follows the widest cut rather than the whole model. A
+cursor whose model does not change (the original, which a fit aims at) can advance on a
+thread of its own while the caller works (start_advance): with a second core free, its
+runs then cost the caller little.
 
 Integer segments run with LiteRT's builtin kernels, as the whole model runs in verify:
 the passes then fit to exactly the activations a whole-model run gives. All-float
@@ -21,6 +24,8 @@ run whole, one sample at a time, for each advance.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -55,7 +60,8 @@ class Cursor:
         sg = model.subgraphs[0]
         self.model, self.name = model, name
         self.count = len(samples)
-        self.position = 0
+        self._position = 0
+        self._pending: tuple[threading.Thread, list[BaseException]] | None = None
         self.unbatched: list[tuple[int, int]] = []  # op ranges run one sample at a time
         self._ops = len(sg.operators)
         self._plan = segments.plan(sg)
@@ -68,10 +74,17 @@ class Cursor:
 
     # -------------------------------------------------------------- reading the cut
 
+    @property
+    def position(self) -> int:
+        """The op the cursor stands at: ops before it have run."""
+        self.wait()
+        return self._position
+
     def stored(self, t: Tensor) -> np.ndarray:
         """Tensor `t` of the cut over every sample, as LiteRT stores it: samples x t's
         shape. KeyError where the cut does not hold it, ValueError where its shape
         differs between samples."""
+        self.wait()
         value = self._live[id(t)]
         return value if isinstance(value, np.ndarray) else np.stack(value)
 
@@ -91,15 +104,47 @@ class Cursor:
 
     def advance(self, stop: int) -> None:
         """Run ops [position, stop) on the cut."""
-        if stop < self.position:
-            raise ValueError(f"the cursor is at op {self.position}, past {stop}")
-        if stop == self.position:
+        self.wait()
+        self._advance(stop)
+
+    def start_advance(self, stop: int) -> None:
+        """advance(stop) on a thread of its own, returning at once, so that the caller's
+        own work overlaps it (LiteRT's runs and numpy's copies let go of the GIL). Reading
+        the cursor, or advancing it again, waits for it to finish; its error, if any, is
+        raised there."""
+        self.wait()
+        failed: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self._advance(stop)
+            except BaseException as e:  # noqa: BLE001 - raised again by wait()
+                failed.append(e)
+
+        thread = threading.Thread(target=work, name=f"{self.name} cursor", daemon=True)
+        self._pending = (thread, failed)
+        thread.start()
+
+    def wait(self) -> None:
+        """Let an advance started by start_advance finish (raising its error)."""
+        if self._pending is None:
+            return
+        thread, failed = self._pending
+        self._pending = None
+        thread.join()
+        if failed:
+            raise failed[0]
+
+    def _advance(self, stop: int) -> None:
+        if stop < self._position:
+            raise ValueError(f"the cursor is at op {self._position}, past {stop}")
+        if stop == self._position:
             return
         if self._whole:
             self._advance_whole(stop)
         else:
-            self._run(self.position, stop)
-        self.position = stop
+            self._run(self._position, stop)
+        self._position = stop
         for key in [k for k in self._live if self._last.get(k, -1) < stop]:
             del self._live[key]
 
@@ -170,7 +215,9 @@ class Cursor:
         sg = self.model.subgraphs[0]
         runner = runtime.load(self.model, name=self.name, keep_tensors=True)
         index = {id(t): i for i, t in enumerate(sg.tensors)}
-        made = [t for op in sg.operators[self.position : stop] for t in op.outputs if t is not None]
+        made = [
+            t for op in sg.operators[self._position : stop] for t in op.outputs if t is not None
+        ]
         keep = [t for t in made if self._last.get(id(t), -1) >= stop]
         values: dict[int, list] = {id(t): [] for t in keep}
         for sample in self._samples:

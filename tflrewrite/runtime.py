@@ -22,6 +22,7 @@ import signal
 import struct
 import sys
 import tempfile
+import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -497,7 +498,12 @@ _parent: Any = None
 
 def _tell(kind: str, value: Any) -> None:
     if _parent is not None:
-        _send(_parent, pickle.dumps((kind, value), protocol=pickle.HIGHEST_PROTOCOL))
+        message = pickle.dumps((kind, value), protocol=pickle.HIGHEST_PROTOCOL)
+        with _telling:  # runs on several threads (a cursor's advance) must not interleave
+            _send(_parent, message)
+
+
+_telling = threading.Lock()
 
 
 def _send(stream: BinaryIO, message: bytes) -> None:

@@ -198,6 +198,10 @@ def _fit_layers(step, model, fitted, original, data, rounding, sums) -> tuple[li
     for name, opts in fitted:
         op = readers[id(weights[name].tensor)][0]
         layers.append((name, opts, op, original_index.get(_base_name(op.outputs[0].name))))
+    following: list[int | None] = [None] * len(layers)  # the original's op of the next layer
+    for i in range(len(layers) - 2, -1, -1):
+        source = layers[i + 1][3]
+        following[i] = following[i + 1] if source is None else original_order[id(source)]
     total = {"propagate": 0.0, "capture": 0.0, "fit": 0.0}
     began = time.perf_counter()
     current = propagate.Cursor(model, data.values, name="model being fitted")
@@ -233,6 +237,10 @@ def _fit_layers(step, model, fitted, original, data, rounding, sums) -> tuple[li
                 reference = propagate.Cursor(original, data.values, name="original model")
             reference.advance(at)
             stats = _collect(op, source, current, reference, w_orig)
+            # the original's run to the next layer, beside this layer's fit and the
+            # model's run to it, which it does not depend on
+            if following[k] is not None and following[k] >= at:
+                reference.start_advance(following[k])
         else:
             stats = _collect(op, source, current, reference[id(source)], w_orig)
         captured = time.perf_counter()
