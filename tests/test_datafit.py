@@ -278,6 +278,20 @@ def test_refine_takes_the_original_sums_from_calibration(digits, monkeypatch):
     assert writer.to_bytes(shared) == writer.to_bytes(alone)
 
 
+def test_statistics_on_threads_give_the_bytes_of_one_thread(digits, monkeypatch):
+    """The statistics' chunks made on several threads are summed in chunk order: the model
+    is byte for byte the one a single thread gives."""
+    model, data, _ = digits
+    recipe = recipes.load("prune-cluster-full-int8")
+    monkeypatch.setattr(datafit, "PATCH_BYTES", 20_000)  # many chunks a layer
+    outputs = []
+    for threads in (1, 3):
+        monkeypatch.setattr(datafit, "THREADS", threads)
+        fitted = pipeline.apply(model, recipe, data=data, method="data").model
+        outputs.append(writer.to_bytes(fitted))
+    assert outputs[0] == outputs[1]
+
+
 def test_data_aware_prune_fits_float16_weights_before_full_int8(digits):
     """Float16 weights (behind DEQUANTIZE) under a full-int8 recipe: the data-aware prune
     fits them, as on the float32 weights that quantize folds them into, where it fell back

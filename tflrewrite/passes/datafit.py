@@ -44,8 +44,11 @@ subgraphs) fall back to the magnitude pass, and the records say so.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -470,39 +473,72 @@ def _collect(op, source, current, reference, w_orig: np.ndarray) -> _Stats:
     for narrow convolutions and every depthwise one (18 passes over the input, not 81)."""
     cross = isinstance(reference, propagate.Cursor)
     through_d = cross and _through_difference(op, w_orig)
-    h = g = shift = None
-    taken = 0
     steps = _grid_steps(op, current, w_orig.shape)
-    for k, (a, b) in enumerate(_sample_chunks(op, current, steps)):
+
+    def products(k: int, a: int, b: int) -> tuple:
+        """(X_c^T X_c, the cross term's part or None, positions) of samples [a, b)."""
         grid = _grid(steps, k)
         xc = _layer_input(current, op, a, b)
         xo = _layer_input(reference, source, a, b) if cross else None
-        if through_d:
-            # X_c's patches (taps, for depthwise kernels), made once for both products
-            pc = (
-                _patches(op, *xc, grid)
-                if op.type != "DEPTHWISE_CONV_2D"
-                else _real_taps(op, *xc, grid)
-            )
-            dh, _, positions = _products(op, xc, None, pc=pc, grid=grid)
-            ds = _difference_products(op, xc, xo, w_orig, pc=pc, grid=grid)
-            shift = _add(shift, ds)
-        else:
-            dh, dg, positions = _products(op, xc, xo, grid=grid)
-            if cross:
-                g = _add(g, dg)
-        h = _add(h, dh)
-        taken += positions
+        if not through_d:
+            return _products(op, xc, xo, grid=grid)
+        # X_c's patches (taps, for depthwise kernels), made once for both products
+        pc = (
+            _patches(op, *xc, grid) if op.type != "DEPTHWISE_CONV_2D" else _real_taps(op, *xc, grid)
+        )
+        dh, _, positions = _products(op, xc, None, pc=pc, grid=grid)
+        return dh, _difference_products(op, xc, xo, w_orig, pc=pc, grid=grid), positions
+
+    h = g = shift = None
+    taken = 0
+    chunks = list(enumerate(_sample_chunks(op, current, steps)))
+    with ThreadPoolExecutor(THREADS) as pool:
+        summed = [pool.submit(_summed_input, current, op)]
+        summed += [pool.submit(_summed_input, reference, source)] if cross else []
+        jobs = [(k, *ab) for k, ab in chunks]
+        for dh, part, positions in _in_order(pool, products, jobs, ahead=THREADS):
+            if through_d:
+                shift = _add(shift, part)
+            elif cross:
+                g = _add(g, part)
+            h = _add(h, dh)
+            taken += positions
+        summed_c, summed_o = summed[0].result(), summed[1].result() if cross else reference
     if g is not None:
         shift = np.matmul(w_orig, g - h)  # as the whole-model path took it
     count = current.count * _positions(op, current.stored(op.inputs[0]).shape[2:])
     if taken < count:  # a subset of positions: sums scaled to the whole set's
         h *= count / taken
         shift = None if shift is None else shift * (count / taken)
-    summed_o = _summed_input(reference, source) if cross else reference
-    mean_c = _patch_sums(op, _summed_input(current, op)) / max(count, 1)
+    mean_c = _patch_sums(op, summed_c) / max(count, 1)
     mean_o = _patch_sums(op, summed_o) / max(count, 1)
     return _Stats(h, shift, mean_c, mean_o, count)
+
+
+# Threads that make the statistics' chunks side by side (numpy and BLAS let go of the GIL),
+# their sums still taken in chunk order (the same bytes on any count): one per core this
+# process may run on, up to four, or one where OMP_NUM_THREADS=1 asks a process to compute
+# on one thread (tflrewrite.fanout's workers, one per core).
+def _threads() -> int:
+    if os.environ.get("OMP_NUM_THREADS") == "1":
+        return 1
+    affinity = getattr(os, "sched_getaffinity", None)
+    return max(1, min(4, len(affinity(0)) if affinity else os.cpu_count() or 1))
+
+
+THREADS = _threads()
+
+
+def _in_order(pool: ThreadPoolExecutor, function, jobs: list[tuple], ahead: int):
+    """function(*job) for each job, in order, up to `ahead` of them made on the pool's
+    threads while the caller takes the one before."""
+    pending = deque(pool.submit(function, *job) for job in jobs[:ahead])
+    for job in jobs[ahead:]:
+        done = pending.popleft().result()
+        pending.append(pool.submit(function, *job))
+        yield done
+    while pending:
+        yield pending.popleft().result()
 
 
 def _add(total: np.ndarray | None, part: np.ndarray) -> np.ndarray:
