@@ -12,10 +12,11 @@ per channel.
 
 The layers' inputs come from one pass over each model (tflrewrite.propagate): a cursor
 over the model being compressed runs it segment by segment, each fitted layer with its
-new weights, and one over the original does the same (refine needs only X_o's mean:
-calibration's run of the original sums it where refine follows, else refine runs the
-original once per sample). H, W (G - H) and the means are sums of
-float64 products over chunks of samples (BLAS), so that the fit makes the choices the
+new weights, and one over the original does the same, on a thread of its own while a
+layer is fitted (refine needs only X_o's mean: calibration's run of the original sums it
+where refine follows, else refine runs the original once per sample). H, W (G - H) and
+the means are sums of float64 products over chunks of samples (BLAS; the chunks made on
+THREADS threads and summed in chunk order), so that the fit makes the choices the
 whole-model path made, sample by sample, before propagation (tools/same_outputs.py and
 tools/bench/datafit_table.py: byte-identical outputs, the same held-out SQNR). Layers
 whose H would cost more than STATS_WORK multiply-adds take H and W (G - H) over an even
