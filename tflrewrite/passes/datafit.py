@@ -49,7 +49,7 @@ import os
 import re
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -492,12 +492,12 @@ def _collect(op, source, current, reference, w_orig: np.ndarray) -> _Stats:
 
     h = g = shift = None
     taken = 0
-    chunks = list(enumerate(_sample_chunks(op, current, steps)))
-    with ThreadPoolExecutor(THREADS) as pool:
+    jobs = [(k, a, b) for k, (a, b) in enumerate(_sample_chunks(op, current, steps))]
+    threads = THREADS if len(jobs) > 1 else 1  # one chunk: threads would only cost
+    with ThreadPoolExecutor(threads) if threads > 1 else _Here() as pool:
         summed = [pool.submit(_summed_input, current, op)]
         summed += [pool.submit(_summed_input, reference, source)] if cross else []
-        jobs = [(k, *ab) for k, ab in chunks]
-        for dh, part, positions in _in_order(pool, products, jobs, ahead=THREADS):
+        for dh, part, positions in _in_order(pool, products, jobs, ahead=threads):
             if through_d:
                 shift = _add(shift, part)
             elif cross:
@@ -530,7 +530,25 @@ def _threads() -> int:
 THREADS = _threads()
 
 
-def _in_order(pool: ThreadPoolExecutor, function, jobs: list[tuple], ahead: int):
+class _Here:
+    """An executor that runs each job on the calling thread as it is submitted."""
+
+    def __enter__(self) -> _Here:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def submit(self, function, *args) -> Future:
+        done: Future = Future()
+        try:
+            done.set_result(function(*args))
+        except Exception as e:  # noqa: BLE001 - raised again by result(), as a pool's
+            done.set_exception(e)
+        return done
+
+
+def _in_order(pool, function, jobs: list[tuple], ahead: int):
     """function(*job) for each job, in order, up to `ahead` of them made on the pool's
     threads while the caller takes the one before."""
     pending = deque(pool.submit(function, *job) for job in jobs[:ahead])
