@@ -21,6 +21,7 @@ all rows at once, which BLAS and numpy do well; there is no per-element Python l
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -363,24 +364,40 @@ def _obc_prune_rows(w, hinv_t, forced, k, out, x, diag, col, gone, ca, cols, mov
 
 
 def obc_prune_rows(
-    w_star: np.ndarray, h: np.ndarray, forced: np.ndarray, k: np.ndarray, damp: float = DAMP
+    w_star: np.ndarray,
+    h: np.ndarray,
+    forced: np.ndarray,
+    k: np.ndarray,
+    damp: float = DAMP,
+    threads: int = 1,
 ) -> np.ndarray:
     """Optimal brain compression, one row at a time: remove the weight whose removal costs
     the output least (w_j^2 / [H^-1]_jj), move the others by the optimal compensation,
     drop its row and column from H^-1, and repeat until the row has k[r] zeros; positions
     in `forced` (existing zeros) are removed first. Exact greedy OBS, O(k^2 d) per row
     (H^-1's downdates applied lazily, see _obc_prune_rows): for narrow layers, where it
-    beats choosing the mask once (SparseGPT's shortcut)."""
+    beats choosing the mask once (SparseGPT's shortcut). Rows are independent: `threads`
+    take a share each (the kernel lets go of the GIL)."""
     w = np.ascontiguousarray(w_star, dtype=np.float64)
     hinv = np.ascontiguousarray(_damped_inverse(h, damp))
     out = np.empty_like(w)
     counts = np.maximum(np.asarray(k, np.int64), forced.sum(axis=1))
-    d = w.shape[1]
+    rows, d = w.shape
     most = int(counts.max(initial=0))
-    scratch = np.empty(d), np.empty(d), np.empty(d), np.empty(d, np.bool_)
-    updates = np.empty((most, d)), np.empty((most, d)), np.empty(most, np.bool_)
     forced = np.ascontiguousarray(forced, dtype=np.bool_)
-    _obc_prune_rows(w, np.ascontiguousarray(hinv.T), forced, counts, out, *scratch, *updates)
+    hinv_t = np.ascontiguousarray(hinv.T)
+
+    def share(a: int, b: int) -> None:
+        scratch = np.empty(d), np.empty(d), np.empty(d), np.empty(d, np.bool_)
+        updates = np.empty((most, d)), np.empty((most, d)), np.empty(most, np.bool_)
+        _obc_prune_rows(w[a:b], hinv_t, forced[a:b], counts[a:b], out[a:b], *scratch, *updates)
+
+    cuts = np.linspace(0, rows, max(1, min(threads, rows)) + 1).astype(int)
+    if len(cuts) <= 2:
+        share(0, rows)
+    else:
+        with ThreadPoolExecutor(len(cuts) - 1) as pool:
+            list(pool.map(share, cuts[:-1], cuts[1:]))
     return out
 
 

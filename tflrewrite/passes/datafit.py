@@ -393,7 +393,8 @@ def compress_rows(step, targets, h, *, zeros, scales, opts, factors=None, refit=
     if step == "prune" and _obc_fits(opts, targets.shape[2]):
         # one group (depthwise kernels are not pruned with data); exact greedy OBS
         k = np.full(targets.shape[1], prune_kernels.prune_count(targets.shape[2], opts.sparsity))
-        targets = kernels.obc_prune_rows(targets[0], h[0], forced=zeros[0], k=k)[None]
+        rows = kernels.obc_prune_rows(targets[0], h[0], forced=zeros[0], k=k, threads=THREADS)
+        targets = rows[None]
         if scales is None:
             # float weights: its exact updates are the answer; a solve would give them back
             return np.where(targets == 0, 0.0, targets)
