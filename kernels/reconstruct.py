@@ -240,38 +240,44 @@ def refit_codebook(w, w_star, h, scales, shared: bool, integer: bool) -> np.ndar
     units = w / scales[:, :, None]
     keys = np.unique(units[units != 0]) if shared else None
     out = w.copy()
+    groups, rows, d = w.shape
     normal, rhs, onehots = [], [], []
-    for g in range(w.shape[0]):
-        per_row = keys if shared else None
-        labels, k = _labels(units[g], per_row)
-        onehot = (labels[:, :, None] == np.arange(k)).astype(np.float64)  # rows x d x k
-        rows, d, _ = onehot.shape  # one product for all rows: numpy's stacked matmul is slow
-        hp = (h[g] @ onehot.transpose(1, 0, 2).reshape(d, rows * k)).reshape(d, rows, k)
-        hp = hp.transpose(1, 0, 2)
-        normal.append(np.matmul(onehot.transpose(0, 2, 1), hp) * (scales[g] ** 2)[:, None, None])
+    for g in range(groups):
+        labels, k = _labels(units[g], keys)
+        onehot = np.zeros((d, rows, k))  # d x rows x k: H's product is then one GEMM
+        at, row = np.nonzero(labels.T >= 0)
+        onehot[at, row, labels.T[at, row]] = 1.0
+        hp = (h[g] @ onehot.reshape(d, rows * k)).reshape(d, rows, k).transpose(1, 0, 2)
+        per_row = onehot.transpose(1, 2, 0)  # rows x k x d
+        normal.append(np.matmul(per_row, hp) * (scales[g] ** 2)[:, None, None])
         rhs.append(np.matmul(w_star[g][:, None, :], hp)[:, 0, :] * scales[g][:, None])
-        onehots.append(onehot)
+        onehots.append(labels)
     if shared:
         m = sum(x.sum(axis=0) for x in normal)
         b = sum(x.sum(axis=0) for x in rhs)
         codes = _codes(m, b, keys, integer)
-        for g in range(w.shape[0]):
-            out[g] = (onehots[g] @ codes) * scales[g][:, None]
-        before = sum(output_error(w[g], w_star[g], h[g]) for g in range(w.shape[0]))
-        after = sum(output_error(out[g], w_star[g], h[g]) for g in range(w.shape[0]))
+        for g in range(groups):
+            out[g] = _assigned(codes, onehots[g]) * scales[g][:, None]
+        before = sum(output_error(w[g], w_star[g], h[g]) for g in range(groups))
+        after = sum(output_error(out[g], w_star[g], h[g]) for g in range(groups))
         return out if after < before else w
-    for g in range(w.shape[0]):
-        for r in range(w.shape[1]):
+    for g in range(groups):
+        for r in range(rows):
             old_codes = np.unique(units[g, r][units[g, r] != 0])
             if old_codes.size == 0:
                 continue
             n = old_codes.size
             codes = _codes(normal[g][r, :n, :n], rhs[g][r, :n], old_codes, integer)
-            fitted = onehots[g][r, :, : old_codes.size] @ codes * scales[g, r]
+            fitted = _assigned(codes, onehots[g][r]) * scales[g, r]
             d_old, d_new = w[g, r] - w_star[g, r], fitted - w_star[g, r]
             if d_new @ h[g] @ d_new < d_old @ h[g] @ d_old:
                 out[g, r] = fitted
     return out
+
+
+def _assigned(codes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each weight's code by its label (0 where the label is -1: a zero)."""
+    return np.where(labels < 0, 0.0, codes[np.maximum(labels, 0)])
 
 
 def _labels(units: np.ndarray, keys: np.ndarray | None) -> tuple[np.ndarray, int]:
