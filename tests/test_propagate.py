@@ -177,6 +177,28 @@ def test_an_advance_on_its_own_thread_gives_the_same_cut_and_raises_its_errors()
     assert behind.position == len(sg.operators)
 
 
+@pytest.mark.parametrize("kind", ["float", "int8"])
+def test_segments_run_on_several_threads_give_the_bytes_of_one(monkeypatch, kind):
+    model = residual_model()
+    samples = samples_for(model, 9)
+    if kind == "int8":  # the builtin kernels (float segments take XNNPACK)
+        data = calibrate.Samples(samples, "random")
+        model = pipeline.apply(model, recipes.load("full-int8"), data=data).model
+    sg = model.subgraphs[0]
+    cuts = []
+    for threads in (1, 3):
+        monkeypatch.setattr(runtime, "THREADS", threads)
+        cursor = propagate.Cursor(model, samples, name="test")
+        cut = []
+        for k in range(len(sg.operators) + 1):
+            cursor.advance(k)
+            cut += [cursor.stored(t) for t in sg.tensors if id(t) in cursor._live]
+        cuts.append(cut)
+    assert len(cuts[0]) == len(cuts[1]) > len(sg.operators)
+    assert all(np.array_equal(a, b) for a, b in zip(*cuts))
+    assert any(x.dtype == np.int8 for x in cuts[0]) == (kind == "int8")
+
+
 def test_a_segment_model_has_the_segments_inputs_and_outputs_only():
     model = residual_model()
     sg = model.subgraphs[0]

@@ -13,7 +13,9 @@ runs then cost the caller little.
 
 Integer segments run with LiteRT's builtin kernels, as the whole model runs in verify:
 the passes then fit to exactly the activations a whole-model run gives. All-float
-segments run with XNNPACK (see FLOAT_XNNPACK).
+segments run with XNNPACK (see FLOAT_XNNPACK). Each run takes runtime.THREADS threads:
+the cursor's runs stand between one layer's fit and the next, and LiteRT's kernels give
+the same results on any count.
 
 Batching resizes a segment's inputs from [1, ...] to [n, ...]. Where that fails, changes
 an output's shape other than its first axis, or changes the first sample's outputs in any
@@ -46,7 +48,11 @@ CHUNK_BYTES = 2**20
 # data-aware prune and cluster of float models differ from those of the builtin kernels,
 # and are as good (tools/bench/datafit_mnist.py: 0.952 test accuracy either way, 37,986
 # against 37,969 zipped bytes; conv200 17.82 dB either way). Integer segments keep the
-# builtin kernels, whose codes a whole-model run in verify reproduces bit for bit.
+# builtin kernels, whose codes a whole-model run in verify reproduces bit for bit. XNNPACK
+# runs int8 segments twice as fast (a 200-layer int8 stack: 5.2 -> 2.3 s), but its
+# requantization rounds otherwise and moves the fits more than float rounding does:
+# tools/bench/datafit_table.py went both ways by up to 0.9 dB, and lost 1.3 dB on
+# keyword_spotting_on_off_v3's AdaRound.
 FLOAT_XNNPACK = True
 
 
@@ -154,7 +160,8 @@ class Cursor:
             return  # nothing later reads what it makes
         floats = all(t.dtype == "FLOAT32" for t in seg.inputs + seg.outputs + seg.internal)
         name = f"{self.name}, ops {start}..{stop - 1}"
-        runner = runtime.load(seg.model, name=name, xnnpack=FLOAT_XNNPACK and floats)
+        xnnpack = FLOAT_XNNPACK and floats
+        runner = runtime.load(seg.model, name=name, xnnpack=xnnpack, threads=runtime.THREADS)
         inputs = [self._live[id(t)] for t in seg.inputs]
         outs = self._batched(runner, seg, inputs)
         if outs is None and stop - start > 1:

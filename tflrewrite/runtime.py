@@ -41,11 +41,12 @@ def load(
     micro: bool = False,
     keep_tensors: bool = False,
     xnnpack: bool = False,
+    threads: int = 1,
 ) -> Runner | TflmRunner:
     """An interpreter for `source`: a Model (serialised here), a file, or a file's bytes.
     `name` names it in errors (a file's path by default); `micro` runs it in tflite-micro,
     the one runtime with TFLM's DECODE op (the caller, who knows what laid the model down,
-    says so). `keep_tensors` and `xnnpack` are LiteRT's (see Runner)."""
+    says so). `keep_tensors`, `xnnpack` and `threads` are LiteRT's (see Runner)."""
     content = None
     if isinstance(source, Model):
         from tflrewrite import writer
@@ -57,7 +58,9 @@ def load(
     if micro:
         model = source if isinstance(source, Model) else None
         return TflmRunner(path, content=content, model=model)
-    return Runner(path, xnnpack=xnnpack, content=content, keep_tensors=keep_tensors)
+    return Runner(
+        path, xnnpack=xnnpack, content=content, keep_tensors=keep_tensors, threads=threads
+    )
 
 
 class BaseRunner:
@@ -85,7 +88,9 @@ class Runner(BaseRunner):
     `keep_tensors` keeps every intermediate tensor readable after a run (calibration and
     per-layer comparison need them; LiteRT otherwise reuses their memory). A model with
     custom ops that the builtin kernels lack loads with the default delegates (`xnnpack`
-    says which way it loaded), as LiteRT's default interpreter would run it.
+    says which way it loaded), as LiteRT's default interpreter would run it. `threads`:
+    LiteRT's threads for one run (its kernels split a run's outputs among them, so they
+    give the same results on any count: tests/test_propagate.py).
     """
 
     def __init__(
@@ -94,20 +99,21 @@ class Runner(BaseRunner):
         xnnpack: bool = False,
         content: bytes | None = None,
         keep_tensors: bool = False,
+        threads: int = 1,
     ):
         self.path = os.fspath(path)
         source = {"model_path": self.path} if content is None else {"model_content": content}
         _tell("doing", (self.path, "LiteRT", "loading"))
         try:
             try:
-                self.interpreter = _interpreter(source, xnnpack, keep_tensors)
+                self.interpreter = _interpreter(source, xnnpack, keep_tensors, threads)
                 self.interpreter.allocate_tensors()
             except (RuntimeError, ValueError) as e:
                 if xnnpack or UNRESOLVED not in str(e):
                     raise
                 # Custom ops that only the default XNNPACK delegate implements (MediaPipe's
                 # Convolution2DTransposeBias): LiteRT's default interpreter runs them.
-                self.interpreter = _interpreter(source, True, keep_tensors)
+                self.interpreter = _interpreter(source, True, keep_tensors, threads)
                 self.interpreter.allocate_tensors()
                 xnnpack = True
             self.inputs = self.interpreter.get_input_details()
@@ -202,11 +208,24 @@ class Runner(BaseRunner):
         return value.astype(np.float64)
 
 
+# Threads for work one process does side by side (statistics' chunks, rows of a kernel, a
+# model segment's run): one per core this process may run on, up to four, or one where
+# OMP_NUM_THREADS=1 asks a process to compute on one thread (tflrewrite.fanout's workers,
+# one per core).
+def compute_threads() -> int:
+    if os.environ.get("OMP_NUM_THREADS") == "1":
+        return 1
+    affinity = getattr(os, "sched_getaffinity", None)
+    return max(1, min(4, len(affinity(0)) if affinity else os.cpu_count() or 1))
+
+
+THREADS = compute_threads()
+
 # LiteRT's message for a custom op its builtin resolver lacks.
 UNRESOLVED = "unresolved custom op"
 
 
-def _interpreter(source: dict, xnnpack: bool, keep_tensors: bool):
+def _interpreter(source: dict, xnnpack: bool, keep_tensors: bool, threads: int = 1):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
@@ -216,7 +235,7 @@ def _interpreter(source: dict, xnnpack: bool, keep_tensors: bool):
         warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
         return Interpreter(
             **source,
-            num_threads=1,
+            num_threads=threads,
             experimental_op_resolver_type=resolver,
             experimental_preserve_all_tensors=keep_tensors,
         )

@@ -45,7 +45,6 @@ subgraphs) fall back to the magnitude pass, and the records say so.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import time
 from collections import deque
@@ -518,17 +517,9 @@ def _collect(op, source, current, reference, w_orig: np.ndarray) -> _Stats:
 
 
 # Threads that make the statistics' chunks side by side (numpy and BLAS let go of the GIL),
-# their sums still taken in chunk order (the same bytes on any count): one per core this
-# process may run on, up to four, or one where OMP_NUM_THREADS=1 asks a process to compute
-# on one thread (tflrewrite.fanout's workers, one per core).
-def _threads() -> int:
-    if os.environ.get("OMP_NUM_THREADS") == "1":
-        return 1
-    affinity = getattr(os, "sched_getaffinity", None)
-    return max(1, min(4, len(affinity(0)) if affinity else os.cpu_count() or 1))
-
-
-THREADS = _threads()
+# their sums still taken in chunk order (the same bytes on any count), and share the OBC
+# prune's rows.
+THREADS = runtime.THREADS
 
 
 class _Here:
