@@ -3,9 +3,9 @@
 This is the one place that runs models. Passes that fit to data, calibration, verification
 and the reports all go through it, so that each of them feeds inputs, reads outputs and
 kept intermediates in the same real (dequantized) values, loads with the same kernels
-(LiteRT's builtin ones, one thread, unless asked for XNNPACK or the model holds custom ops
-only the default XNNPACK delegate implements) and fails with the same messages; and so that
-serialising a Model to run it is not a pass's business.
+(LiteRT's builtin ones on one thread, unless asked for XNNPACK or more threads, or the
+model holds custom ops only the default XNNPACK delegate implements) and fails with the
+same messages; and so that serialising a Model to run it is not a pass's business.
 The interpreters' packages are imported only when a model is loaded: commands that run
 nothing (audit, recipes) never import them. A Child runs functions that run models in a
 child process, where a runtime's crash ends the child rather than the command.
