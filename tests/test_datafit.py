@@ -292,6 +292,40 @@ def test_statistics_on_threads_give_the_bytes_of_one_thread(digits, monkeypatch)
     assert outputs[0] == outputs[1]
 
 
+def test_full_int8_after_a_data_aware_prune_takes_its_ranges(digits, monkeypatch):
+    """The data-aware prune's cursor ran the pruned model over every sample: quantize takes
+    the activation ranges from those runs (ACTIVATION_RANGES) rather than calibrate it
+    again, and they give the scales a calibration of the pruned model gives. Another
+    calibration method (percentile) still calibrates."""
+    model, data, _ = digits
+    recipe = recipes.load("prune-cluster-full-int8")
+    pruned = {}
+
+    def keep(name, m):
+        if name == "prune":
+            pruned["model"] = m.copy()
+
+    calls = []
+    real = calibrate.ranges
+    monkeypatch.setattr(calibrate, "ranges", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = pipeline.apply(model, recipe, data=data, method="data", on_step=keep)
+    assert calls == []
+    assert next(r for r in out.records if r["pass"] == "quantize")["seconds"]["calibrate"] == 0
+    fresh = pipeline.apply(pruned["model"], recipes.load("full-int8"), data=data).model
+    scales = lambda m: {  # noqa: E731
+        t.name: float(t.quantization.scale[0])
+        for _, _, t in m.tensors()
+        if not t.is_constant and t.dtype == "INT8" and t.quantization is not None
+    }
+    got, want = scales(out.model), scales(fresh)
+    assert got.keys() == want.keys() and len(got) > 5
+    for name in got:
+        assert got[name] == pytest.approx(want[name], rel=1e-4), name
+    percentile = recipe.with_options({"quantize": {"method": "percentile"}})
+    pipeline.apply(model, percentile, data=data, method="data")
+    assert calls
+
+
 def test_data_aware_prune_fits_float16_weights_before_full_int8(digits):
     """Float16 weights (behind DEQUANTIZE) under a full-int8 recipe: the data-aware prune
     fits them, as on the float32 weights that quantize folds them into, where it fell back

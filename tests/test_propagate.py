@@ -199,6 +199,19 @@ def test_segments_run_on_several_threads_give_the_bytes_of_one(monkeypatch, kind
     assert any(x.dtype == np.int8 for x in cuts[0]) == (kind == "int8")
 
 
+@pytest.mark.parametrize("step", [1, 3])
+def test_a_cursor_keeps_each_activations_range_as_calibration_takes_it(step):
+    model = residual_model()
+    samples = samples_for(model, 9)
+    cursor = propagate.Cursor(model, samples, name="test", ranges=True)
+    for k in range(0, len(model.subgraphs[0].operators) + step, step):
+        cursor.advance(min(k, len(model.subgraphs[0].operators)))
+    want = calibrate.ranges(model, calibrate.Samples(samples, "random"))
+    assert cursor.ranges.keys() == want.keys()
+    for key, (low, high) in want.items():
+        assert cursor.ranges[key] == pytest.approx((low, high), rel=1e-5, abs=1e-6)
+
+
 def test_a_segment_model_has_the_segments_inputs_and_outputs_only():
     model = residual_model()
     sg = model.subgraphs[0]

@@ -60,9 +60,14 @@ class Cursor:
     """The main subgraph of `model` over `samples` (lists of real input values, in model
     input order), advanced op range by op range. The model's constants may change between
     advances (a pass fitting layer by layer), its graph may not. `name` names it in
-    errors."""
+    errors. `ranges`: keep `ranges`, the (low, high) of every float32 activation the
+    cursor has made (its model's inputs too), keyed by id(tensor), each taken as its ops
+    ran (the low and high calibration takes, from the cursor's own runs); None where the
+    cursor cannot (a model run whole)."""
 
-    def __init__(self, model: Model, samples: list[list[np.ndarray]], *, name: str):
+    def __init__(
+        self, model: Model, samples: list[list[np.ndarray]], *, name: str, ranges: bool = False
+    ):
         sg = model.subgraphs[0]
         self.model, self.name = model, name
         self.count = len(samples)
@@ -75,8 +80,12 @@ class Cursor:
         self._whole = segments.stateful(model)
         self._samples = samples if self._whole else None
         self._live: dict[int, np.ndarray | list[np.ndarray]] = {}
+        self.ranges: dict[int, tuple[float, float]] | None = None
+        if ranges and not self._whole:
+            self.ranges = {}
         for i, t in enumerate(sg.inputs):
             self._live[id(t)] = np.stack([_to_stored(t, s[i]) for s in samples])
+            self._note(t, self._live[id(t)])
 
     # -------------------------------------------------------------- reading the cut
 
@@ -161,9 +170,16 @@ class Cursor:
         floats = all(t.dtype == "FLOAT32" for t in seg.inputs + seg.outputs + seg.internal)
         name = f"{self.name}, ops {start}..{stop - 1}"
         xnnpack = FLOAT_XNNPACK and floats
-        runner = runtime.load(seg.model, name=name, xnnpack=xnnpack, threads=runtime.THREADS)
+        watched = self._watched(seg)
+        runner = runtime.load(
+            seg.model,
+            name=name,
+            xnnpack=xnnpack,
+            threads=runtime.THREADS,
+            keep_tensors=bool(watched),
+        )
         inputs = [self._live[id(t)] for t in seg.inputs]
-        outs = self._batched(runner, seg, inputs)
+        outs = self._batched(runner, seg, inputs, watched)
         if outs is None and stop - start > 1:
             middle = (start + stop) // 2
             self._run(start, middle)
@@ -171,11 +187,37 @@ class Cursor:
             return
         if outs is None:
             self.unbatched.append((start, stop))
-            outs = self._each(runner, inputs)
+            outs = self._each(runner, inputs, watched)
         for t, value in zip(seg.outputs, outs):
             self._live[id(t)] = value
+            for part in value if isinstance(value, list) else [value]:
+                self._note(t, part)
 
-    def _batched(self, runner, seg, inputs: list) -> list[np.ndarray] | None:
+    def _note(self, t: Tensor, value: np.ndarray) -> None:
+        """Widen t's range (where kept) to take in `value`, as stored."""
+        if self.ranges is None or t.dtype != "FLOAT32" or not value.size:
+            return
+        low, high = float(value.min()), float(value.max())
+        if id(t) in self.ranges:
+            was = self.ranges[id(t)]
+            low, high = min(low, was[0]), max(high, was[1])
+        self.ranges[id(t)] = (low, high)
+
+    def _watched(self, seg: segments.Segment) -> list[tuple[Tensor, int]]:
+        """(tensor, index in the segment's model) of the float32 activations made inside
+        the segment whose ranges are kept: read after each run."""
+        if self.ranges is None:
+            return []
+        index = {id(t): i for i, t in enumerate(seg.model.subgraphs[0].tensors)}
+        return [(t, index[id(t)]) for t in seg.internal if t.dtype == "FLOAT32"]
+
+    def _note_inside(self, runner, watched: list[tuple[Tensor, int]]) -> None:
+        for t, i in watched:
+            value = runner.stored(i)
+            if value is not None:
+                self._note(t, value)
+
+    def _batched(self, runner, seg, inputs: list, watched=()) -> list[np.ndarray] | None:
         """The segment's outputs over every sample from runs on chunks of samples, or None
         where the segment does not take a batch."""
         n = self.count
@@ -197,14 +239,18 @@ class Cursor:
                 runner.run_batch(part, into=into)
             except TflRewriteError:  # no batch here, or outputs of other shapes
                 return None
+            self._note_inside(runner, watched)
             if start == 0 and not all(_same(out[0], o) for out, o in zip(outs, first)):
                 return None
         return outs
 
-    def _each(self, runner, inputs: list) -> list:
+    def _each(self, runner, inputs: list, watched=()) -> list:
         """The segment's outputs, one run per sample: stacked, or a list per output where
         their shapes differ between samples."""
-        got = [runner.run_batch([x[i] for x in inputs]) for i in range(self.count)]
+        got = []
+        for i in range(self.count):
+            got.append(runner.run_batch([x[i] for x in inputs]))
+            self._note_inside(runner, watched)
         outs = []
         for k in range(len(runner.outputs)):
             values = [g[k] for g in got]

@@ -62,6 +62,12 @@ class PassResult:
 # records them from its own run of that model where a later step wants them (refine's
 # bias correction), so that the model does not run over the samples twice.
 INPUT_SUMS = "input sums"
+# A key of Data.found: (model, samples, ranges) where a data-aware step ran the model it
+# returns over every sample as it fitted it (tflrewrite.propagate.Cursor's `ranges`: the
+# low and high of each float32 activation, keyed by id(tensor)), so that a full-integer
+# quantize step given that very model takes them rather than calibrate it again. Unlike
+# INPUT_SUMS it is about the step's output, named in the value, not about `reference`.
+ACTIVATION_RANGES = "activation ranges"
 # The layers that data-aware passes fit.
 LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
@@ -71,8 +77,9 @@ class Data:
     """What a pass gets when calibration samples are given: the samples (calibrate.Samples)
     and the model whose layer outputs data-aware passes aim at (the rewrite's input, or
     that input as the last function-preserving pass left it; None: the model the pass is
-    given). `found`: what a step learned about `reference` on the samples for a later
-    step, by key (INPUT_SUMS), shared by the steps of one rewrite; a step adds the keys
+    given). `found`: what a step learned on the samples for a later step, by key
+    (INPUT_SUMS about `reference`, ACTIVATION_RANGES), shared by the steps of one
+    rewrite; a step adds the keys
     of `wanted` (those the later steps' Pass.wants name) that its own work on `reference`
     gives at little cost."""
 

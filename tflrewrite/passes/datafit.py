@@ -61,6 +61,7 @@ from tflrewrite.kernels import reconstruct as kernels
 from tflrewrite.model import Model, Operator, Tensor
 from tflrewrite.passes import cluster, prune, quantize, quantize_graph
 from tflrewrite.passes.common import (
+    ACTIVATION_RANGES,
     INPUT_SUMS,
     LAYER_OPS,
     Data,
@@ -110,7 +111,8 @@ def _runner(step: str, *, fold: bool = False) -> Run:
         if fold:
             model = quantize_graph.dequantized_weights(model)
         sums = data.found.get(INPUT_SUMS)
-        return fit(step, model, options, rules, data.samples, original, sums=sums)
+        found = data.found if ACTIVATION_RANGES in data.wanted else None
+        return fit(step, model, options, rules, data.samples, original, sums=sums, found=found)
 
     return run
 
@@ -143,11 +145,13 @@ def fit(
     original: Model,
     *,
     sums: dict | None = None,
+    found: dict | None = None,
 ):
     """The `step` ("prune", "cluster" or "refine") of `model` fitted to `original`'s layer
     outputs on `data` (calibrate.Samples). `sums`: `original`'s layer inputs summed over
     the samples where an earlier step has them (INPUT_SUMS), which refine then takes
-    rather than run `original` again."""
+    rather than run `original` again. `found`, where given: Data.found, to which the fit
+    adds the returned model's activation ranges from its own run (ACTIVATION_RANGES)."""
     rounding = "feedback"
     if step == "refine":  # `options`: the quantize step's
         rounding = getattr(options, "rounding", rounding)
@@ -176,18 +180,25 @@ def fit(
         ]
     if not fitted:
         return PassResult(model, records)
-    done, seconds = _fit_layers(step, model, fitted, original, data, rounding, sums or {})
+    ranges = found is not None
+    done, seconds, taken = _fit_layers(
+        step, model, fitted, original, data, rounding, sums or {}, ranges
+    )
+    if taken is not None:
+        found[ACTIVATION_RANGES] = (model, data, taken)
     return PassResult(model, records + done, seconds)
 
 
-def _fit_layers(step, model, fitted, original, data, rounding, sums) -> tuple[list, dict]:
+def _fit_layers(step, model, fitted, original, data, rounding, sums, ranges) -> tuple:
     """Fit each layer of `fitted` ((weight name, options) pairs) in graph order: a cursor
     over the model being fitted gives each layer's inputs X_c after one pass over it in
     all (tflrewrite.propagate), each fitted layer's new weights in the model before the
     cursor runs it. Pruning and clustering take X_o from a cursor over the original;
     refine needs only the mean of X_o, from `sums` (INPUT_SUMS) where calibration summed
     it, else summed in one streaming run of the original before the first fit. The records
-    carry the seconds of each phase; the second result sums them."""
+    carry the seconds of each phase; the second result sums them. With `ranges`, the
+    cursor runs on to the end and the third result is the fitted model's activation
+    ranges from its runs (propagate.Cursor's), else None."""
     sg = model.subgraphs[0]
     readers = sg.consumers()
     weights = {w.name: w for w in find_weights(model)[0]}
@@ -207,7 +218,7 @@ def _fit_layers(step, model, fitted, original, data, rounding, sums) -> tuple[li
         following[i] = following[i + 1] if source is None else original_order[id(source)]
     total = {"propagate": 0.0, "capture": 0.0, "fit": 0.0}
     began = time.perf_counter()
-    current = propagate.Cursor(model, data.values, name="model being fitted")
+    current = propagate.Cursor(model, data.values, name="model being fitted", ranges=ranges)
     if step == "refine":
         found = [(op, source) for _, _, op, source in layers if source is not None]
         missing = [(op, source) for op, source in found if source.inputs[0].name not in sums]
@@ -259,7 +270,13 @@ def _fit_layers(step, model, fitted, original, data, rounding, sums) -> tuple[li
         for key, v in seconds.items():
             total[key] += v
         bar(k + 1)
-    return records, {key: round(v, 3) for key, v in total.items()}
+    taken = None
+    if ranges:  # the rest of the model, for its ranges
+        began = time.perf_counter()
+        current.advance(len(sg.operators))
+        taken = current.ranges
+        total["propagate"] += time.perf_counter() - began
+    return records, {key: round(v, 3) for key, v in total.items()}, taken
 
 
 def _original_sums(layers: list, original: Model, samples: list) -> dict[int, np.ndarray]:

@@ -28,6 +28,7 @@ from tflrewrite.errors import UsageError
 from tflrewrite.model import Model
 from tflrewrite.passes import quantize_graph, weight_only
 from tflrewrite.passes.common import (
+    ACTIVATION_RANGES,
     INPUT_SUMS,
     Data,
     Pass,
@@ -102,7 +103,14 @@ def run(
         samples = None if data is None else data.samples
         sums = {} if _sums_wanted(model, data) else None
         result = quantize_graph.run(
-            model, options, rules, data=samples, unsupported=unsupported, tied=tied, sums=sums
+            model,
+            options,
+            rules,
+            data=samples,
+            unsupported=unsupported,
+            tied=tied,
+            sums=sums,
+            ranges=None if sums is not None else _ranges_found(model, data, options),
         )
         if sums is not None:
             data.found[INPUT_SUMS] = sums
@@ -122,7 +130,18 @@ def _sums_wanted(model: Model, data: Data | None) -> bool:
     )
 
 
-PASS = Pass(name="quantize", Options=Options, run=run)
+def _ranges_found(model: Model, data: Data | None, options: Options) -> dict | None:
+    """`model`'s activation ranges where the step before ran this very model over these
+    samples as it made it (ACTIVATION_RANGES) and they are what calibration would take
+    (method minmax), else None."""
+    found = None if data is None else data.found.get(ACTIVATION_RANGES)
+    if found is None or options.method != "minmax":
+        return None
+    made, samples, ranges = found
+    return ranges if made is model and samples is data.samples else None
+
+
+PASS = Pass(name="quantize", Options=Options, run=run, wants=frozenset({ACTIVATION_RANGES}))
 
 
 def for_runtime(

@@ -228,15 +228,16 @@ def run(
     unsupported: Mapping[tuple[str, str], str] | None = None,
     tied: frozenset[tuple[str, str]] = frozenset(),
     sums: dict | None = None,
+    ranges: dict | None = None,
 ) -> PassResult:
     """`options` are the quantize pass's (mode "int8" or "int16x8": method, io); `data` the
     calibration samples (calibrate.Samples); `unsupported`: (activation dtype, op type) ->
     why the target's runtime cannot run it, for ops that stay float; `tied`: (activation
     dtype, op type) whose kernel in the target's runtime needs one scale on its input and
-    output. `sums`: filled as `calibrated` fills it."""
+    output. `sums`: filled as `calibrated` fills it; `ranges`: as `calibrated` takes them."""
     check_rules(options, rules)
     return rewrite(
-        calibrated(model, data, options, sums=sums),
+        calibrated(model, data, options, sums=sums, ranges=ranges),
         options,
         rules=rules,
         unsupported=unsupported,
@@ -285,23 +286,38 @@ class Calibrated:
 
 
 def calibrated(
-    model: Model, data: object, options: object, *, sums: dict | None = None
+    model: Model,
+    data: object,
+    options: object,
+    *,
+    sums: dict | None = None,
+    ranges: dict | None = None,
 ) -> Calibrated:
     """`model` folded and calibrated on `data` (calibrate.Samples) with `options.method`,
     for the activation dtype of `options.mode`; reusable by any number of `rewrite` calls.
     `sums`, where given, is filled with `model`'s layer inputs summed over the samples
     (passes.common.INPUT_SUMS) from the calibration's own run: the fold leaves activations
-    as they were."""
+    as they were. `ranges`: minmax ranges of `model`'s activations (keyed by id(tensor) of
+    `model`) already taken over `data` (passes.common.ACTIVATION_RANGES), used instead of
+    calibrating where they cover every activation calibration would range."""
     if data is None:
         raise UsageError(
             f"--quantize {options.mode} needs calibration data: --calibration DATA.npz (one "
             "array per model input, first axis = samples), or --calibration random to "
             "calibrate on random inputs (poor ranges; the report says so)"
         )
-    model = model.copy()
+    copies: dict[int, object] = {}
+    model = model.copy(copies)
     folded = _fold_sparse(model)
     fold_constants(model)
     result = Calibrated(model, data, options.method, folded)
+    if ranges is not None and options.method == "minmax" and sums is None:
+        original = {id(c): key for key, c in copies.items()}
+        sg = model.subgraphs[0]
+        wanted = [t for t in sg.tensors if t.dtype == "FLOAT32" and not t.is_constant]
+        if all(original.get(id(t)) in ranges for t in wanted):
+            result._ranges[0] = {id(t): ranges[original[id(t)]] for t in wanted}
+            return result
     summed = None if sums is None else _layer_inputs(model.subgraphs[0])
     result.ranges(ACTIVATIONS[options.mode], sums=summed)
     if sums is not None:
