@@ -326,6 +326,33 @@ def test_full_int8_after_a_data_aware_prune_takes_its_ranges(digits, monkeypatch
     assert calls
 
 
+@pytest.mark.parametrize(
+    ("quantize", "kept"),
+    [
+        ({"mode": "int8"}, True),
+        ({"mode": "int8", "method": "mse"}, False),
+        ({"mode": "int8-weights"}, False),
+    ],
+)
+def test_the_prune_keeps_activation_ranges_only_for_a_step_that_takes_them(
+    digits, monkeypatch, quantize, kept
+):
+    """Keeping ranges costs the prune's cursor a run to the end and a look at every
+    activation: it does so only before a full-integer step that calibrates by minmax."""
+    model, data, _ = digits
+    asked = []
+
+    class Recording(propagate.Cursor):
+        def __init__(self, *args, ranges=False, **kwargs):
+            asked.append(ranges)
+            super().__init__(*args, ranges=ranges, **kwargs)
+
+    monkeypatch.setattr(propagate, "Cursor", Recording)
+    recipe = recipes.load("prune").with_options({"quantize": quantize})
+    pipeline.apply(model, recipe, data=data, method="data")
+    assert any(asked) == kept
+
+
 def test_data_aware_prune_fits_float16_weights_before_full_int8(digits):
     """Float16 weights (behind DEQUANTIZE) under a full-int8 recipe: the data-aware prune
     fits them, as on the float32 weights that quantize folds them into, where it fell back

@@ -57,7 +57,7 @@ def apply(
     for i, step in enumerate(steps):
         if progress:
             progress(step.name)
-        wanted = frozenset().union(*(s.runner.wants for s in steps[i + 1 :]))
+        wanted = frozenset().union(*(s.runner.wanted(s.options) for s in steps[i + 1 :]))
         given = None if data is None else Data(data, reference, wanted=wanted, found=found)
         out = step.runner.run(result.model, step.options, step.rules, data=given)
         result.model = out.model

@@ -102,14 +102,20 @@ class Pass:
     `run` returns a new model (the input is never changed) with one record per tensor it
     considered. `preserves_function`: the pass changes weights without changing what the
     model computes, so data-aware passes after it aim at its output rather than the input.
-    `wants`: keys of Data.found the pass reads where an earlier step has added them.
+    `wants`: keys of Data.found the pass reads where an earlier step has added them, or
+    a function of the step's options giving them (see `wanted`).
     """
 
     name: str
     Options: type  # noqa: N815 -- the pass's frozen, keyword-only options dataclass
     run: Run
     preserves_function: bool = False
-    wants: frozenset[str] = frozenset()
+    wants: frozenset[str] | Callable[[Any], frozenset[str]] = frozenset()
+
+    def wanted(self, options) -> frozenset[str]:
+        """The keys of Data.found a step of this pass with `options` reads: an earlier
+        step does the work of one only where a later step reads it."""
+        return self.wants(options) if callable(self.wants) else self.wants
 
 
 def check_regex(pattern: str | None, what: str) -> None:

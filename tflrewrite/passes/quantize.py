@@ -141,7 +141,13 @@ def _ranges_found(model: Model, data: Data | None, options: Options) -> dict | N
     return ranges if made is model and samples is data.samples else None
 
 
-PASS = Pass(name="quantize", Options=Options, run=run, wants=frozenset({ACTIVATION_RANGES}))
+def _wants(options: Options) -> frozenset[str]:
+    """Activation ranges, where the step calibrates and would take them (_ranges_found)."""
+    calibrates = options.mode in FULL_INTEGER and options.method == "minmax"
+    return frozenset({ACTIVATION_RANGES}) if calibrates else frozenset()
+
+
+PASS = Pass(name="quantize", Options=Options, run=run, wants=_wants)
 
 
 def for_runtime(
@@ -157,4 +163,4 @@ def for_runtime(
     ) -> PassResult:
         return run(model, options, rules, data=data, unsupported=unsupported, tied=tied)
 
-    return Pass(name="quantize", Options=Options, run=run_for_runtime)
+    return Pass(name="quantize", Options=Options, run=run_for_runtime, wants=_wants)
