@@ -231,6 +231,19 @@ def test_codebook_refit_keeps_the_assignment_and_never_loses(shared, integer):
     assert sum(gains) > 0
 
 
+def test_label_grams_equal_their_twin_and_the_one_hot_products():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(-1, 6, (7, 30))
+    x = rng.standard_normal((50, 30))
+    h = x.T @ x
+    grams = np.zeros((7, 6, 6))
+    reconstruct._label_grams(labels, h, grams)
+    assert np.array_equal(grams, twins.label_grams_numpy(labels, h, 6))
+    onehot = (labels[:, :, None] == np.arange(6)).astype(float)  # rows x d x k
+    want = np.einsum("rik,ij,rjl->rkl", onehot, h, onehot)
+    np.testing.assert_allclose(grams, want, rtol=1e-12, atol=1e-9)
+
+
 @pytest.mark.parametrize("grid", ["float", "int8", "codebook"])
 def test_grouped_solve_equals_solving_each_group(grid):
     """Depthwise channels are swept together; each must come out as if solved alone."""
