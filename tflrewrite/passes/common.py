@@ -79,9 +79,8 @@ class Data:
     that input as the last function-preserving pass left it; None: the model the pass is
     given). `found`: what a step learned on the samples for a later step, by key
     (INPUT_SUMS about `reference`, ACTIVATION_RANGES), shared by the steps of one
-    rewrite; a step adds the keys
-    of `wanted` (those the later steps' Pass.wants name) that its own work on `reference`
-    gives at little cost."""
+    rewrite; a step adds the keys of `wanted` (those the later steps' Pass.wanted name)
+    that its own work gives at little cost."""
 
     samples: Any
     reference: Model | None = None
