@@ -243,7 +243,7 @@ def refit_codebook(w, w_star, h, scales, shared: bool, integer: bool) -> np.ndar
     units = w / scales[:, :, None]
     keys = np.unique(units[units != 0]) if shared else None
     out = w.copy()
-    groups, rows, d = w.shape
+    groups, rows, _ = w.shape
     normal, rhs, onehots = [], [], []
     for g in range(groups):
         labels, k = _labels(units[g], keys)

@@ -225,7 +225,7 @@ THREADS = compute_threads()
 UNRESOLVED = "unresolved custom op"
 
 
-def _interpreter(source: dict, xnnpack: bool, keep_tensors: bool, threads: int = 1):
+def _interpreter(source: dict, xnnpack: bool, keep_tensors: bool, threads: int):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
