@@ -119,6 +119,29 @@ def sqnr(model, out: Path, held_out) -> float:
     return verify.compare(ref, runtime.Runner(out), held_out.values[:100], "t").min_sqnr_db
 
 
+def test_passes_run_with_blas_on_one_thread_and_leave_it_as_it_was(digits):
+    """runtime.one_blas_thread: OpenBLAS's idle threads busy-wait, taking the cores from
+    LiteRT's and the kernels' threads between BLAS calls."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    model, data, _ = digits
+    seen = []
+
+    def run(model, options, rules=(), *, data=None):
+        seen.append(blas_threads())
+        return datafit.PRUNE.run(model, options, rules, data=data)
+
+    runs = {"prune": dataclasses.replace(datafit.PRUNE, run=run)}
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        pipeline.apply(model, recipes.load("prune"), data=data, runs=runs)
+        assert blas_threads() == before
+    assert seen == [[1] * len(before)]
+
+
 @pytest.mark.slow
 def test_data_aware_pruning_beats_magnitude_on_held_out_digits(digits, tmp_path):
     model, data, held_out = digits

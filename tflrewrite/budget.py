@@ -230,15 +230,16 @@ def apply(
     if "equalize" in steps:  # the recipe equalizes first: score the layers as it leaves them
         step = steps["equalize"]
         scored = PASSES["equalize"].run(model, step.options, step.rules).model
-    layers = _sensitivity(
-        scored,
-        steps,
-        budget=budget,
-        target=targets.load(target),
-        data=data,
-        method=method,
-        progress=progress,
-    )
+    with runtime.one_blas_thread():
+        layers = _sensitivity(
+            scored,
+            steps,
+            budget=budget,
+            target=targets.load(target),
+            data=data,
+            method=method,
+            progress=progress,
+        )
     if not layers:
         raise TflRewriteError(f"{budget.flag}: no layer whose settings it could choose")
     what, limit = METRICS[budget.metric][1], budget.limit

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tflrewrite import targets
+from tflrewrite import runtime, targets
 from tflrewrite.model import Model
 from tflrewrite.passes.common import Data, Pass, StepRecord
 from tflrewrite.provenance import METADATA_NAME, provenance
@@ -54,28 +54,29 @@ def apply(
     result = Result(model)
     reference = model  # what data-aware passes aim each layer's outputs at
     found: dict = {}  # what steps learned about `reference` for later ones (Data.found)
-    for i, step in enumerate(steps):
-        if progress:
-            progress(step.name)
-        wanted = frozenset().union(*(s.runner.wanted(s.options) for s in steps[i + 1 :]))
-        given = None if data is None else Data(data, reference, wanted=wanted, found=found)
-        out = step.runner.run(result.model, step.options, step.rules, data=given)
-        result.model = out.model
-        result.records.append({"pass": step.name, "tensors": out.records})
-        if out.seconds:
-            result.records[-1]["seconds"] = out.seconds
-        if on_step:
-            on_step(step.name, result.model)
-        if step.runner.preserves_function:  # the same function: aim at it from here on
-            reference, found = result.model, {}
-    if laid.run is not None:
-        if progress:
-            progress(f"target {target}")
-        out = laid.run(result.model)
-        result.model = out.model
-        result.records.append({"pass": f"target:{target}", "tensors": out.records})
-        if on_step:
-            on_step(f"target:{target}", result.model)
+    with runtime.one_blas_thread():
+        for i, step in enumerate(steps):
+            if progress:
+                progress(step.name)
+            wanted = frozenset().union(*(s.runner.wanted(s.options) for s in steps[i + 1 :]))
+            given = None if data is None else Data(data, reference, wanted=wanted, found=found)
+            out = step.runner.run(result.model, step.options, step.rules, data=given)
+            result.model = out.model
+            result.records.append({"pass": step.name, "tensors": out.records})
+            if out.seconds:
+                result.records[-1]["seconds"] = out.seconds
+            if on_step:
+                on_step(step.name, result.model)
+            if step.runner.preserves_function:  # the same function: aim at it from here on
+                reference, found = result.model, {}
+        if laid.run is not None:
+            if progress:
+                progress(f"target {target}")
+            out = laid.run(result.model)
+            result.model = out.model
+            result.records.append({"pass": f"target:{target}", "tensors": out.records})
+            if on_step:
+                on_step(f"target:{target}", result.model)
     if recipe.steps or laid.run is not None:
         update_min_runtime_version(result.model)
         used = None if data is None else {"samples": len(data.values), "method": method}

@@ -4,7 +4,7 @@ data-aware path against the magnitude path on the same model and samples, as rat
 within one run.
 
     python tools/bench/datafit_scale.py [--only NAME] [--quick] [--samples 128]
-                                        [--blas-threads 1] [--cache DIR] [--keep-going]
+                                        [--blas-threads 0] [--cache DIR] [--keep-going]
                                         [--budget-only] [--budget-fraction 0.3]
 
 Models (built once, cached in --cache, default ~/.cache/tflrewrite-bench/datafit_scale):
@@ -41,9 +41,10 @@ every model; the budget command <= 10x the magnitude command, within its budget;
 data-aware seconds per fitted layer on fc1526 <= 1.5x those on fc100 (the
 whole command's, and the extra over the magnitude command's, are both printed; the
 target reads the extra); peak RSS of the mobilenetv2_f32 data-aware int8 run <= 1.5 GB.
---blas-threads 1 (the default) sets OPENBLAS_NUM_THREADS etc. for every command alike:
-on a shared two-core machine OpenBLAS's threads fight the other load and time becomes
-noise; 0 leaves the environment as it is.
+--blas-threads N sets OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and MKL_NUM_THREADS for every
+command alike; 0 (the default) leaves the environment as it is, as a user runs the tool.
+(OMP_NUM_THREADS=1 also puts tflrewrite's own work on one thread: runtime.compute_threads.
+tflrewrite keeps numpy's BLAS on one thread while passes run: runtime.one_blas_thread.)
 --quick: 32 samples, and only fc100, fc400 and two mltk twins (a minute or so).
 --budget-only: only the budget row (and the magnitude command it is timed against).
 """
@@ -384,7 +385,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="32 samples and four small models")
     p.add_argument("--samples", type=int, default=None, help="calibration samples (128)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each command (median)")
-    p.add_argument("--blas-threads", type=int, default=1, help="0: leave BLAS threads alone")
+    p.add_argument("--blas-threads", type=int, default=0, help="0: leave the environment alone")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--keep-going", action="store_true", help="go on past a failing model")
     p.add_argument("--budget-only", action="store_true", help="only the budget row")
