@@ -27,7 +27,7 @@ run whole, one sample at a time, for each advance.
 
 from __future__ import annotations
 
-import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -72,7 +72,8 @@ class Cursor:
         self.model, self.name = model, name
         self.count = len(samples)
         self._position = 0
-        self._pending: tuple[threading.Thread, list[BaseException]] | None = None
+        self._pending: Future | None = None
+        self._thread: ThreadPoolExecutor | None = None
         self.unbatched: list[tuple[int, int]] = []  # op ranges run one sample at a time
         self._ops = len(sg.operators)
         self._plan = segments.plan(sg)
@@ -123,32 +124,23 @@ class Cursor:
         self._advance(stop)
 
     def start_advance(self, stop: int) -> None:
-        """advance(stop) on a thread of its own, returning at once, so that the caller's
+        """advance(stop) on the cursor's own thread, returning at once, so that the caller's
         own work overlaps it (LiteRT's runs and numpy's copies let go of the GIL). Reading
         the cursor, or advancing it again, waits for it to finish; its error, if any, is
-        raised there."""
+        raised there. The thread is started once and kept for the cursor's later advances:
+        a pass advances once a layer, and starting a thread each time cost the caller more
+        than the run it moved away (1,526 FULLY_CONNECTED layers: 0.9 ms a start)."""
         self.wait()
-        failed: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                self._advance(stop)
-            except BaseException as e:  # noqa: BLE001 - raised again by wait()
-                failed.append(e)
-
-        thread = threading.Thread(target=work, name=f"{self.name} cursor", daemon=True)
-        self._pending = (thread, failed)
-        thread.start()
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name} cursor")
+        self._pending = self._thread.submit(self._advance, stop)
 
     def wait(self) -> None:
         """Let an advance started by start_advance finish (raising its error)."""
         if self._pending is None:
             return
-        thread, failed = self._pending
-        self._pending = None
-        thread.join()
-        if failed:
-            raise failed[0]
+        pending, self._pending = self._pending, None
+        pending.result()
 
     def _advance(self, stop: int) -> None:
         if stop < self._position:
