@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from worktree import checkout  # noqa: E402  (tools/, this script's own folder)
+
 SETTINGS = {
     "prune+cluster channel": ["--prune", "0.5", "--cluster", "16", "--granularity", "channel"],
     "cluster 16": ["--cluster", "16"],
@@ -85,31 +87,21 @@ def main() -> int:
     models = [str(ROOT / "examples" / "digits_cnn.tflite"), *int8, *floats]
     jobs = {f"{Path(m).name} | {s}": (m, f) for m in models for s, f in SETTINGS.items()}
 
-    with tempfile.TemporaryDirectory() as tmp:
-        other = Path(tmp) / "other"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "-q", str(other), args.rev], check=True
-        )
-        try:
-            (other / "tflrewrite" / "kernels").symlink_to(other / "kernels")
-            sides = {}
-            for name, root in (("this", ROOT), (args.rev, other)):
-                out_dir = Path(tmp) / f"out-{len(sides)}"
-                out_dir.mkdir()
-                done = subprocess.run(
-                    [sys.executable, "-c", SIDE, str(root), str(out_dir), json.dumps(jobs)],
-                    capture_output=True,
-                    text=True,
-                    cwd=ROOT,
-                )
-                if done.returncode:
-                    sys.stderr.write(done.stderr)
-                    return 2
-                sides[name] = json.loads(done.stdout.splitlines()[-1])
-        finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(other)], check=False
+    with tempfile.TemporaryDirectory() as tmp, checkout(args.rev) as other:
+        sides = {}
+        for name, root in (("this", ROOT), (args.rev, other)):
+            out_dir = Path(tmp) / f"out-{len(sides)}"
+            out_dir.mkdir()
+            done = subprocess.run(
+                [sys.executable, "-c", SIDE, str(root), str(out_dir), json.dumps(jobs)],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
             )
+            if done.returncode:
+                sys.stderr.write(done.stderr)
+                return 2
+            sides[name] = json.loads(done.stdout.splitlines()[-1])
     this, then = sides["this"], sides[args.rev]
     differ = [k for k in jobs if this[k] != then[k]]
     for k in differ:

@@ -29,6 +29,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+
+from worktree import checkout  # noqa: E402
+
 DEFAULT = ["examples/digits_cnn.tflite", "-o", "OUT", "--force", "--prune", "0.5"]
 
 
@@ -60,29 +64,19 @@ def main() -> int:
         mine, command = mine[:at], mine[at + 1 :]
     args = p.parse_args(mine)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        other = Path(tmp) / "other"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "-q", str(other), args.rev], check=True
-        )
-        try:
-            (other / "tflrewrite" / "kernels").symlink_to(other / "kernels")
-            sides = {"this": ROOT, args.rev: other}
-            argv = {
-                name: [str(Path(tmp) / f"out-{i}.tflite") if a == "OUT" else a for a in command]
-                for i, name in enumerate(sides)
-            }
-            for name, root in sides.items():
-                timed(root, argv[name])
-            times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
-            for r in range(args.repeats):
-                order = list(sides) if r % 2 == 0 else list(sides)[::-1]
-                for name in order:
-                    times[name].append(timed(sides[name], argv[name]))
-        finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(other)], check=False
-            )
+    with tempfile.TemporaryDirectory() as tmp, checkout(args.rev) as other:
+        sides = {"this": ROOT, args.rev: other}
+        argv = {
+            name: [str(Path(tmp) / f"out-{i}.tflite") if a == "OUT" else a for a in command]
+            for i, name in enumerate(sides)
+        }
+        for name, root in sides.items():
+            timed(root, argv[name])
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
+        for r in range(args.repeats):
+            order = list(sides) if r % 2 == 0 else list(sides)[::-1]
+            for name in order:
+                times[name].append(timed(sides[name], argv[name]))
 
     medians = {}
     print(f"tflrewrite {' '.join(command)}: medians of {args.repeats} runs")

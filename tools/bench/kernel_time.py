@@ -22,10 +22,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+
+from worktree import checkout  # noqa: E402
 
 # Runs in the child, with one side's checkout first on sys.path.
 CHILD = r"""
@@ -76,27 +78,13 @@ def main() -> int:
     p.add_argument("rev")
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        other = Path(tmp) / "other"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(other), args.rev],
-            check=True,
-            capture_output=True,
-        )
-        try:
-            (other / "tflrewrite" / "kernels").symlink_to(other / "kernels")
-            sides = {"this": ROOT, args.rev: other}
-            runs: dict[str, list[dict]] = {name: [] for name in sides}
-            for r in range(args.rounds):
-                order = list(sides) if r % 2 == 0 else list(sides)[::-1]
-                for name in order:
-                    runs[name].append(side(sides[name]))
-        finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(other)],
-                check=False,
-                capture_output=True,
-            )
+    with checkout(args.rev) as other:
+        sides = {"this": ROOT, args.rev: other}
+        runs: dict[str, list[dict]] = {name: [] for name in sides}
+        for r in range(args.rounds):
+            order = list(sides) if r % 2 == 0 else list(sides)[::-1]
+            for name in order:
+                runs[name].append(side(sides[name]))
     same = True
     print(f"medians of {args.rounds} rounds (each a median of 15 calls), one thread")
     for problem in runs["this"][0]:
