@@ -350,6 +350,31 @@ def test_statistics_on_threads_give_the_bytes_of_one_thread(digits, monkeypatch)
     assert outputs[0] == outputs[1]
 
 
+def test_the_original_run_ahead_of_the_fit_gives_the_bytes_of_one_layer_at_a_time(
+    digits, monkeypatch
+):
+    """The cursor over the original runs several layers ahead in one segment, holding their
+    inputs (LOOK_AHEAD): the model is byte for byte the one a layer at a time gives."""
+    model, data, _ = digits
+    recipe = recipes.load("prune-cluster-full-int8")
+    held = []
+    advance = propagate.Cursor.start_advance
+
+    def watched(cursor, stop, hold=()):
+        held.append(len(hold))
+        return advance(cursor, stop, hold)
+
+    monkeypatch.setattr(propagate.Cursor, "start_advance", watched)
+    outputs = []
+    for ahead in (1, datafit.LOOK_AHEAD):
+        monkeypatch.setattr(datafit, "LOOK_AHEAD", ahead)
+        held.clear()
+        fitted = pipeline.apply(model, recipe, data=data, method="data").model
+        outputs.append(writer.to_bytes(fitted))
+        assert (max(held) > 0) == (ahead > 1)
+    assert outputs[0] == outputs[1]
+
+
 def test_full_int8_after_a_data_aware_prune_takes_its_ranges(digits, monkeypatch):
     """The data-aware prune's cursor ran the pruned model over every sample: quantize takes
     the activation ranges from those runs (ACTIVATION_RANGES) rather than calibrate it

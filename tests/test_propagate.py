@@ -177,6 +177,34 @@ def test_an_advance_on_its_own_thread_gives_the_same_cut_and_raises_its_errors()
     assert behind.position == len(sg.operators)
 
 
+def test_held_tensors_stay_in_the_cut_until_the_next_advance():
+    """An advance that holds tensors made on the way runs them as one segment and keeps
+    them, with the bytes a step-by-step walk gives; the next advance lets them go."""
+    model = residual_model()
+    samples = samples_for(model, 9)
+    sg = model.subgraphs[0]
+    last = segments.plan(sg).last_read
+    steps = propagate.Cursor(model, samples, name="test")
+    made = {}
+    for k in range(1, len(sg.operators) + 1):
+        steps.advance(k)
+        for t in sg.operators[k - 1].outputs:
+            made[id(t)] = steps.stored(t)
+    ahead = propagate.Cursor(model, samples, name="test")
+    stop = len(sg.operators) - 1
+    hold = tuple(op.outputs[0] for op in sg.operators[:stop] if last[id(op.outputs[0])] < stop)
+    assert hold  # some tensors a step-by-step walk would have let go
+    ahead.start_advance(stop, hold)
+    for t in hold:
+        assert ahead.holds(t)
+        assert np.array_equal(ahead.stored(t), made[id(t)])
+    ahead.advance(stop)
+    assert not any(ahead.holds(t) for t in hold)
+    for t in sg.tensors:
+        if ahead.holds(t) and id(t) in made:
+            assert np.array_equal(ahead.stored(t), made[id(t)])
+
+
 @pytest.mark.parametrize("kind", ["float", "int8"])
 def test_segments_run_on_several_threads_give_the_bytes_of_one(monkeypatch, kind):
     model = residual_model()
@@ -186,6 +214,7 @@ def test_segments_run_on_several_threads_give_the_bytes_of_one(monkeypatch, kind
         model = pipeline.apply(model, recipes.load("full-int8"), data=data).model
     sg = model.subgraphs[0]
     cuts = []
+    monkeypatch.setattr(propagate, "SMALL_WORK", 0)  # these segments are small
     for threads in (1, 3):
         monkeypatch.setattr(runtime, "THREADS", threads)
         cursor = propagate.Cursor(model, samples, name="test")

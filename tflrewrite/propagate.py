@@ -13,9 +13,9 @@ runs then cost the caller little.
 
 Integer segments run with LiteRT's builtin kernels, as the whole model runs in verify:
 the passes then fit to exactly the activations a whole-model run gives. All-float
-segments run with XNNPACK (see FLOAT_XNNPACK). Each run takes runtime.THREADS threads:
-the cursor's runs stand between one layer's fit and the next, and LiteRT's kernels give
-the same results on any count.
+segments run with XNNPACK (see FLOAT_XNNPACK). Each run takes runtime.THREADS threads, one
+for a small segment (SMALL_WORK): the cursor's runs stand between one layer's fit and the
+next, and LiteRT's kernels give the same results on any count.
 
 Batching resizes a segment's inputs from [1, ...] to [n, ...]. Where that fails, changes
 an output's shape other than its first axis, or changes the first sample's outputs in any
@@ -54,6 +54,12 @@ CHUNK_BYTES = 2**20
 # tools/bench/datafit_table.py went both ways by up to 0.9 dB, and lost 1.3 dB on
 # keyword_spotting_on_off_v3's AdaRound.
 FLOAT_XNNPACK = True
+# A segment whose multiply-adds over all samples (estimated: see _work) are fewer than this
+# runs on one thread: LiteRT's threads gain it nothing, and a float segment's XNNPACK
+# pool of two threads took 0.4-0.6 ms to stop when its interpreter was freed, against 0.02
+# ms for one (a 128 x 128 FULLY_CONNECTED over 128 samples: 2M multiply-adds, 0.12 ms to
+# run on either count).
+SMALL_WORK = 2**23
 
 
 class Cursor:
@@ -118,13 +124,21 @@ class Cursor:
 
     # -------------------------------------------------------------- moving on
 
-    def advance(self, stop: int) -> None:
-        """Run ops [position, stop) on the cut."""
+    def holds(self, t: Tensor) -> bool:
+        """Whether the cut holds tensor `t`."""
         self.wait()
-        self._advance(stop)
+        return id(t) in self._live
 
-    def start_advance(self, stop: int) -> None:
-        """advance(stop) on the cursor's own thread, returning at once, so that the caller's
+    def advance(self, stop: int, hold: tuple[Tensor, ...] = ()) -> None:
+        """Run ops [position, stop) on the cut. The cut then keeps the tensors of `hold`
+        that it holds or that these ops make, as well as those a later op reads, until the
+        next advance: a caller reading tensors of several ops ahead runs them in one
+        segment rather than one segment each."""
+        self.wait()
+        self._advance(stop, hold)
+
+    def start_advance(self, stop: int, hold: tuple[Tensor, ...] = ()) -> None:
+        """advance(stop, hold) on the cursor's own thread, returning at once, so that the caller's
         own work overlaps it (LiteRT's runs and numpy's copies let go of the GIL). Reading
         the cursor, or advancing it again, waits for it to finish; its error, if any, is
         raised there. The thread is started once and kept for the cursor's later advances:
@@ -133,7 +147,7 @@ class Cursor:
         self.wait()
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name} cursor")
-        self._pending = self._thread.submit(self._advance, stop)
+        self._pending = self._thread.submit(self._advance, stop, hold)
 
     def wait(self) -> None:
         """Let an advance started by start_advance finish (raising its error)."""
@@ -142,21 +156,20 @@ class Cursor:
         pending, self._pending = self._pending, None
         pending.result()
 
-    def _advance(self, stop: int) -> None:
+    def _advance(self, stop: int, hold: tuple[Tensor, ...] = ()) -> None:
         if stop < self._position:
             raise ValueError(f"the cursor is at op {self._position}, past {stop}")
-        if stop == self._position:
-            return
-        if self._whole:
-            self._advance_whole(stop)
-        else:
-            self._run(self._position, stop)
+        keep = frozenset(id(t) for t in hold)
+        if stop > self._position and self._whole:
+            self._advance_whole(stop, keep)
+        elif stop > self._position:
+            self._run(self._position, stop, keep)
         self._position = stop
-        for key in [k for k in self._live if self._last.get(k, -1) < stop]:
+        for key in [k for k in self._live if self._last.get(k, -1) < stop and k not in keep]:
             del self._live[key]
 
-    def _run(self, start: int, stop: int) -> None:
-        seg = segments.extract(self.model, start, stop, plan=self._plan)
+    def _run(self, start: int, stop: int, keep: frozenset[int] = frozenset()) -> None:
+        seg = segments.extract(self.model, start, stop, plan=self._plan, keep=keep)
         if not seg.outputs:
             return  # nothing later reads what it makes
         floats = all(t.dtype == "FLOAT32" for t in seg.inputs + seg.outputs + seg.internal)
@@ -167,15 +180,15 @@ class Cursor:
             seg.model,
             name=name,
             xnnpack=xnnpack,
-            threads=runtime.THREADS,
+            threads=runtime.THREADS if _work(seg) * self.count >= SMALL_WORK else 1,
             keep_tensors=bool(watched),
         )
         inputs = [self._live[id(t)] for t in seg.inputs]
         outs = self._batched(runner, seg, inputs, watched)
         if outs is None and stop - start > 1:
             middle = (start + stop) // 2
-            self._run(start, middle)
-            self._run(middle, stop)
+            self._run(start, middle, keep)
+            self._run(middle, stop, keep)
             return
         if outs is None:
             self.unbatched.append((start, stop))
@@ -252,26 +265,26 @@ class Cursor:
 
     def _chunk(self, seg: segments.Segment, inputs: list, first: list) -> int:
         per_sample = sum(x[0].nbytes for x in inputs) + sum(o.nbytes for o in first)
-        per_sample += sum(_nbytes(t) for t in seg.internal)
+        per_sample += sum(stored_bytes(t) for t in seg.internal)
         return int(max(1, min(self.count, CHUNK_BYTES // max(per_sample, 1))))
 
-    def _advance_whole(self, stop: int) -> None:
-        """Run the whole model once per sample, keeping the cut at `stop`."""
+    def _advance_whole(self, stop: int, keep: frozenset[int]) -> None:
+        """Run the whole model once per sample, keeping the cut at `stop` (and `keep`)."""
         sg = self.model.subgraphs[0]
         runner = runtime.load(self.model, name=self.name, keep_tensors=True)
         index = {id(t): i for i, t in enumerate(sg.tensors)}
         made = [
             t for op in sg.operators[self._position : stop] for t in op.outputs if t is not None
         ]
-        keep = [t for t in made if self._last.get(id(t), -1) >= stop]
-        values: dict[int, list] = {id(t): [] for t in keep}
+        kept = [t for t in made if self._last.get(id(t), -1) >= stop or id(t) in keep]
+        values: dict[int, list] = {id(t): [] for t in kept}
         for sample in self._samples:
             runner.run(sample)
-            for t in keep:
+            for t in kept:
                 value = runner.stored(index[id(t)])
                 if value is not None:
                     values[id(t)].append(value)
-        for t in keep:
+        for t in kept:
             got = values[id(t)]
             if len(got) < self.count:
                 continue  # not computed (a branch not taken): nothing to hand on
@@ -322,7 +335,29 @@ def _same(batched: np.ndarray, alone: np.ndarray) -> bool:
     return batched.shape == alone.shape and bool(np.array_equal(batched, alone))
 
 
-def _nbytes(t: Tensor) -> int:
+def stored_bytes(t: Tensor) -> int:
+    """Bytes of one sample of tensor `t` as stored (0 where its shape or dtype is unknown)."""
     if t.shape is None or t.np_dtype is None:
         return 0
     return int(np.prod(t.shape, dtype=np.int64)) * t.np_dtype.itemsize
+
+
+def _work(seg: segments.Segment) -> int:
+    """A segment's multiply-adds for one sample, roughly: per op, its largest constant
+    input's size at each output position (output elements over the last axis), or its
+    output elements where it reads no constant of two axes or more."""
+    total = 0
+    for op in seg.model.subgraphs[0].operators:
+        made = sum(_elements(t) for t in op.outputs if t is not None)
+        weights = [
+            _elements(t)
+            for t in op.inputs
+            if t is not None and t.is_constant and t.shape is not None and len(t.shape) > 1
+        ]
+        last = next((t.shape[-1] for t in op.outputs if t is not None and t.shape), 1)
+        total += max(weights) * made // max(last, 1) if weights else made
+    return total
+
+
+def _elements(t: Tensor) -> int:
+    return 0 if t.shape is None else int(np.prod(t.shape, dtype=np.int64))

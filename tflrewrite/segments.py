@@ -97,10 +97,13 @@ def stateful(model: Model) -> bool:
     return any(op.type in STATEFUL for op in sg.operators) or any(t.is_variable for t in sg.tensors)
 
 
-def extract(model: Model, start: int, stop: int, *, plan: Plan) -> Segment:
+def extract(
+    model: Model, start: int, stop: int, *, plan: Plan, keep: frozenset[int] = frozenset()
+) -> Segment:
     """Ops [start, stop) of the main subgraph as a model (see the module's docstring),
     with the ops from constants alone that they read from (see Plan); `plan` is
-    plan(the main subgraph), taken once for many segments."""
+    plan(the main subgraph), taken once for many segments. Tensors it makes whose id is in
+    `keep` are outputs too, whether or not a later op reads them."""
     sg = model.subgraphs[0]
     own = [i for i in range(start, stop) if not _derived_op(sg, i, plan)]
     wanted = set(own)
@@ -137,7 +140,8 @@ def extract(model: Model, start: int, stop: int, *, plan: Plan) -> Segment:
         for t in op.outputs or []:
             if t is None:
                 continue
-            shared = id(t) not in plan.derived and plan.last_read.get(id(t), -1) >= stop
+            later = plan.last_read.get(id(t), -1) >= stop or id(t) in keep
+            shared = id(t) not in plan.derived and later
             (outputs if shared else internal).append(t)
     part = Subgraph(name=sg.name, tensors=tensors, inputs=inputs, outputs=outputs, operators=ops)
     empty = model.buffers[0] if model.buffers and model.buffers[0].data is None else Buffer()
