@@ -204,19 +204,25 @@ def fitted_layers(report: Path) -> tuple[int, dict]:
 
 
 def run_model(name: str, path: Path, args, env: dict, tmp: Path) -> dict:
+    """Per setting, the magnitude and data-aware commands, alternating, each --repeats
+    times: the machine's drift over a minute or two then hits both alike."""
     row: dict = {"model": name, "bytes": path.stat().st_size}
     for setting in SETTINGS:
-        for method in ("magnitude", "data"):
-            report = tmp / f"{name}.{setting}.{method}.json"
-            cmd = command(path, tmp / "out.tflite", setting, method, args.samples, report)
-            times = []
-            for _ in range(args.repeats):
-                seconds, rss, _ = timed(cmd, env)
-                times.append(seconds)
-            row[f"{setting}.{method}"] = float(np.median(times))
-            row[f"{setting}.{method}.rss"] = rss
-            if method == "data":
-                row[f"{setting}.layers"], row[f"{setting}.phases"] = fitted_layers(report)
+        methods = ("magnitude", "data")
+        reports = {m: tmp / f"{name}.{setting}.{m}.json" for m in methods}
+        cmds = {
+            m: command(path, tmp / "out.tflite", setting, m, args.samples, reports[m])
+            for m in methods
+        }
+        times: dict[str, list] = {m: [] for m in methods}
+        for _ in range(args.repeats):
+            for method in methods:
+                seconds, rss, _ = timed(cmds[method], env)
+                times[method].append(seconds)
+                row[f"{setting}.{method}.rss"] = max(rss, row.get(f"{setting}.{method}.rss", 0))
+        for method in methods:
+            row[f"{setting}.{method}"] = float(np.median(times[method]))
+        row[f"{setting}.layers"], row[f"{setting}.phases"] = fitted_layers(reports["data"])
     return row
 
 
