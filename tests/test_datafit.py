@@ -225,7 +225,7 @@ def test_obc_kernel_equals_its_numpy_twin_and_beats_one_shot_masks(seed):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_binned_tensor_codebooks_cost_what_exact_k_means_costs(seed):
-    """Int8 tensor codebooks cluster the targets binned at 1/16 of a code: on the values
+    """Int8 tensor codebooks cluster the targets binned at a fraction of a code: on the values
     themselves that costs what exact 1-D k-means costs, to a thousandth, and the rounded
     codes move by at most one step where they differ."""
     rng = np.random.default_rng(seed)
@@ -282,7 +282,7 @@ def test_label_grams_equal_their_twin_and_the_one_hot_products():
     x = rng.standard_normal((50, 30))
     h = x.T @ x
     grams = np.zeros((7, 6, 6))
-    reconstruct._label_grams(labels, h, grams)
+    reconstruct._label_grams(labels, h, grams, np.empty((6, 30)))
     assert np.array_equal(grams, twins.label_grams_numpy(labels, h, 6))
     onehot = (labels[:, :, None] == np.arange(6)).astype(float)  # rows x d x k
     want = np.einsum("rik,ij,rjl->rkl", onehot, h, onehot)

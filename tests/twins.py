@@ -451,12 +451,13 @@ def obc_prune_rows_numpy(
 def label_grams_numpy(labels: np.ndarray, h: np.ndarray, k: int) -> np.ndarray:
     """Plain numpy twin of `reconstruct._label_grams` (from zero): np.add.at adds in index
     order, the kernel's order."""
-    rows, _ = labels.shape
+    rows, d = labels.shape
     grams = np.zeros((rows, k, k))
     for r in range(rows):
         kept = np.flatnonzero(labels[r] >= 0)
-        a, b = np.meshgrid(labels[r, kept], labels[r, kept], indexing="ij")
-        np.add.at(grams[r], (a.reshape(-1), b.reshape(-1)), h[np.ix_(kept, kept)].reshape(-1))
+        sums = np.zeros((k, d))
+        np.add.at(sums, labels[r, kept], h[kept])
+        np.add.at(grams[r], labels[r, kept], sums[:, kept].T)
     return grams
 
 
