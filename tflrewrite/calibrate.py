@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,26 +163,16 @@ def ranges(
     low = np.full(len(watched), np.inf)
     high = np.full(len(watched), -np.inf)
     summed = list(sums or ())
-    adding: Future | None = None
-    with ThreadPoolExecutor(1) if summed else nullcontext() as pool:
-        for k, _ in enumerate(runner.run_each(samples.values)):
-            values = {i: runner.stored(i) for i, _t in watched}
-            for j, (i, _t) in enumerate(watched):
-                value = values[i]
-                if value is not None and value.size:
-                    low[j] = min(low[j], float(value.min()))
-                    high[j] = max(high[j], float(value.max()))
-            if summed:
-                # added on a thread while LiteRT runs the next sample, in sample order
-                # (MobileNetV2: its 53 layer inputs added took 3 s of 128 samples)
-                parts = [(i, values[i] if i in values else runner.stored(i)) for i in summed]
-                if adding is not None:
-                    adding.result()
-                adding = pool.submit(_add_all, sums, parts)
-            if progress:
-                progress(k + 1, total)
-        if adding is not None:
-            adding.result()
+    for k, _ in enumerate(runner.run_each(samples.values)):
+        for j, (i, _t) in enumerate(watched):
+            value = runner.stored(i)
+            if value is not None and value.size:
+                low[j] = min(low[j], float(value.min()))
+                high[j] = max(high[j], float(value.max()))
+        for i in summed:
+            _add(sums, i, runner.stored(i))
+        if progress:
+            progress(k + 1, total)
     if method != "minmax":
         low, high = _clipped(
             runner, samples, watched, low, high, method, progress, total, levels=levels
@@ -194,11 +182,6 @@ def ranges(
         for (_, t), lo, hi in zip(watched, low, high)
         if np.isfinite(lo) and np.isfinite(hi)
     }
-
-
-def _add_all(sums: dict[int, np.ndarray | None], parts: list) -> None:
-    for i, value in parts:
-        _add(sums, i, value)
 
 
 def _add(sums: dict[int, np.ndarray | None], i: int, value: np.ndarray | None) -> None:
