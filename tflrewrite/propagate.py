@@ -337,9 +337,7 @@ def _same(batched: np.ndarray, alone: np.ndarray) -> bool:
 
 def stored_bytes(t: Tensor) -> int:
     """Bytes of one sample of tensor `t` as stored (0 where its shape or dtype is unknown)."""
-    if t.shape is None or t.np_dtype is None:
-        return 0
-    return int(np.prod(t.shape, dtype=np.int64)) * t.np_dtype.itemsize
+    return 0 if t.np_dtype is None else _elements(t) * t.np_dtype.itemsize
 
 
 def _work(seg: segments.Segment) -> int:
