@@ -269,8 +269,8 @@ def main() -> int:
     p.add_argument("--no-tfmot", action="store_true", help="skip PCQAT (minutes)")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    if args.draws * args.calibration > 4000:
-        p.error(f"{args.draws} draws of {args.calibration} need more than 4,000 training images")
+    if args.draws * args.calibration > ft.TRAIN:
+        p.error(f"{args.draws} draws of {args.calibration} need more than {ft.TRAIN:,} images")
     print(f"{os.cpu_count()} CPUs")
     by_seed = {seed: run_seed(args, seed) for seed in seeds}
     if len(seeds) > 1:

@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 BATCH = 32
+TRAIN, TEST = 4000, 1000  # images of the split (load_data)
 
 
 def load_data(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -68,7 +69,7 @@ def load_data(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     x, y = mnist_data()
     x = (x.reshape(-1, 28, 28, 1) / 255.0).astype(np.float32)
     x_train, x_test, y_train, y_test = train_test_split(
-        x, y, train_size=4000, test_size=1000, stratify=y, random_state=seed
+        x, y, train_size=TRAIN, test_size=TEST, stratify=y, random_state=seed
     )
     return x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64)
 
