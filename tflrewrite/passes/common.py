@@ -68,6 +68,11 @@ INPUT_SUMS = "input sums"
 # quantize step given that very model takes them rather than calibrate it again. Unlike
 # INPUT_SUMS it is about the step's output, named in the value, not about `reference`.
 ACTIVATION_RANGES = "activation ranges"
+# A key of Data.found: the float model a full-integer quantize step was given, where a
+# later step wants it. Refine rounds each layer toward that model's weights: where an
+# earlier data-aware step fitted them to the reference's outputs (pruning), they are the
+# layer's best float weights, which the reference's own (unpruned) weights are not.
+QUANTIZED_FROM = "quantized from"
 # The layers that data-aware passes fit.
 LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
@@ -78,7 +83,7 @@ class Data:
     and the model whose layer outputs data-aware passes aim at (the rewrite's input, or
     that input as the last function-preserving pass left it; None: the model the pass is
     given). `found`: what a step learned on the samples for a later step, by key
-    (INPUT_SUMS about `reference`, ACTIVATION_RANGES), shared by the steps of one
+    (INPUT_SUMS about `reference`, ACTIVATION_RANGES, QUANTIZED_FROM), shared by the steps of one
     rewrite; a step adds the keys of `wanted` (those the later steps' Pass.wanted name)
     that its own work gives at little cost."""
 

@@ -64,6 +64,7 @@ from tflrewrite.passes.common import (
     ACTIVATION_RANGES,
     INPUT_SUMS,
     LAYER_OPS,
+    QUANTIZED_FROM,
     Data,
     Pass,
     PassResult,
@@ -125,7 +126,10 @@ def _runner(step: str, *, fold: bool = False) -> Run:
             model = quantize_graph.dequantized_weights(model)
         sums = data.found.get(INPUT_SUMS)
         found = data.found if ACTIVATION_RANGES in data.wanted else None
-        return fit(step, model, options, rules, data.samples, original, sums=sums, found=found)
+        aim = data.found.get(QUANTIZED_FROM)
+        return fit(
+            step, model, options, rules, data.samples, original, sums=sums, found=found, aim=aim
+        )
 
     return run
 
@@ -145,7 +149,7 @@ REFINE = Pass(
     name="refine",
     Options=quantize.Options,
     run=_runner("refine"),
-    wants=frozenset({INPUT_SUMS}),
+    wants=frozenset({INPUT_SUMS, QUANTIZED_FROM}),
 )
 
 
@@ -159,12 +163,15 @@ def fit(
     *,
     sums: dict | None = None,
     found: dict | None = None,
+    aim: Model | None = None,
 ):
     """The `step` ("prune", "cluster" or "refine") of `model` fitted to `original`'s layer
     outputs on `data` (calibrate.Samples). `sums`: `original`'s layer inputs summed over
     the samples where an earlier step has them (INPUT_SUMS), which refine then takes
     rather than run `original` again. `found`, where given: Data.found, to which the fit
-    adds the returned model's activation ranges from its own run (ACTIVATION_RANGES)."""
+    adds the returned model's activation ranges from its own run (ACTIVATION_RANGES).
+    `aim` (refine): the float model quantize was given (QUANTIZED_FROM), whose weights
+    refine rounds toward, where it is not `original`."""
     rounding = "feedback"
     if step == "refine":  # `options`: the quantize step's
         rounding = getattr(options, "rounding", rounding)
@@ -194,15 +201,16 @@ def fit(
     if not fitted:
         return PassResult(model, records)
     ranges = found is not None
+    aims = _aims(aim) if step == "refine" and aim is not None and aim is not original else None
     done, seconds, taken = _fit_layers(
-        step, model, fitted, original, data, rounding, sums or {}, ranges
+        step, model, fitted, original, data, rounding, sums or {}, ranges, aims
     )
     if taken is not None:
         found[ACTIVATION_RANGES] = (model, data, taken)
     return PassResult(model, records + done, seconds)
 
 
-def _fit_layers(step, model, fitted, original, data, rounding, sums, ranges) -> tuple:
+def _fit_layers(step, model, fitted, original, data, rounding, sums, ranges, aims) -> tuple:
     """Fit each layer of `fitted` ((weight name, options) pairs) in graph order: a cursor
     over the model being fitted gives each layer's inputs X_c after one pass over it in
     all (tflrewrite.propagate), each fitted layer's new weights in the model before the
@@ -211,7 +219,8 @@ def _fit_layers(step, model, fitted, original, data, rounding, sums, ranges) -> 
     it, else summed in one streaming run of the original before the first fit. The records
     carry the seconds of each phase; the second result sums them. With `ranges`, the
     cursor runs on to the end and the third result is the fitted model's activation
-    ranges from its runs (propagate.Cursor's), else None."""
+    ranges from its runs (propagate.Cursor's), else None. `aims` (refine, see _aims):
+    the weights to round toward by the name of the layer's output, else the original's."""
     sg = model.subgraphs[0]
     readers = sg.consumers()
     weights = {w.name: w for w in find_weights(model)[0]}
@@ -273,7 +282,8 @@ def _fit_layers(step, model, fitted, original, data, rounding, sums, ranges) -> 
         else:
             stats = _collect(op, source, current, reference[id(source)], w_orig)
         captured = time.perf_counter()
-        done = _fit(step, model, op, w, opts, source, producers, stats, rounding)
+        aim = None if aims is None else aims.get(_base_name(op.outputs[0].name))
+        done = _fit(step, model, op, w, opts, source, producers, stats, rounding, aim)
         done["samples"] = len(data.values)
         seconds = {
             "propagate": advanced - began,
@@ -386,6 +396,20 @@ def _base_name(name: str) -> str:
     return name.removesuffix("_int8").removesuffix("_int16")
 
 
+def _aims(model: Model) -> dict[str, Tensor]:
+    """The constant weights of `model`'s layers (LAYER_OPS, input 1) by the name of the
+    layer's output: what refine rounds toward when quantize was given `model`."""
+    sg = model.subgraphs[0]
+    producers = {id(t): op for op in sg.operators for t in op.outputs if t is not None}
+    aims = {}
+    for name, op in _ops_by_output(sg).items():
+        if op.type in LAYER_OPS and len(op.inputs) > 1 and op.inputs[1] is not None:
+            t = _constant_source(producers, op.inputs[1])
+            if t.is_constant:
+                aims[name] = t
+    return aims
+
+
 def _ops_by_output(sg) -> dict[str, Operator]:
     return {op.outputs[0].name: op for op in sg.operators if op.outputs and op.outputs[0]}
 
@@ -402,16 +426,18 @@ class _Stats:
     count: int
 
 
-def _fit(step, model, op, w, opts, source, producers, stats, rounding) -> dict:
+def _fit(step, model, op, w, opts, source, producers, stats, rounding, aim=None) -> dict:
     """Fit one layer to `stats` (its inputs, see _collect), writing its new weights and
-    bias into `model`. `producers`: the original's ops by id of the tensor they make."""
+    bias into `model`. `producers`: the original's ops by id of the tensor they make.
+    `aim` (refine): the weights to round toward (a constant), where not the original's."""
     w_orig = real_values(
         _constant_source(producers, source.inputs[1])
     )  # original real weights, weight shape
     rows_orig = layer_rows(op.type, w_orig)  # groups x rows x d
     rows_now = layer_rows(op.type, real_values(w.tensor))
     scales = row_scales(op.type, w.tensor)  # groups x rows, or None for float
-    targets = _targets(step, rows_orig, stats.h, stats.shift)
+    rows_aim = rows_orig if aim is None else layer_rows(op.type, real_values(aim))
+    targets = _targets(step, rows_aim, stats.h, stats.shift)
     if rounding == "adaround":
         codes = adaround.adaround(targets, stats.h, scales=scales, zeros=rows_now == 0)
         new_rows = codes * scales[:, :, None]

