@@ -343,6 +343,24 @@ def test_refine_after_a_data_aware_prune_rounds_the_pruned_weights(digits, tmp_p
             assert np.all(real_values(w.tensor)[zeros[w.name]] == 0)
 
 
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_clustering_after_a_data_aware_prune_aims_at_the_pruned_weights(
+    digits, tmp_path, monkeypatch, granularity
+):
+    """Clustering after full-integer quantize aims each pruned layer at the prune's fit
+    (QUANTIZED_FROM), not at the original's outputs through its unpruned weights, which
+    the mask lets only later columns make up for: closer to the original (measured on
+    this model: +3.5 dB with tensor codebooks, +2.2 dB per channel)."""
+    model, data, held_out = digits
+    recipe = recipes.load("prune-cluster-full-int8").with_options(
+        {"cluster": {"granularity": granularity}}
+    )
+    got = sqnr(pipeline.apply(model, recipe, data=data).model, tmp_path / "new.tflite", held_out)
+    monkeypatch.setattr(datafit, "CLUSTER", dataclasses.replace(datafit.CLUSTER, wants=frozenset()))
+    before = pipeline.apply(model, recipe, data=data).model
+    assert got >= sqnr(before, tmp_path / "before.tflite", held_out) + 1
+
+
 def test_refine_takes_the_original_sums_from_calibration(digits, monkeypatch):
     """Where refine follows, calibration sums the original's layer inputs and refine takes
     them rather than run the original again: the model is byte for byte the one refine's
