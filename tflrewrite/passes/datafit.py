@@ -28,7 +28,8 @@ Steps:
   kernels of the magnitude path, given costs instead of magnitudes), then weight updates.
   Weights stay float (or on their int8 grid, scales kept). Depthwise kernels are left
   alone: with 9 taps, pruning them costs more accuracy than their bytes are worth.
-- cluster: codebook per unit (tensor or channel) by optimal 1-D k-means of W* in stored
+- cluster: codebook per unit (tensor or channel) by optimal 1-D k-means of W* (of a
+  pruned layer's fit after a data-aware prune and full int8: see _targets) in stored
   units (int8 codes for int8 weights: with per-channel scales a tensor codebook is one
   normalised codebook scaled per channel), then assignment with error feedback, then
   each codebook refitted to the least output error for that assignment (where a layer is
