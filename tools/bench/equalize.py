@@ -122,8 +122,7 @@ def part_a(args, tmp: Path) -> None:
 
 
 def part_b(args, tmp: Path) -> None:
-    import corpus
-    from datafit_table import Logits
+    from datafit_table import Logits, float_twins
     from litert import grid_inputs
 
     print(
@@ -132,10 +131,7 @@ def part_b(args, tmp: Path) -> None:
         "pairs: weights equalized / weights"
     )
     print(f"{'model':26s} {'pairs':>6s} {'path':14s} {'plain':>14s} {'+equalize':>14s} {'dB':>6s}")
-    for float_path, twin in corpus.mltk_float_int8_pairs():
-        name = float_path.name.split("__")[0]
-        if args.only and args.only not in name:
-            continue
+    for name, float_path, twin in float_twins(args.only):
         cal = calibrate.Samples(grid_inputs(twin, args.samples, 0), "grid")
         test = grid_inputs(twin, args.test, 1)
         ref = Logits(float_path, test)
