@@ -230,8 +230,8 @@ def _fit_layers(step, model, fitted, original, data, rounding, sums, ranges, aim
     it, else summed in one streaming run of the original before the first fit. The records
     carry the seconds of each phase; the second result sums them. With `ranges`, the
     cursor runs on to the end and the third result is the fitted model's activation
-    ranges from its runs (propagate.Cursor's), else None. `aims` (refine, see _aims):
-    the weights to round toward by the name of the layer's output, else the original's."""
+    ranges from its runs (propagate.Cursor's), else None. `aims`: the weights quantize
+    was given, by the name of the layer's output (_aims), or None; see _aim."""
     sg = model.subgraphs[0]
     readers = sg.consumers()
     weights = {w.name: w for w in find_weights(model)[0]}
@@ -421,7 +421,8 @@ def _aim(step: str, op: Operator, aims: dict | None, w_orig: np.ndarray) -> np.n
 
 def _aims(model: Model) -> dict[str, Tensor]:
     """The constant weights of `model`'s layers (LAYER_OPS, input 1) by the name of the
-    layer's output: what refine rounds toward when quantize was given `model`."""
+    layer's output: where refine and clustering aim when quantize was given `model`
+    (_aim)."""
     sg = model.subgraphs[0]
     producers = {id(t): op for op in sg.operators for t in op.outputs if t is not None}
     aims = {}
